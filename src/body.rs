@@ -1,0 +1,343 @@
+//! Bodies in flight: the request body on its way upstream ([`RequestBody`]) and the response
+//! body on its way to the client ([`ResponseBody`]).
+//!
+//! Both stream: baton holds at most `retry.buffer_bytes` of a request body and one frame of a
+//! response at a time, so memory stays flat whatever the body size. The response body is
+//! also where an exchange ends: at its last frame the upstream connection goes back to the
+//! pool and the access-log line is written; a failure mid-body aborts the client's response
+//! (hyper closes the HTTP/1.1 connection or resets the HTTP/2 stream) and is logged with its
+//! cause.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use crate::cause::Cause;
+use crate::observe::Exchange;
+use crate::upstream::pool::Lease;
+
+/// Why a body stream stopped early, as a cause code.
+#[derive(Debug)]
+pub struct BodyError(pub Cause);
+
+impl fmt::Display for BodyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "body aborted: {}", self.0)
+    }
+}
+
+impl std::error::Error for BodyError {}
+
+/// Classifies an error reading the client's request body.
+fn client_body_cause(err: &hyper::Error) -> Cause {
+    if err.is_parse() {
+        Cause::BadRequest
+    } else if err.is_timeout() {
+        Cause::ClientTimeout
+    } else {
+        Cause::ClientClosed
+    }
+}
+
+/// A request body going upstream: the part read ahead of forwarding, then the rest streamed
+/// from the client, with `max_body_bytes` enforced on the way.
+pub struct RequestBody {
+    buffered: VecDeque<Frame<Bytes>>,
+    buffered_len: u64,
+    rest: Option<Incoming>,
+    limit: u64,
+    /// Bytes read from the client so far; shared with the access-log record.
+    read: Option<Arc<AtomicU64>>,
+}
+
+impl RequestBody {
+    pub fn empty() -> RequestBody {
+        RequestBody {
+            buffered: VecDeque::new(),
+            buffered_len: 0,
+            rest: None,
+            limit: u64::MAX,
+            read: None,
+        }
+    }
+
+    /// Reads up to `buffer_bytes` of `incoming` (all of it when it is smaller) so that a
+    /// malformed or oversized body is refused before anything is forwarded. Fails with the
+    /// cause to answer with.
+    pub async fn read_ahead(
+        mut incoming: Incoming,
+        buffer_bytes: usize,
+        limit: u64,
+        read: Arc<AtomicU64>,
+    ) -> Result<RequestBody, Cause> {
+        let mut buffered = VecDeque::new();
+        let mut buffered_len = 0u64;
+        let mut finished = incoming.is_end_stream();
+        while !finished && buffered_len < buffer_bytes as u64 {
+            match http_body_util::BodyExt::frame(&mut incoming).await {
+                None => finished = true,
+                Some(Err(err)) => return Err(client_body_cause(&err)),
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        buffered_len += data.len() as u64;
+                        if buffered_len > limit {
+                            return Err(Cause::RequestTooLarge);
+                        }
+                    }
+                    buffered.push_back(frame);
+                    finished = incoming.is_end_stream();
+                }
+            }
+        }
+        read.store(buffered_len, Ordering::Relaxed);
+        Ok(RequestBody {
+            buffered,
+            buffered_len,
+            rest: (!finished).then_some(incoming),
+            limit,
+            read: Some(read),
+        })
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        if let Some(frame) = this.buffered.pop_front() {
+            if let Some(data) = frame.data_ref() {
+                this.buffered_len -= data.len() as u64;
+            }
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        let Some(rest) = this.rest.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match ready!(Pin::new(rest).poll_frame(cx)) {
+            None => {
+                this.rest = None;
+                Poll::Ready(None)
+            }
+            Some(Err(err)) => {
+                this.rest = None;
+                Poll::Ready(Some(Err(BodyError(client_body_cause(&err)))))
+            }
+            Some(Ok(frame)) => {
+                if let (Some(data), Some(read)) = (frame.data_ref(), &this.read) {
+                    let total =
+                        read.fetch_add(data.len() as u64, Ordering::Relaxed) + data.len() as u64;
+                    if total > this.limit {
+                        this.rest = None;
+                        return Poll::Ready(Some(Err(BodyError(Cause::RequestTooLarge))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.buffered.is_empty() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        // An exact hint lets hyper send Content-Length instead of chunked framing.
+        let rest = self
+            .rest
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |r| r.size_hint());
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + self.buffered_len);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + self.buffered_len);
+        }
+        hint
+    }
+}
+
+/// The response body sent to the client.
+pub struct ResponseBody {
+    kind: Kind,
+}
+
+enum Kind {
+    Full(Option<Bytes>),
+    Upstream(Box<UpstreamBody>),
+}
+
+impl ResponseBody {
+    pub fn full(bytes: Bytes) -> ResponseBody {
+        ResponseBody {
+            kind: Kind::Full(Some(bytes).filter(|b| !b.is_empty())),
+        }
+    }
+
+    pub fn empty() -> ResponseBody {
+        ResponseBody {
+            kind: Kind::Full(None),
+        }
+    }
+
+    /// Streams an upstream body, enforcing the idle and total timeouts, returning the
+    /// connection to its pool at the end and finishing `exchange` however it ends.
+    pub fn upstream(
+        inner: Incoming,
+        idle: Option<Duration>,
+        deadline: Option<Instant>,
+        lease: Lease,
+        exchange: Exchange,
+    ) -> ResponseBody {
+        let timer_at = next_timer(idle, deadline);
+        let mut body = UpstreamBody {
+            inner,
+            idle,
+            deadline,
+            timer: timer_at.map(|at| Box::pin(tokio::time::sleep_until(at))),
+            lease: Some(lease),
+            exchange: Some(exchange),
+            bytes: 0,
+        };
+        if body.inner.is_end_stream() {
+            body.finish(None);
+        }
+        ResponseBody {
+            kind: Kind::Upstream(Box::new(body)),
+        }
+    }
+}
+
+fn next_timer(idle: Option<Duration>, deadline: Option<Instant>) -> Option<Instant> {
+    let idle_at = idle.map(|d| Instant::now() + d);
+    match (idle_at, deadline) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+struct UpstreamBody {
+    inner: Incoming,
+    idle: Option<Duration>,
+    deadline: Option<Instant>,
+    timer: Option<Pin<Box<Sleep>>>,
+    lease: Option<Lease>,
+    exchange: Option<Exchange>,
+    bytes: u64,
+}
+
+impl UpstreamBody {
+    /// Ends the exchange once: `None` for a complete body (the connection is reusable),
+    /// otherwise the cause of the abort (the connection is dropped).
+    fn finish(&mut self, abort: Option<Cause>) {
+        if let Some(lease) = self.lease.take() {
+            if abort.is_none() {
+                lease.release();
+            }
+        }
+        if let Some(exchange) = self.exchange.take() {
+            exchange.finish(self.bytes, abort);
+        }
+        self.timer = None;
+    }
+
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if self.exchange.is_none() {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(None) => {
+                self.finish(None);
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(err))) => {
+                tracing::debug!(error = %err, "upstream body failed");
+                self.finish(Some(Cause::UpstreamBodyTruncated));
+                Poll::Ready(Some(Err(BodyError(Cause::UpstreamBodyTruncated))))
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes += data.len() as u64;
+                }
+                if self.inner.is_end_stream() {
+                    self.finish(None);
+                } else if let (Some(timer), Some(at)) =
+                    (self.timer.as_mut(), next_timer(self.idle, self.deadline))
+                {
+                    timer.as_mut().reset(at);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Pending => {
+                if let Some(timer) = self.timer.as_mut() {
+                    if timer.as_mut().poll(cx).is_ready() {
+                        let total_ran_out = self.deadline.is_some_and(|d| Instant::now() >= d);
+                        let cause = if total_ran_out {
+                            Cause::UpstreamResponseTimeout
+                        } else {
+                            Cause::UpstreamIdleTimeout
+                        };
+                        self.finish(Some(cause));
+                        return Poll::Ready(Some(Err(BodyError(cause))));
+                    }
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        if self.exchange.is_some() {
+            // Dropped before the end: the client went away (or never wanted the body).
+            let abort = (!self.inner.is_end_stream()).then_some(Cause::ClientClosed);
+            self.finish(abort);
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match &mut self.kind {
+            Kind::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            Kind::Upstream(body) => body.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(data) => data.is_none(),
+            Kind::Upstream(body) => body.exchange.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Kind::Upstream(body) => body.inner.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! The one place where low-level failures (io, hyper) become a [`Cause`].
+//!
+//! Source errors are classified as they are, never flattened to strings first: a timeout
+//! stays a timeout (504), a refusal a refusal (502).
+
+use std::error::Error as StdError;
+use std::io;
+
+use crate::body::BodyError;
+use crate::cause::Cause;
+
+/// A failed TCP connect.
+pub fn connect_error(err: &io::Error) -> Cause {
+    match err.kind() {
+        io::ErrorKind::ConnectionRefused => Cause::UpstreamConnectRefused,
+        io::ErrorKind::TimedOut => Cause::UpstreamConnectTimeout,
+        _ => Cause::UpstreamUnreachable,
+    }
+}
+
+/// A failed exchange on an established connection, before the response head arrived.
+pub fn send_error(err: &hyper::Error) -> Cause {
+    // A failure of our own request body (the client went away, sent too much or sent
+    // broken chunks) is the client's cause, not the upstream's.
+    if let Some(body) = find_source::<BodyError>(err) {
+        return body.0;
+    }
+    if err.is_parse() || err.is_parse_status() || err.is_parse_too_large() {
+        return Cause::UpstreamInvalidResponse;
+    }
+    if err.is_timeout() {
+        return Cause::UpstreamResponseTimeout;
+    }
+    Cause::UpstreamReset
+}
+
+fn find_source<'a, T: StdError + 'static>(err: &'a (dyn StdError + 'static)) -> Option<&'a T> {
+    let mut current: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        current = e.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_errors() {
+        let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
+        assert_eq!(connect_error(&refused), Cause::UpstreamConnectRefused);
+        let timed_out = io::Error::from(io::ErrorKind::TimedOut);
+        assert_eq!(connect_error(&timed_out), Cause::UpstreamConnectTimeout);
+        let unreachable = io::Error::from(io::ErrorKind::HostUnreachable);
+        assert_eq!(connect_error(&unreachable), Cause::UpstreamUnreachable);
+    }
+}

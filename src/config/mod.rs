@@ -1,0 +1,79 @@
+//! Configuration: the TOML file ([`raw`]), its units ([`units`]) and the validated runtime
+//! types ([`runtime`]). [`load`] reads a file and returns either a [`Config`] or every
+//! problem found, each located as `file:line:column`.
+
+pub mod raw;
+pub mod runtime;
+pub mod units;
+
+use std::fmt;
+use std::ops::Range;
+use std::path::Path;
+
+pub use runtime::{
+    AccessLogTarget, Config, EndpointConfig, HostPattern, Keepalive, Listener, Route, Timeouts,
+    UpstreamConfig,
+};
+
+/// One problem in a config file, ready to print.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    /// 1-based line and column; `None` when the problem is about the file as a whole.
+    pub position: Option<(usize, usize)>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.position {
+            Some((line, column)) => write!(f, "{}:{line}:{column}: {}", self.file, self.message),
+            None => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+/// Reads and validates the config file at `path`.
+pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|err| {
+        vec![ConfigError {
+            file: file.clone(),
+            position: None,
+            message: format!("cannot read the config file: {err}"),
+        }]
+    })?;
+    let base_dir = path.parent().unwrap_or(Path::new("."));
+    parse(&text, &file, base_dir)
+}
+
+/// Parses and validates config text; `file` names it in errors, `base_dir` resolves paths.
+pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Config, Vec<ConfigError>> {
+    let locate = |span: Option<Range<usize>>, message: String| ConfigError {
+        file: file.to_owned(),
+        position: span.map(|span| line_column(text, span.start)),
+        message,
+    };
+    let raw: raw::RawConfig =
+        toml::from_str(text).map_err(|err| vec![locate(err.span(), err.message().to_owned())])?;
+    Config::from_raw(raw, base_dir).map_err(|problems| {
+        let mut errors: Vec<ConfigError> = problems
+            .into_iter()
+            .map(|p| locate(p.span, p.message))
+            .collect();
+        errors.sort_by_key(|e| e.position);
+        errors
+    })
+}
+
+/// The 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}

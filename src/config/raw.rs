@@ -1,0 +1,161 @@
+//! The config file as written: serde structs that mirror the TOML, with spans.
+//!
+//! Every table denies unknown keys, and every key is optional here: defaults are applied by
+//! [`super::runtime`], which validates and builds the runtime types. Keys that a later
+//! version of baton implements are kept as raw values so that validation can refuse them at
+//! their location instead of accepting and ignoring them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::units::{Dur, Size};
+
+/// A key that this version of baton does not implement yet.
+pub type Unsupported = Option<Spanned<toml::Value>>;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub admin: RawAdmin,
+    pub log: RawLog,
+    pub store: Unsupported,
+    pub dns: Unsupported,
+    pub listeners: Vec<Spanned<RawListener>>,
+    pub routes: Vec<Spanned<RawRoute>>,
+    pub upstreams: BTreeMap<Spanned<String>, RawUpstream>,
+    pub error_pages: BTreeMap<Spanned<String>, Spanned<String>>,
+    pub status_page: Unsupported,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    pub listen: Option<Spanned<String>>,
+    pub token: Unsupported,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    pub access: Option<Spanned<String>>,
+    pub level: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawListener {
+    pub name: Option<Spanned<String>>,
+    pub listen: Option<Spanned<String>>,
+    pub tls: Unsupported,
+    pub certs: Unsupported,
+    pub trusted_proxies: Vec<Spanned<String>>,
+    pub header_read_timeout: Option<Dur>,
+    pub max_header_bytes: Option<Spanned<Size>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRoute {
+    pub name: Option<Spanned<String>>,
+    pub host: Option<Spanned<String>>,
+    pub path_prefix: Option<Spanned<String>>,
+    pub upstream: Option<Spanned<String>>,
+    pub max_body_bytes: Option<Size>,
+    pub preserve_host: Option<bool>,
+    pub maintenance: Option<bool>,
+    pub maintenance_retry_after: Option<Dur>,
+    pub timeouts: RawTimeouts,
+    pub retry: RawRetry,
+    pub cache: Unsupported,
+    pub idempotency: Unsupported,
+    pub rate_limit: Unsupported,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTimeouts {
+    pub connect: Option<Dur>,
+    pub response_header: Option<Dur>,
+    pub idle: Option<Dur>,
+    pub total: Option<Dur>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRetry {
+    pub attempts: Option<Spanned<u32>>,
+    pub buffer_bytes: Option<Size>,
+    pub non_idempotent: Unsupported,
+    pub budget_percent: Unsupported,
+    pub min_per_second: Unsupported,
+    pub backoff: Unsupported,
+    pub max_backoff: Unsupported,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawUpstream {
+    pub endpoints: Option<Spanned<Vec<Spanned<RawEndpoint>>>>,
+    pub balance: Option<Spanned<String>>,
+    pub protocol: Option<Spanned<String>>,
+    pub keepalive: RawKeepalive,
+    pub max_inflight: Option<Spanned<u64>>,
+    pub hash_key: Unsupported,
+    pub tls: Unsupported,
+    pub queue: Unsupported,
+    pub slow_start: Unsupported,
+    pub health: Unsupported,
+    pub outlier: Unsupported,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawKeepalive {
+    pub idle: Option<Dur>,
+    pub max_idle_per_endpoint: Option<usize>,
+}
+
+/// An endpoint: `"IP:port"` or `{ addr = "IP:port", weight = N }`.
+#[derive(Debug)]
+pub struct RawEndpoint {
+    pub addr: String,
+    pub weight: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEndpointTable {
+    addr: String,
+    weight: Option<u32>,
+}
+
+impl<'de> Deserialize<'de> for RawEndpoint {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EndpointVisitor;
+        impl<'de> Visitor<'de> for EndpointVisitor {
+            type Value = RawEndpoint;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an endpoint: \"IP:port\" or { addr = \"IP:port\", weight = N }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawEndpoint, E> {
+                Ok(RawEndpoint {
+                    addr: v.to_owned(),
+                    weight: None,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawEndpoint, A::Error> {
+                let table =
+                    RawEndpointTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawEndpoint {
+                    addr: table.addr,
+                    weight: table.weight,
+                })
+            }
+        }
+        deserializer.deserialize_any(EndpointVisitor)
+    }
+}

@@ -1,0 +1,625 @@
+//! The validated runtime config, built from [`RawConfig`] with every default applied.
+//!
+//! Validation collects every problem it finds rather than stopping at the first, each with
+//! the span of the key it is about, so `baton check` can list them all at once.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use toml::Spanned;
+
+use super::raw::{RawConfig, RawListener, RawRoute, RawUpstream, Unsupported};
+use crate::cause::Cause;
+
+/// Defaults of SPEC §2, named so that the reference in the README and the code agree.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_MAX_HEADER_BYTES: u64 = 64 << 10;
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 16 << 20;
+pub const DEFAULT_MAINTENANCE_RETRY_AFTER: Duration = Duration::from_secs(300);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_RESPONSE_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_ATTEMPTS: u32 = 3;
+pub const DEFAULT_BUFFER_BYTES: u64 = 64 << 10;
+pub const DEFAULT_KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
+pub const DEFAULT_MAX_IDLE_PER_ENDPOINT: usize = 64;
+/// hyper refuses a read buffer below 8 KiB, so no smaller head limit can be enforced.
+pub const MIN_MAX_HEADER_BYTES: u64 = 8 << 10;
+
+/// A problem in the config, at a byte range of the file when it has one.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub span: Option<Range<usize>>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub admin: Admin,
+    pub log: Log,
+    pub listeners: Vec<Listener>,
+    pub routes: Vec<Route>,
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Error page templates by status code ("502") or cause code, already read from disk.
+    pub error_pages: HashMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    Stdout,
+    Off,
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct Log {
+    pub access: AccessLogTarget,
+    pub level: tracing::Level,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub trusted_proxies: Vec<IpNet>,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+}
+
+/// Which hosts a route answers for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    Any,
+    /// `*.example.com`: stored as `.example.com`, matches any subdomain but not the apex.
+    Suffix(String),
+    Exact(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    pub host: HostPattern,
+    pub path_prefix: String,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    pub max_body_bytes: u64,
+    pub preserve_host: bool,
+    pub maintenance: bool,
+    pub maintenance_retry_after: Duration,
+    pub timeouts: Timeouts,
+    /// Tries per request, the first included; failures before sending move to the next endpoint.
+    pub attempts: u32,
+    /// How much of a request body baton reads before it forwards the request.
+    pub buffer_bytes: usize,
+}
+
+/// Route timeouts; `None` where the file says `"0s"` (no limit).
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Option<Duration>,
+    pub response_header: Option<Duration>,
+    pub idle: Option<Duration>,
+    pub total: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub endpoints: Vec<EndpointConfig>,
+    pub keepalive: Keepalive,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointConfig {
+    pub addr: SocketAddr,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Keepalive {
+    pub idle: Duration,
+    pub max_idle_per_endpoint: usize,
+}
+
+/// Collects problems while the raw config is turned into the runtime one.
+struct Validator<'a> {
+    problems: Vec<Problem>,
+    base_dir: &'a Path,
+}
+
+impl Validator<'_> {
+    fn error(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            span,
+            message: message.into(),
+        });
+    }
+
+    fn unsupported(&mut self, key: &str, value: &Unsupported) {
+        if let Some(value) = value {
+            self.error(
+                Some(value.span()),
+                format!("`{key}` is not supported yet by this version of baton; remove it"),
+            );
+        }
+    }
+
+    fn socket_addr(&mut self, key: &str, value: &Spanned<String>) -> Option<SocketAddr> {
+        match value.get_ref().parse() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.error(
+                    Some(value.span()),
+                    format!(
+                        "`{key}` must be an IP address and port such as \"127.0.0.1:8080\" or \"[::1]:8080\", not {:?}",
+                        value.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+}
+
+/// Turns `0s` into "no limit".
+fn limit(duration: Duration) -> Option<Duration> {
+    (!duration.is_zero()).then_some(duration)
+}
+
+impl Config {
+    /// Validates a parsed file. `base_dir` resolves relative paths (error page templates).
+    pub fn from_raw(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<Problem>> {
+        let mut v = Validator {
+            problems: Vec::new(),
+            base_dir,
+        };
+        v.unsupported("store", &raw.store);
+        v.unsupported("dns", &raw.dns);
+        v.unsupported("status_page", &raw.status_page);
+        v.unsupported("admin.token", &raw.admin.token);
+
+        let admin_listen = match &raw.admin.listen {
+            Some(listen) => v.socket_addr("admin.listen", listen),
+            None => DEFAULT_ADMIN_LISTEN.parse().ok(),
+        };
+        let log = build_log(&mut v, &raw);
+
+        if raw.listeners.is_empty() {
+            v.error(
+                None,
+                "no [[listeners]]: add one, e.g. listen = \"0.0.0.0:8080\"",
+            );
+        }
+        let mut listeners = Vec::new();
+        let mut listener_names = HashSet::new();
+        for (index, listener) in raw.listeners.iter().enumerate() {
+            if let Some(built) = build_listener(&mut v, index, listener) {
+                if !listener_names.insert(built.name.clone()) {
+                    v.error(
+                        Some(listener.span()),
+                        format!("two listeners are named {:?}", built.name),
+                    );
+                }
+                listeners.push(built);
+            }
+        }
+
+        let mut upstreams = Vec::new();
+        let mut upstream_index = HashMap::new();
+        for (name, upstream) in &raw.upstreams {
+            if let Some(built) = build_upstream(&mut v, name, upstream) {
+                upstream_index.insert(built.name.clone(), upstreams.len());
+                upstreams.push(built);
+            }
+        }
+
+        let mut routes = Vec::new();
+        let mut route_names = HashSet::new();
+        for (index, route) in raw.routes.iter().enumerate() {
+            if let Some(built) = build_route(&mut v, index, route, &upstream_index) {
+                if !route_names.insert(built.name.clone()) {
+                    v.error(
+                        Some(route.span()),
+                        format!("two routes are named {:?}", built.name),
+                    );
+                }
+                routes.push(built);
+            }
+        }
+
+        let error_pages = build_error_pages(&mut v, &raw);
+
+        match (admin_listen, v.problems.is_empty()) {
+            (Some(listen), true) => Ok(Config {
+                admin: Admin { listen },
+                log,
+                listeners,
+                routes,
+                upstreams,
+                error_pages,
+            }),
+            _ => Err(v.problems),
+        }
+    }
+}
+
+fn build_log(v: &mut Validator, raw: &RawConfig) -> Log {
+    let access = match raw.log.access.as_ref().map(|a| a.get_ref().as_str()) {
+        None | Some("stdout") => AccessLogTarget::Stdout,
+        Some("off") => AccessLogTarget::Off,
+        Some(path) => AccessLogTarget::File(v.base_dir.join(path)),
+    };
+    let level = match &raw.log.level {
+        None => tracing::Level::INFO,
+        Some(level) => match level.get_ref().parse() {
+            Ok(parsed) => parsed,
+            Err(_) => {
+                v.error(
+                    Some(level.span()),
+                    format!(
+                        "`log.level` must be one of error, warn, info, debug, trace, not {:?}",
+                        level.get_ref()
+                    ),
+                );
+                tracing::Level::INFO
+            }
+        },
+    };
+    Log { access, level }
+}
+
+fn build_listener(v: &mut Validator, index: usize, raw: &Spanned<RawListener>) -> Option<Listener> {
+    let listener = raw.get_ref();
+    v.unsupported("tls", &listener.tls);
+    v.unsupported("certs", &listener.certs);
+    let Some(listen) = &listener.listen else {
+        v.error(
+            Some(raw.span()),
+            "a listener needs `listen`, e.g. listen = \"0.0.0.0:8080\"",
+        );
+        return None;
+    };
+    let listen = v.socket_addr("listen", listen)?;
+    let mut trusted_proxies = Vec::new();
+    for cidr in &listener.trusted_proxies {
+        let text = cidr.get_ref();
+        let parsed = text
+            .parse::<IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from));
+        match parsed {
+            Ok(net) => trusted_proxies.push(net),
+            Err(_) => v.error(
+                Some(cidr.span()),
+                format!("{text:?} is not a CIDR such as \"10.0.0.0/8\" or an IP address"),
+            ),
+        }
+    }
+    let max_header_bytes = match &listener.max_header_bytes {
+        None => DEFAULT_MAX_HEADER_BYTES,
+        Some(size) if size.get_ref().0 < MIN_MAX_HEADER_BYTES => {
+            v.error(
+                Some(size.span()),
+                format!("`max_header_bytes` must be at least {MIN_MAX_HEADER_BYTES} bytes (8KiB)"),
+            );
+            return None;
+        }
+        Some(size) => size.get_ref().0,
+    };
+    Some(Listener {
+        name: listener
+            .name
+            .as_ref()
+            .map(|n| n.get_ref().clone())
+            .unwrap_or_else(|| format!("listener-{}", index + 1)),
+        listen,
+        trusted_proxies,
+        header_read_timeout: listener
+            .header_read_timeout
+            .map_or(DEFAULT_HEADER_READ_TIMEOUT, |d| d.0),
+        max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(usize::MAX),
+    })
+}
+
+fn build_host(v: &mut Validator, host: Option<&Spanned<String>>) -> HostPattern {
+    let Some(host) = host else {
+        return HostPattern::Any;
+    };
+    let text = host.get_ref().trim().to_ascii_lowercase();
+    if text == "*" {
+        return HostPattern::Any;
+    }
+    let (pattern, name) = match text.strip_prefix("*.") {
+        Some(rest) => (HostPattern::Suffix(format!(".{rest}")), rest.to_owned()),
+        None => (HostPattern::Exact(text.clone()), text.clone()),
+    };
+    let valid = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if !valid {
+        v.error(
+            Some(host.span()),
+            format!(
+                "`host` must be \"*\", a host name such as \"api.example.com\", or \"*.example.com\", not {:?}",
+                host.get_ref()
+            ),
+        );
+    }
+    pattern
+}
+
+fn build_route(
+    v: &mut Validator,
+    index: usize,
+    raw: &Spanned<RawRoute>,
+    upstream_index: &HashMap<String, usize>,
+) -> Option<Route> {
+    let route = raw.get_ref();
+    v.unsupported("cache", &route.cache);
+    v.unsupported("idempotency", &route.idempotency);
+    v.unsupported("rate_limit", &route.rate_limit);
+    v.unsupported("retry.non_idempotent", &route.retry.non_idempotent);
+    v.unsupported("retry.budget_percent", &route.retry.budget_percent);
+    v.unsupported("retry.min_per_second", &route.retry.min_per_second);
+    v.unsupported("retry.backoff", &route.retry.backoff);
+    v.unsupported("retry.max_backoff", &route.retry.max_backoff);
+
+    let host = build_host(v, route.host.as_ref());
+    let path_prefix = match &route.path_prefix {
+        None => "/".to_owned(),
+        Some(prefix) if !prefix.get_ref().starts_with('/') => {
+            v.error(
+                Some(prefix.span()),
+                format!(
+                    "`path_prefix` must start with \"/\", not {:?}",
+                    prefix.get_ref()
+                ),
+            );
+            return None;
+        }
+        Some(prefix) => prefix.get_ref().clone(),
+    };
+    let upstream = match &route.upstream {
+        None => {
+            v.error(
+                Some(raw.span()),
+                "a route needs `upstream`, the name of an [upstreams.NAME] table",
+            );
+            return None;
+        }
+        Some(name) => match upstream_index.get(name.get_ref()) {
+            Some(&index) => index,
+            None => {
+                let mut known: Vec<&str> = upstream_index.keys().map(String::as_str).collect();
+                known.sort_unstable();
+                v.error(
+                    Some(name.span()),
+                    format!(
+                        "upstream {:?} is not defined (defined: {})",
+                        name.get_ref(),
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                );
+                return None;
+            }
+        },
+    };
+    let attempts = match &route.retry.attempts {
+        None => DEFAULT_ATTEMPTS,
+        Some(attempts) if *attempts.get_ref() == 0 => {
+            v.error(
+                Some(attempts.span()),
+                "`retry.attempts` counts the first try and must be at least 1",
+            );
+            return None;
+        }
+        Some(attempts) => *attempts.get_ref(),
+    };
+    let timeouts = &route.timeouts;
+    Some(Route {
+        name: route
+            .name
+            .as_ref()
+            .map(|n| n.get_ref().clone())
+            .unwrap_or_else(|| format!("route-{}", index + 1)),
+        host,
+        path_prefix,
+        upstream,
+        max_body_bytes: route.max_body_bytes.map_or(DEFAULT_MAX_BODY_BYTES, |s| s.0),
+        preserve_host: route.preserve_host.unwrap_or(true),
+        maintenance: route.maintenance.unwrap_or(false),
+        maintenance_retry_after: route
+            .maintenance_retry_after
+            .map_or(DEFAULT_MAINTENANCE_RETRY_AFTER, |d| d.0),
+        timeouts: Timeouts {
+            connect: limit(timeouts.connect.map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0)),
+            response_header: limit(
+                timeouts
+                    .response_header
+                    .map_or(DEFAULT_RESPONSE_HEADER_TIMEOUT, |d| d.0),
+            ),
+            idle: limit(timeouts.idle.map_or(DEFAULT_IDLE_TIMEOUT, |d| d.0)),
+            total: timeouts.total.and_then(|d| limit(d.0)),
+        },
+        attempts,
+        buffer_bytes: usize::try_from(
+            route
+                .retry
+                .buffer_bytes
+                .map_or(DEFAULT_BUFFER_BYTES, |s| s.0),
+        )
+        .unwrap_or(usize::MAX),
+    })
+}
+
+fn build_upstream(
+    v: &mut Validator,
+    name: &Spanned<String>,
+    upstream: &RawUpstream,
+) -> Option<UpstreamConfig> {
+    v.unsupported("hash_key", &upstream.hash_key);
+    v.unsupported("tls", &upstream.tls);
+    v.unsupported("queue", &upstream.queue);
+    v.unsupported("slow_start", &upstream.slow_start);
+    v.unsupported("health", &upstream.health);
+    v.unsupported("outlier", &upstream.outlier);
+    if let Some(balance) = &upstream.balance {
+        match balance.get_ref().as_str() {
+            "round-robin" => {}
+            "least-request" | "ewma" | "hash" => v.error(
+                Some(balance.span()),
+                format!(
+                    "balance {:?} is not supported yet by this version of baton; use \"round-robin\"",
+                    balance.get_ref()
+                ),
+            ),
+            other => v.error(
+                Some(balance.span()),
+                format!("`balance` must be \"round-robin\", \"least-request\", \"ewma\" or \"hash\", not {other:?}"),
+            ),
+        }
+    }
+    if let Some(protocol) = &upstream.protocol {
+        match protocol.get_ref().as_str() {
+            "http1" => {}
+            "h2" | "h2c" => v.error(
+                Some(protocol.span()),
+                format!(
+                    "protocol {:?} to upstreams is not supported yet by this version of baton; use \"http1\"",
+                    protocol.get_ref()
+                ),
+            ),
+            other => v.error(
+                Some(protocol.span()),
+                format!("`protocol` must be \"http1\", \"h2\" or \"h2c\", not {other:?}"),
+            ),
+        }
+    }
+    if let Some(max_inflight) = &upstream.max_inflight {
+        if *max_inflight.get_ref() != 0 {
+            v.error(
+                Some(max_inflight.span()),
+                "`max_inflight` limits are not supported yet by this version of baton; remove it or set 0",
+            );
+        }
+    }
+    let Some(raw_endpoints) = &upstream.endpoints else {
+        v.error(
+            Some(name.span()),
+            format!("upstream {:?} needs `endpoints`", name.get_ref()),
+        );
+        return None;
+    };
+    if raw_endpoints.get_ref().is_empty() {
+        v.error(
+            Some(raw_endpoints.span()),
+            format!("upstream {:?} has no endpoints", name.get_ref()),
+        );
+    }
+    let mut endpoints = Vec::new();
+    for endpoint in raw_endpoints.get_ref() {
+        let raw = endpoint.get_ref();
+        let weight = raw.weight.unwrap_or(1);
+        if weight == 0 {
+            v.error(
+                Some(endpoint.span()),
+                "an endpoint's `weight` must be at least 1",
+            );
+            continue;
+        }
+        match raw.addr.parse::<SocketAddr>() {
+            Ok(addr) => {
+                if endpoints.iter().any(|e: &EndpointConfig| e.addr == addr) {
+                    v.error(Some(endpoint.span()), format!("endpoint {addr} is listed twice"));
+                }
+                endpoints.push(EndpointConfig { addr, weight });
+            }
+            Err(_) if looks_like_host_port(&raw.addr) => v.error(
+                Some(endpoint.span()),
+                format!(
+                    "endpoint {:?}: host names in endpoints are not supported yet by this version of baton; use an IP address",
+                    raw.addr
+                ),
+            ),
+            Err(_) => v.error(
+                Some(endpoint.span()),
+                format!(
+                    "endpoint {:?} must be an IP address and port such as \"127.0.0.1:3000\"",
+                    raw.addr
+                ),
+            ),
+        }
+    }
+    let keepalive = Keepalive {
+        idle: upstream
+            .keepalive
+            .idle
+            .map_or(DEFAULT_KEEPALIVE_IDLE, |d| d.0),
+        max_idle_per_endpoint: upstream
+            .keepalive
+            .max_idle_per_endpoint
+            .unwrap_or(DEFAULT_MAX_IDLE_PER_ENDPOINT),
+    };
+    Some(UpstreamConfig {
+        name: name.get_ref().clone(),
+        endpoints,
+        keepalive,
+    })
+}
+
+fn looks_like_host_port(text: &str) -> bool {
+    match text.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && port.parse::<u16>().is_ok()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        }
+        None => false,
+    }
+}
+
+fn build_error_pages(v: &mut Validator, raw: &RawConfig) -> HashMap<String, String> {
+    let mut pages = HashMap::new();
+    for (key, path) in &raw.error_pages {
+        let name = key.get_ref();
+        let known_status = name
+            .parse::<u16>()
+            .is_ok_and(|code| Cause::ALL.iter().any(|c| c.status().as_u16() == code));
+        if !known_status && Cause::from_code(name).is_none() {
+            v.error(
+                Some(key.span()),
+                format!(
+                    "error page key {name:?} is neither a status baton generates nor a cause code (see `baton explain`)"
+                ),
+            );
+            continue;
+        }
+        let file = v.base_dir.join(path.get_ref());
+        match std::fs::read_to_string(&file) {
+            Ok(template) => {
+                pages.insert(name.clone(), template);
+            }
+            Err(err) => v.error(
+                Some(path.span()),
+                format!("cannot read error page {}: {err}", file.display()),
+            ),
+        }
+    }
+    pages
+}

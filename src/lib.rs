@@ -1,0 +1,41 @@
+//! Baton, an HTTP gateway that keeps 502s rare, harmless and understood.
+//!
+//! A request travels through one module per stage, in this order:
+//!
+//! ```text
+//! listener ──▶ route ──▶ maintenance ──▶ read body ahead ──▶ balance ──▶ attempt ──▶ respond
+//! (listener)   (route)   (proxy)         (body)              (upstream)  (attempt)   (body, respond)
+//!                                                               ▲            │
+//!                                                               └── not sent: next endpoint
+//! ```
+//!
+//! - [`listener`] accepts connections and serves HTTP/1.1 and h2c on them (the shell);
+//! - [`proxy`] is the handler: [`proxy::handle`] wraps the work of `handle_inner` and is the
+//!   one place that turns a result into a response;
+//! - [`route`] picks the route by host and longest path prefix;
+//! - [`forward`] applies the header rules on the way in and out;
+//! - [`upstream`] holds endpoints, their balancer and their keep-alive [`upstream::pool`];
+//! - [`attempt`] tries one endpoint; [`classify`] turns io and hyper errors into a
+//!   [`cause::Cause`];
+//! - [`body`] streams bodies both ways and ends the exchange; [`respond`] builds every
+//!   error response; [`observe`] keeps metrics and the access log; [`admin`] serves them.
+//!
+//! [`gateway::start`] is the entry point: it binds the listeners and the admin server from a
+//! validated [`config::Config`] and returns a handle to shut it down.
+
+pub mod admin;
+pub mod attempt;
+pub mod body;
+pub mod cause;
+pub mod classify;
+pub mod config;
+pub mod forward;
+pub mod gateway;
+pub mod listener;
+pub mod observe;
+pub mod proxy;
+pub mod respond;
+pub mod route;
+pub mod upstream;
+
+pub use gateway::{start, Running};

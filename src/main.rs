@@ -1,0 +1,178 @@
+//! The `baton` command: parses arguments and calls one function per command.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use baton::cause::Cause;
+use baton::config;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "baton",
+    version,
+    about = "An HTTP gateway that keeps 502s rare, harmless and understood"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run {
+        /// The config file.
+        #[arg(short, long, default_value = "baton.toml")]
+        config: PathBuf,
+    },
+    /// Validate a config file: print every error as file:line:column and exit 1 if any.
+    Check {
+        /// The config file.
+        #[arg(short, long, default_value = "baton.toml")]
+        config: PathBuf,
+    },
+    /// Explain a cause code (the `Baton-Error` header), or list them all.
+    Explain {
+        /// A cause code such as upstream-connect-refused.
+        cause: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => run(&config),
+        Command::Check { config } => check(&config),
+        Command::Explain { cause } => explain(cause.as_deref()),
+    }
+}
+
+fn load(path: &Path) -> Option<config::Config> {
+    match config::load(path) {
+        Ok(config) => Some(config),
+        Err(errors) => {
+            for error in &errors {
+                eprintln!("{error}");
+            }
+            eprintln!(
+                "{}: {} error{}",
+                path.display(),
+                errors.len(),
+                if errors.len() == 1 { "" } else { "s" }
+            );
+            None
+        }
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    match load(path) {
+        Some(config) => {
+            println!(
+                "{}: ok ({} listener{}, {} route{}, {} upstream{})",
+                path.display(),
+                config.listeners.len(),
+                plural(config.listeners.len()),
+                config.routes.len(),
+                plural(config.routes.len()),
+                config.upstreams.len(),
+                plural(config.upstreams.len()),
+            );
+            ExitCode::SUCCESS
+        }
+        None => ExitCode::FAILURE,
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+fn run(path: &Path) -> ExitCode {
+    let Some(config) = load(path) else {
+        return ExitCode::FAILURE;
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(config.log.level)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("baton: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let running = match baton::start(config).await {
+            Ok(running) => running,
+            Err(err) => {
+                tracing::error!("{err}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Err(err) = shutdown_signal().await {
+            tracing::error!("cannot listen for signals: {err}");
+            return ExitCode::FAILURE;
+        }
+        tracing::info!("shutting down: no new connections, finishing requests in flight");
+        running.shutdown().await;
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+async fn shutdown_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    Ok(())
+}
+
+fn explain(code: Option<&str>) -> ExitCode {
+    let Some(code) = code else {
+        println!("Cause codes (the Baton-Error header of a response baton generated):\n");
+        for cause in Cause::ALL {
+            println!(
+                "  {:32} {}  {}",
+                cause.code(),
+                cause.status().as_u16(),
+                cause.title()
+            );
+        }
+        println!("\n`baton explain CAUSE` tells what one means and how to fix it.");
+        return ExitCode::SUCCESS;
+    };
+    let Some(cause) = Cause::from_code(code) else {
+        eprintln!("baton: unknown cause {code:?}; `baton explain` lists them all");
+        return ExitCode::FAILURE;
+    };
+    let text = cause.explain();
+    println!(
+        "{} — {} {}",
+        cause.code(),
+        cause.status().as_u16(),
+        cause.title()
+    );
+    println!("\nWhat it means\n  {}", text.meaning);
+    println!("\nLikely causes\n  {}", text.likely);
+    println!("\nHow to fix it\n  {}", text.fix);
+    println!("\nMay the client retry?\n  {}", text.client_retry);
+    println!(
+        "\nDelivery: {} (Baton-Delivery header)",
+        cause.delivery().as_str()
+    );
+    ExitCode::SUCCESS
+}

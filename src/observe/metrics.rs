@@ -1,0 +1,115 @@
+//! Prometheus metrics (SPEC §11), served as text by the admin server.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteCode {
+    pub route: String,
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub route: String,
+    pub upstream: String,
+    pub cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AttemptLabels {
+    pub upstream: String,
+    pub endpoint: String,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    pub listener: String,
+}
+
+/// Request durations from 1 ms to about 33 s, doubling.
+const DURATION_BUCKET_START: f64 = 0.001;
+const DURATION_BUCKET_COUNT: u16 = 16;
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(
+        DURATION_BUCKET_START,
+        2.0,
+        DURATION_BUCKET_COUNT,
+    ))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RouteCode, Counter>,
+    pub errors: Family<ErrorLabels, Counter>,
+    pub duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    pub attempts: Family<AttemptLabels, Counter>,
+    pub connections_open: Family<ListenerLabel, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("baton");
+        let requests = Family::<RouteCode, Counter>::default();
+        registry.register(
+            "requests",
+            "Responses sent to clients, by route and status code",
+            requests.clone(),
+        );
+        let errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "errors",
+            "Errors by cause, including mid-body aborts",
+            errors.clone(),
+        );
+        let duration = Family::<RouteLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+            duration_histogram,
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from request head to the end of the response",
+            duration.clone(),
+        );
+        let attempts = Family::<AttemptLabels, Counter>::default();
+        registry.register(
+            "upstream_attempts",
+            "Tries against an endpoint, by outcome (ok or a cause code)",
+            attempts.clone(),
+        );
+        let connections_open = Family::<ListenerLabel, Gauge>::default();
+        registry.register(
+            "connections_open",
+            "Client connections currently open",
+            connections_open.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            errors,
+            duration,
+            attempts,
+            connections_open,
+        }
+    }
+}
+
+impl Metrics {
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

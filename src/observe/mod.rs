@@ -1,0 +1,154 @@
+//! What baton tells operators: metrics, the access log, and the [`Exchange`] record that
+//! feeds both once a request has been answered.
+
+pub mod access_log;
+pub mod metrics;
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderValue, Method, Uri};
+use tokio::time::Instant;
+
+use crate::cause::{Cause, Delivery};
+use crate::gateway::Gateway;
+use access_log::{AccessLog, AccessRecord};
+use metrics::{ErrorLabels, Metrics, RouteCode, RouteLabel};
+
+pub struct Observer {
+    pub metrics: Metrics,
+    pub access_log: AccessLog,
+}
+
+/// One request from head to the end of its response: what the access-log line and the
+/// metrics are made of. Finished exactly once, by [`Exchange::finish`].
+pub struct Exchange {
+    gateway: Arc<Gateway>,
+    pub started: Instant,
+    started_at: SystemTime,
+    pub request_id: HeaderValue,
+    client: IpAddr,
+    method: Method,
+    uri: Uri,
+    pub host: String,
+    pub route: Option<usize>,
+    pub upstream: Option<usize>,
+    pub endpoint: Option<usize>,
+    pub attempts: u32,
+    pub delivery: Delivery,
+    pub status: u16,
+    /// The cause of a response baton generated itself.
+    pub cause: Option<Cause>,
+    pub bytes_in: Option<Arc<AtomicU64>>,
+    pub connect: Option<Duration>,
+    pub ttfb: Option<Duration>,
+}
+
+fn millis(duration: Duration) -> f64 {
+    (duration.as_secs_f64() * 1e6).round() / 1e3
+}
+
+impl Exchange {
+    pub fn new(
+        gateway: Arc<Gateway>,
+        client: IpAddr,
+        method: Method,
+        uri: Uri,
+        request_id: HeaderValue,
+    ) -> Exchange {
+        Exchange {
+            gateway,
+            started: Instant::now(),
+            started_at: SystemTime::now(),
+            request_id,
+            client,
+            method,
+            uri,
+            host: String::new(),
+            route: None,
+            upstream: None,
+            endpoint: None,
+            attempts: 0,
+            delivery: Delivery::None,
+            status: 0,
+            cause: None,
+            bytes_in: None,
+            connect: None,
+            ttfb: None,
+        }
+    }
+
+    /// Records the exchange: `bytes_out` body bytes sent, `abort` the cause when the
+    /// response was cut off mid-body.
+    pub fn finish(self, bytes_out: u64, abort: Option<Cause>) {
+        let gateway = &*self.gateway;
+        let metrics = &gateway.observer.metrics;
+        let cause = abort.or(self.cause);
+        let route = self.route.map(|i| &gateway.config.routes[i]);
+        let route_stats = self.route.map(|i| &gateway.route_stats[i]);
+        let route_name = route.map_or("", |r| r.name.as_str());
+        let upstream = self.upstream.map(|i| &gateway.upstreams[i]);
+        let duration = self.started.elapsed();
+
+        metrics
+            .requests
+            .get_or_create(&RouteCode {
+                route: route_name.to_owned(),
+                code: self.status,
+            })
+            .inc();
+        metrics
+            .duration
+            .get_or_create(&RouteLabel {
+                route: route_name.to_owned(),
+            })
+            .observe(duration.as_secs_f64());
+        if let Some(stats) = route_stats {
+            stats.requests.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(cause) = cause {
+            metrics
+                .errors
+                .get_or_create(&ErrorLabels {
+                    route: route_name.to_owned(),
+                    upstream: upstream.map_or(String::new(), |u| u.name.clone()),
+                    cause: cause.code(),
+                })
+                .inc();
+            if let Some(stats) = route_stats {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+
+        let log = &gateway.observer.access_log;
+        if !log.enabled() {
+            return;
+        }
+        let endpoint = upstream
+            .zip(self.endpoint)
+            .map(|(u, e)| u.endpoints[e].label.clone());
+        log.write(&AccessRecord {
+            ts: humantime::format_rfc3339_millis(self.started_at).to_string(),
+            request_id: String::from_utf8_lossy(self.request_id.as_bytes()).into_owned(),
+            client: self.client,
+            method: self.method.to_string(),
+            host: self.host,
+            path: self.uri.path().to_owned(),
+            status: self.status,
+            cause: cause.map(Cause::code),
+            route: route.map(|r| r.name.clone()),
+            upstream: upstream.map(|u| u.name.clone()),
+            endpoint,
+            attempts: self.attempts,
+            delivery: self.delivery.as_str(),
+            cache: None,
+            bytes_in: self.bytes_in.map_or(0, |b| b.load(Ordering::Relaxed)),
+            bytes_out,
+            duration_ms: millis(duration),
+            connect_ms: self.connect.map(millis),
+            ttfb_ms: self.ttfb.map(millis),
+        });
+    }
+}

@@ -1,0 +1,339 @@
+//! The request path (SPEC §3) for one request: route, maintenance, read the body ahead,
+//! then try endpoints until one answers, and stream the answer back.
+//!
+//! [`handle_inner`] does the work and returns either the upstream's response or a
+//! [`ProxyError`]; [`handle`] is the one place that turns either into the client's
+//! response, and hands the [`Exchange`] to the body so it is logged when the body ends.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{HeaderValue, ACCEPT, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::attempt::{attempt, Failure};
+use crate::body::{RequestBody, ResponseBody};
+use crate::cause::{Cause, Delivery};
+use crate::forward::{self, Peer};
+use crate::gateway::Gateway;
+use crate::listener::ClientConn;
+use crate::observe::metrics::AttemptLabels;
+use crate::observe::Exchange;
+use crate::respond::{self, ErrorReply, DEFAULT_RETRY_AFTER};
+use crate::route;
+use crate::upstream::pool::Lease;
+
+/// Why baton answers a request itself.
+#[derive(Debug)]
+pub struct ProxyError {
+    pub cause: Cause,
+    pub delivery: Delivery,
+    /// `Retry-After` for a 503 or 429; [`DEFAULT_RETRY_AFTER`] when unset.
+    pub retry_after: Option<Duration>,
+    /// Close the client connection after answering: its framing can't be trusted.
+    pub close: bool,
+}
+
+impl From<Cause> for ProxyError {
+    fn from(cause: Cause) -> ProxyError {
+        ProxyError {
+            cause,
+            delivery: cause.delivery(),
+            retry_after: None,
+            close: false,
+        }
+    }
+}
+
+impl ProxyError {
+    fn closing(cause: Cause) -> ProxyError {
+        ProxyError {
+            close: true,
+            ..ProxyError::from(cause)
+        }
+    }
+}
+
+/// An upstream's response head and what its body needs to stream.
+pub struct Proxied {
+    response: Response<Incoming>,
+    lease: Lease,
+    idle: Option<Duration>,
+    deadline: Option<Instant>,
+}
+
+/// Answers one client request.
+pub async fn handle(
+    gateway: Arc<Gateway>,
+    conn: &ClientConn,
+    request: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let request_id = match forward::incoming_request_id(request.headers()) {
+        Some(id) => HeaderValue::from_str(id).unwrap_or_else(|_| forward::new_request_id()),
+        None => forward::new_request_id(),
+    };
+    let accept = request.headers().get(ACCEPT).cloned();
+    let method = request.method().clone();
+    let mut exchange = Exchange::new(
+        gateway.clone(),
+        conn.peer.ip(),
+        method.clone(),
+        request.uri().clone(),
+        request_id,
+    );
+    match handle_inner(&gateway, conn, request, &mut exchange).await {
+        Ok(proxied) => {
+            let (parts, body) = proxied.response.into_parts();
+            exchange.status = parts.status.as_u16();
+            let body = ResponseBody::upstream(
+                body,
+                proxied.idle,
+                proxied.deadline,
+                proxied.lease,
+                exchange,
+            );
+            Response::from_parts(parts, body)
+        }
+        Err(error) => {
+            let retry_after = match error.cause.status() {
+                StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => {
+                    Some(error.retry_after.unwrap_or(DEFAULT_RETRY_AFTER))
+                }
+                _ => None,
+            };
+            let delivery = exchange.delivery.max(error.delivery);
+            let response = respond::error_response(
+                &ErrorReply {
+                    cause: error.cause,
+                    delivery,
+                    request_id: exchange.request_id.to_str().unwrap_or(""),
+                    method: &method,
+                    accept: accept.as_ref(),
+                    retry_after,
+                    close: error.close,
+                },
+                &gateway.config.error_pages,
+            );
+            exchange.status = response.status().as_u16();
+            exchange.cause = Some(error.cause);
+            exchange.delivery = delivery;
+            let bytes_out = http_body::Body::size_hint(response.body())
+                .exact()
+                .unwrap_or(0);
+            exchange.finish(bytes_out, None);
+            response
+        }
+    }
+}
+
+/// True when the request's framing is ambiguous (SPEC §13): both `Content-Length` and
+/// `Transfer-Encoding` (RFC 9112 §6.1 lets a server process such a request, but a gateway
+/// that does so is how requests are smuggled past the one behind it). hyper refuses
+/// differing `Content-Length`s, bad chunk sizes, bare CR and obsolete line folding itself.
+fn ambiguous_framing(request: &Request<Incoming>) -> bool {
+    request.version() <= Version::HTTP_11
+        && request.headers().contains_key(TRANSFER_ENCODING)
+        && request.headers().contains_key(CONTENT_LENGTH)
+}
+
+fn declared_length(request: &Request<Incoming>) -> Option<u64> {
+    request
+        .headers()
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+async fn handle_inner(
+    gateway: &Gateway,
+    conn: &ClientConn,
+    mut request: Request<Incoming>,
+    exchange: &mut Exchange,
+) -> Result<Proxied, ProxyError> {
+    if ambiguous_framing(&request) {
+        return Err(ProxyError::closing(Cause::BadRequest));
+    }
+    // The authority of an absolute-form or HTTP/2 URI takes precedence over Host
+    // (RFC 9112 §3.2.2).
+    let host = match request.uri().authority() {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        None => request.headers().get(HOST).cloned(),
+    };
+    if host.is_none() && request.version() == Version::HTTP_11 {
+        // RFC 9112 §3.2: a server must answer 400 to an HTTP/1.1 request without Host.
+        return Err(ProxyError::closing(Cause::BadRequest));
+    }
+    exchange.host = host
+        .as_ref()
+        .and_then(|h| h.to_str().ok())
+        .map(route::normalize_host)
+        .unwrap_or_default();
+
+    let (route_index, route) =
+        route::select(&gateway.config.routes, &exchange.host, request.uri().path())
+            .ok_or(Cause::NoRoute)?;
+    exchange.route = Some(route_index);
+    exchange.upstream = Some(route.upstream);
+    if route.maintenance {
+        return Err(ProxyError {
+            retry_after: Some(route.maintenance_retry_after),
+            ..ProxyError::from(Cause::Maintenance)
+        });
+    }
+    if declared_length(&request).is_some_and(|length| length > route.max_body_bytes) {
+        return Err(ProxyError::closing(Cause::RequestTooLarge));
+    }
+
+    let upgrade = forward::is_upgrade(request.version(), request.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+    let deadline = route.timeouts.total.map(|total| exchange.started + total);
+    let (mut parts, incoming) = request.into_parts();
+
+    let body = if http_body::Body::is_end_stream(&incoming) {
+        RequestBody::empty()
+    } else {
+        let read = Arc::new(AtomicU64::new(0));
+        exchange.bytes_in = Some(read.clone());
+        RequestBody::read_ahead(incoming, route.buffer_bytes, route.max_body_bytes, read)
+            .await
+            .map_err(ProxyError::closing)?
+    };
+
+    let listener = conn.listener.config(gateway);
+    let peer = Peer {
+        ip: conn.peer.ip(),
+        trusted_proxies: &listener.trusted_proxies,
+    };
+    forward::remove_hop_by_hop(&mut parts.headers, upgrade);
+    forward::set_forwarding_headers(
+        &mut parts.headers,
+        &peer,
+        host.as_ref(),
+        parts.version,
+        &exchange.request_id,
+    );
+    if route.preserve_host {
+        if let Some(host) = host {
+            parts.headers.insert(HOST, host);
+        }
+    }
+    parts.uri = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
+    parts.version = Version::HTTP_11;
+    let mut request = Some(Request::from_parts(parts, body));
+
+    let upstream = &gateway.upstreams[route.upstream];
+    let metrics = &gateway.observer.metrics;
+    let mut tried = Vec::new();
+    let mut last_failure: Option<Failure> = None;
+    while let Some(pending) = request.take() {
+        let Some(index) = upstream.pick(&tried) else {
+            break;
+        };
+        tried.push(index);
+        let endpoint = &upstream.endpoints[index];
+        let mut pending = pending;
+        if !route.preserve_host {
+            pending
+                .headers_mut()
+                .insert(HOST, endpoint.host_header.clone());
+        }
+        exchange.endpoint = Some(index);
+        exchange.attempts += 1;
+        let head_deadline = route
+            .timeouts
+            .response_header
+            .map(|limit| Instant::now() + limit)
+            .into_iter()
+            .chain(deadline)
+            .min();
+        let result = attempt(endpoint, pending, route.timeouts.connect, head_deadline).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(failure) => failure.cause.code(),
+        };
+        metrics
+            .attempts
+            .get_or_create(&AttemptLabels {
+                upstream: upstream.name.clone(),
+                endpoint: endpoint.label.clone(),
+                outcome,
+            })
+            .inc();
+        match result {
+            Ok(success) => {
+                endpoint.ok.fetch_add(1, Ordering::Relaxed);
+                exchange.delivery = Delivery::Sent;
+                exchange.connect = success.connect;
+                exchange.ttfb = Some(exchange.started.elapsed());
+                let mut response = success.response;
+                let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+                if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
+                    tunnel(client_upgrade, hyper::upgrade::on(&mut response));
+                }
+                forward::prepare_response_headers(
+                    response.headers_mut(),
+                    upgrade && switching,
+                    &exchange.request_id,
+                );
+                return Ok(Proxied {
+                    response,
+                    lease: success.lease,
+                    idle: route.timeouts.idle,
+                    deadline,
+                });
+            }
+            Err(mut failure) => {
+                endpoint.failed.fetch_add(1, Ordering::Relaxed);
+                exchange.delivery = exchange.delivery.max(failure.delivery);
+                if let Some(connect) = failure.connect {
+                    exchange.connect = Some(connect);
+                }
+                // Only a request none of which was sent may go to the next endpoint.
+                if exchange.attempts < route.attempts {
+                    request = failure.request.take();
+                }
+                last_failure = Some(failure);
+            }
+        }
+    }
+    match last_failure {
+        Some(failure) => Err(ProxyError {
+            delivery: exchange.delivery,
+            ..ProxyError::from(failure.cause)
+        }),
+        None => Err(Cause::NoHealthyUpstream.into()),
+    }
+}
+
+/// Joins an upgraded client connection to the upgraded upstream connection and copies
+/// bytes both ways until either side closes.
+fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    tokio::spawn(async move {
+        let (client, upstream) = tokio::join!(client, upstream);
+        match (client, upstream) {
+            (Ok(client), Ok(upstream)) => {
+                let mut client = hyper_util::rt::TokioIo::new(client);
+                let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+                if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                    tracing::debug!(error = %err, "upgraded connection ended");
+                }
+            }
+            (client, upstream) => {
+                tracing::debug!(
+                    client_ok = client.is_ok(),
+                    upstream_ok = upstream.is_ok(),
+                    "upgrade failed"
+                );
+            }
+        }
+    });
+}

@@ -1,0 +1,118 @@
+//! Route matching: which route answers a request, by host and path (SPEC §3).
+//!
+//! Among routes whose `host` matches, the longest `path_prefix` wins; on a tie the more
+//! specific host (exact, then `*.domain`, then `*`) wins, then the earlier route in the file.
+//! A prefix matches whole path segments: `/api` matches `/api` and `/api/users`, not `/apix`.
+
+use crate::config::{HostPattern, Route};
+
+impl HostPattern {
+    /// `host` is lowercase, without a port.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Any => true,
+            HostPattern::Exact(name) => name == host,
+            HostPattern::Suffix(suffix) => {
+                host.len() > suffix.len() && host.ends_with(suffix.as_str())
+            }
+        }
+    }
+
+    fn specificity(&self) -> u8 {
+        match self {
+            HostPattern::Exact(_) => 2,
+            HostPattern::Suffix(_) => 1,
+            HostPattern::Any => 0,
+        }
+    }
+}
+
+/// True when `prefix` covers `path` on a segment boundary.
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+/// The host part of a `Host` header or URI authority: lowercase, without port.
+pub fn normalize_host(host: &str) -> String {
+    let without_port = if let Some(stripped) = host.strip_prefix('[') {
+        // An IPv6 literal: keep the brackets' content.
+        stripped.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, _)| name)
+    };
+    without_port.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Picks the route for a request; `None` means 404 `no-route`.
+pub fn select<'a>(routes: &'a [Route], host: &str, path: &str) -> Option<(usize, &'a Route)> {
+    routes
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.host.matches(host) && prefix_matches(&r.path_prefix, path))
+        .max_by(|(ia, a), (ib, b)| {
+            (a.path_prefix.len(), a.host.specificity())
+                .cmp(&(b.path_prefix.len(), b.host.specificity()))
+                .then(ib.cmp(ia))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Timeouts;
+    use std::time::Duration;
+
+    fn route(name: &str, host: HostPattern, prefix: &str) -> Route {
+        Route {
+            name: name.into(),
+            host,
+            path_prefix: prefix.into(),
+            upstream: 0,
+            max_body_bytes: 0,
+            preserve_host: true,
+            maintenance: false,
+            maintenance_retry_after: Duration::ZERO,
+            timeouts: Timeouts {
+                connect: None,
+                response_header: None,
+                idle: None,
+                total: None,
+            },
+            attempts: 1,
+            buffer_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn longest_prefix_then_most_specific_host() {
+        let routes = vec![
+            route("root", HostPattern::Any, "/"),
+            route("api", HostPattern::Any, "/api"),
+            route(
+                "api-example",
+                HostPattern::Exact("example.com".into()),
+                "/api",
+            ),
+            route("sub", HostPattern::Suffix(".example.com".into()), "/"),
+        ];
+        let pick =
+            |host: &str, path: &str| select(&routes, host, path).map(|(_, r)| r.name.as_str());
+        assert_eq!(pick("other.org", "/"), Some("root"));
+        assert_eq!(pick("other.org", "/api/x"), Some("api"));
+        assert_eq!(pick("other.org", "/apix"), Some("root"));
+        assert_eq!(pick("example.com", "/api"), Some("api-example"));
+        assert_eq!(pick("a.example.com", "/x"), Some("sub"));
+        assert_eq!(pick("example.com", "/x"), Some("root"));
+        assert!(select(&routes[1..2], "x", "/").is_none());
+    }
+
+    #[test]
+    fn hosts_are_normalized() {
+        assert_eq!(normalize_host("Example.COM:8080"), "example.com");
+        assert_eq!(normalize_host("[::1]:80"), "::1");
+        assert_eq!(normalize_host("example.com."), "example.com");
+    }
+}
