@@ -1,0 +1,523 @@
+//! Test support: misbehaving upstreams on real sockets, baton started in-process or as a
+//! process, and raw HTTP clients.
+
+#![allow(dead_code)]
+
+pub mod http;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::task::JoinSet;
+
+pub use self::http::{Head, Reader};
+
+/// What a test upstream does with each request it receives.
+#[derive(Clone)]
+enum Behavior {
+    Ok {
+        body: Vec<u8>,
+        headers: Vec<(String, String)>,
+    },
+    ResetBeforeHead,
+    Garbage,
+    SlowHead(Duration),
+    TruncateBody,
+    StallBody,
+    Hang,
+    Download(u64),
+    Sink,
+    KeepAliveTimeout(Duration),
+    Echo,
+}
+
+/// A real upstream server on 127.0.0.1 with one behavior, counting the requests it saw.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Head>>>,
+    body_bytes: Arc<AtomicU64>,
+    connections: Arc<AtomicUsize>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    _held: Vec<TcpStream>,
+    _listener: Option<std::net::TcpListener>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+impl Upstream {
+    /// Answers 200 with `body` on keep-alive connections.
+    pub async fn ok(body: &str) -> Upstream {
+        Self::start(Behavior::Ok {
+            body: body.as_bytes().to_vec(),
+            headers: Vec::new(),
+        })
+        .await
+    }
+
+    /// Answers 200 with `body` and extra response headers.
+    pub async fn ok_with_headers(body: &str, headers: &[(&str, &str)]) -> Upstream {
+        Self::start(Behavior::Ok {
+            body: body.as_bytes().to_vec(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+        })
+        .await
+    }
+
+    /// Nothing listens on the port: connections are refused.
+    pub async fn refusing() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        Self::idle(addr)
+    }
+
+    /// Reads the request, then resets the connection without answering.
+    pub async fn reset_before_head() -> Upstream {
+        Self::start(Behavior::ResetBeforeHead).await
+    }
+
+    /// Reads the request, then answers bytes that are not HTTP.
+    pub async fn garbage() -> Upstream {
+        Self::start(Behavior::Garbage).await
+    }
+
+    /// Reads the request, waits `delay`, then answers 200 "slow".
+    pub async fn slow_head(delay: Duration) -> Upstream {
+        Self::start(Behavior::SlowHead(delay)).await
+    }
+
+    /// Answers a head announcing 1000 bytes, sends 10, and closes.
+    pub async fn truncate_body() -> Upstream {
+        Self::start(Behavior::TruncateBody).await
+    }
+
+    /// Answers a head announcing 1000 bytes, sends 10, and stalls.
+    pub async fn stall_body() -> Upstream {
+        Self::start(Behavior::StallBody).await
+    }
+
+    /// Reads the request and never answers.
+    pub async fn hang() -> Upstream {
+        Self::start(Behavior::Hang).await
+    }
+
+    /// Answers 200 with `size` bytes, streamed.
+    pub async fn download(size: u64) -> Upstream {
+        Self::start(Behavior::Download(size)).await
+    }
+
+    /// Reads the whole request body and answers with its length.
+    pub async fn sink() -> Upstream {
+        Self::start(Behavior::Sink).await
+    }
+
+    /// Answers 200 with `Keep-Alive: timeout=N` and closes a connection idle for N.
+    pub async fn keep_alive_timeout(timeout: Duration) -> Upstream {
+        Self::start(Behavior::KeepAliveTimeout(timeout)).await
+    }
+
+    /// Accepts an HTTP/1.1 upgrade with 101, then echoes every byte.
+    pub async fn upgrade_echo() -> Upstream {
+        Self::start(Behavior::Echo).await
+    }
+
+    /// A listener whose accept queue is full and never drained: connects time out.
+    pub async fn full_backlog() -> Upstream {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut held = Vec::new();
+        for _ in 0..16 {
+            match tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => held.push(stream),
+                _ => break,
+            }
+        }
+        let mut upstream = Self::idle(addr);
+        upstream._held = held;
+        upstream._listener = Some(listener.into_std().unwrap());
+        upstream
+    }
+
+    fn idle(addr: SocketAddr) -> Upstream {
+        Upstream {
+            addr,
+            seen: Arc::default(),
+            body_bytes: Arc::default(),
+            connections: Arc::default(),
+            task: None,
+            _held: Vec::new(),
+            _listener: None,
+        }
+    }
+
+    async fn start(behavior: Behavior) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut upstream = Self::idle(addr);
+        let seen = upstream.seen.clone();
+        let body_bytes = upstream.body_bytes.clone();
+        let connections = upstream.connections.clone();
+        upstream.task = Some(tokio::spawn(async move {
+            let mut tasks = JoinSet::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                connections.fetch_add(1, Ordering::SeqCst);
+                tasks.spawn(serve(
+                    stream,
+                    behavior.clone(),
+                    seen.clone(),
+                    body_bytes.clone(),
+                ));
+            }
+        }));
+        upstream
+    }
+
+    /// How many request heads this upstream received.
+    pub fn requests(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    /// The request heads received, in order.
+    pub fn seen(&self) -> Vec<Head> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Request body bytes received, over all requests.
+    pub fn body_bytes(&self) -> u64 {
+        self.body_bytes.load(Ordering::SeqCst)
+    }
+
+    /// TCP connections accepted.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+async fn serve(
+    stream: TcpStream,
+    behavior: Behavior,
+    seen: Arc<Mutex<Vec<Head>>>,
+    body_bytes: Arc<AtomicU64>,
+) {
+    let mut reader = Reader::new(stream);
+    loop {
+        let head = match &behavior {
+            Behavior::KeepAliveTimeout(idle) => {
+                match tokio::time::timeout(*idle, reader.read_request_head()).await {
+                    Ok(head) => head,
+                    Err(_) => return, // idle too long: close, as the hint said
+                }
+            }
+            _ => reader.read_request_head().await,
+        };
+        let Ok(Some(head)) = head else { return };
+        seen.lock().unwrap().push(head.clone());
+        let counter = body_bytes.clone();
+        let Ok(length) = reader
+            .read_request_body(&head, |piece| {
+                counter.fetch_add(piece.len() as u64, Ordering::SeqCst);
+            })
+            .await
+        else {
+            return;
+        };
+        let result = match &behavior {
+            Behavior::Ok { body, headers } => {
+                let mut response = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n", body.len());
+                for (name, value) in headers {
+                    response.push_str(&format!("{name}: {value}\r\n"));
+                }
+                response.push_str("\r\n");
+                let mut bytes = response.into_bytes();
+                bytes.extend_from_slice(body);
+                reader.write_all(&bytes).await
+            }
+            Behavior::KeepAliveTimeout(idle) => {
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nkeep-alive: timeout={}\r\n\r\nok",
+                    idle.as_secs()
+                );
+                reader.write_all(response.as_bytes()).await
+            }
+            Behavior::ResetBeforeHead => {
+                let _ = reader.stream.set_linger(Some(Duration::ZERO));
+                return;
+            }
+            Behavior::Garbage => {
+                let _ = reader.write_all(b"this is not HTTP at all\r\n\r\n").await;
+                return;
+            }
+            Behavior::SlowHead(delay) => {
+                tokio::time::sleep(*delay).await;
+                reader
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow")
+                    .await
+            }
+            Behavior::TruncateBody => {
+                let _ = reader
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n0123456789")
+                    .await;
+                return;
+            }
+            Behavior::StallBody => {
+                let _ = reader
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n0123456789")
+                    .await;
+                std::future::pending::<()>().await;
+                return;
+            }
+            Behavior::Hang => {
+                std::future::pending::<()>().await;
+                return;
+            }
+            Behavior::Download(size) => download(&mut reader, *size).await,
+            Behavior::Sink => {
+                let text = length.to_string();
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{text}",
+                    text.len()
+                );
+                reader.write_all(response.as_bytes()).await
+            }
+            Behavior::Echo => {
+                let _ = reader
+                    .write_all(
+                        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
+                    )
+                    .await;
+                let leftover = reader.buffered().to_vec();
+                let mut stream = reader.stream;
+                if stream.write_all(&leftover).await.is_err() {
+                    return;
+                }
+                let (mut read, mut write) = stream.split();
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+                return;
+            }
+        };
+        if result.is_err() {
+            return;
+        }
+    }
+}
+
+const DOWNLOAD_CHUNK: usize = 64 * 1024;
+
+async fn download(reader: &mut Reader<TcpStream>, size: u64) -> std::io::Result<()> {
+    reader
+        .write_all(format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n").as_bytes())
+        .await?;
+    let chunk = vec![b'x'; DOWNLOAD_CHUNK];
+    let mut remaining = size;
+    while remaining > 0 {
+        let take = remaining.min(DOWNLOAD_CHUNK as u64) as usize;
+        reader.write_all(&chunk[..take]).await?;
+        remaining -= take as u64;
+    }
+    Ok(())
+}
+
+/// A scratch directory removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "baton-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    pub fn file(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Baton started in-process from config text. Listener and admin addresses in the text
+/// should use port 0.
+pub struct Baton {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: TempDir,
+    running: Option<baton::Running>,
+}
+
+impl Baton {
+    pub async fn start(config: &str) -> Baton {
+        let dir = TempDir::new();
+        let config = baton::config::parse(config, "test.toml", &dir.0)
+            .unwrap_or_else(|errors| panic!("bad test config: {errors:?}"));
+        Self::start_config(config, dir).await
+    }
+
+    /// Starts with a config that may refer to files in `dir`.
+    pub async fn start_in(dir: TempDir, config: &str) -> Baton {
+        let config = baton::config::parse(config, "test.toml", &dir.0)
+            .unwrap_or_else(|errors| panic!("bad test config: {errors:?}"));
+        Self::start_config(config, dir).await
+    }
+
+    async fn start_config(config: baton::config::Config, dir: TempDir) -> Baton {
+        let running = baton::start(config).await.expect("baton starts");
+        Baton {
+            addr: running.listeners[0],
+            admin: running.admin,
+            dir,
+            running: Some(running),
+        }
+    }
+
+    /// One upstream, one catch-all route; `extra_route` and `extra_upstream` are appended to
+    /// the route and upstream tables.
+    pub async fn in_front_of(
+        addrs: &[SocketAddr],
+        extra_route: &str,
+        extra_upstream: &str,
+    ) -> Baton {
+        Self::start(&simple_config(addrs, extra_route, extra_upstream)).await
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await;
+        }
+    }
+
+    pub fn gateway(&self) -> &baton::gateway::Gateway {
+        &self.running.as_ref().unwrap().gateway
+    }
+}
+
+pub fn simple_config(addrs: &[SocketAddr], extra_route: &str, extra_upstream: &str) -> String {
+    let endpoints: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[log]
+access = "off"
+
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:0"
+
+[[routes]]
+name = "main"
+upstream = "app"
+{extra_route}
+
+[upstreams.app]
+endpoints = [{}]
+{extra_upstream}
+"#,
+        endpoints.join(", ")
+    )
+}
+
+/// A response as a client saw it.
+#[derive(Debug)]
+pub struct Response {
+    pub head: Head,
+    pub body: Vec<u8>,
+    /// False when the body ended before its framing said it would.
+    pub complete: bool,
+}
+
+impl Response {
+    pub fn status(&self) -> u16 {
+        self.head.status
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.header(name)
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Sends raw bytes on a new connection and reads one response.
+pub async fn send_raw(addr: SocketAddr, bytes: &[u8]) -> Response {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let mut reader = Reader::new(stream);
+    reader.write_all(bytes).await.unwrap();
+    read_response(&mut reader, "GET").await
+}
+
+pub async fn read_response(reader: &mut Reader<TcpStream>, method: &str) -> Response {
+    let head = reader
+        .read_response_head()
+        .await
+        .expect("a response head")
+        .expect("a response before EOF");
+    let (body, complete) = reader.read_response_body(&head, method).await;
+    Response {
+        head,
+        body,
+        complete,
+    }
+}
+
+/// A request with `Connection: close` and the given extra header lines.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    let mut text =
+        format!("{method} {path} HTTP/1.1\r\nhost: example.test\r\nconnection: close\r\n");
+    for (name, value) in headers {
+        text.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" || method == "PUT" {
+        text.push_str(&format!("content-length: {}\r\n", body.len()));
+    }
+    text.push_str("\r\n");
+    let mut bytes = text.into_bytes();
+    bytes.extend_from_slice(body);
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let mut reader = Reader::new(stream);
+    reader.write_all(&bytes).await.unwrap();
+    read_response(&mut reader, method).await
+}
+
+pub async fn get(addr: SocketAddr, path: &str) -> Response {
+    request(addr, "GET", path, &[], b"").await
+}
+
+/// GET from the admin server.
+pub async fn admin_get(baton: &Baton, path: &str) -> Response {
+    get(baton.admin, path).await
+}
