@@ -256,7 +256,7 @@ async fn serve(
                 reader.write_all(response.as_bytes()).await
             }
             Behavior::ResetBeforeHead => {
-                let _ = reader.stream.set_linger(Some(Duration::ZERO));
+                let _ = reader.stream.set_zero_linger();
                 return;
             }
             Behavior::Garbage => {
