@@ -187,6 +187,14 @@ impl ResponseBody {
         }
     }
 
+    /// The bytes of a body built with [`ResponseBody::full`].
+    pub fn full_bytes(&self) -> Option<&Bytes> {
+        match &self.kind {
+            Kind::Full(data) => data.as_ref(),
+            Kind::Upstream(_) => None,
+        }
+    }
+
     pub fn empty() -> ResponseBody {
         ResponseBody {
             kind: Kind::Full(None),

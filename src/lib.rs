@@ -9,7 +9,8 @@
 //!                                                               └── not sent: next endpoint
 //! ```
 //!
-//! - [`listener`] accepts connections and serves HTTP/1.1 and h2c on them (the shell);
+//! - [`listener`] accepts connections and serves HTTP/1.1 and h2c on them (the shell),
+//!   behind the [`gate`] that checks every HTTP/1.1 request head before hyper sees it;
 //! - [`proxy`] is the handler: [`proxy::handle`] wraps the work of `handle_inner` and is the
 //!   one place that turns a result into a response;
 //! - [`route`] picks the route by host and longest path prefix;
@@ -30,6 +31,7 @@ pub mod cause;
 pub mod classify;
 pub mod config;
 pub mod forward;
+pub mod gate;
 pub mod gateway;
 pub mod listener;
 pub mod observe;

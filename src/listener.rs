@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,9 +16,16 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::Listener;
+use crate::forward;
+use crate::gate::{Gate, Limits, Refusal, Refuse, MAX_HEADERS};
 use crate::gateway::{stop_requested, Gateway, SHUTDOWN_GRACE};
 use crate::observe::metrics::ListenerLabel;
+use crate::observe::Exchange;
 use crate::proxy;
+use crate::respond::{self, ErrorReply};
+
+/// hyper's smallest allowed read buffer.
+const HYPER_MIN_BUF: usize = 8 * 1024;
 
 /// Pause after a failed accept (out of file descriptors, typically) before trying again,
 /// so the loop does not spin while the condition lasts.
@@ -27,6 +35,25 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 pub struct ClientConn {
     pub peer: SocketAddr,
     pub listener: Arc<ListenerState>,
+    /// Requests of this connection still being answered (see [`InFlight`]).
+    pub in_flight: Arc<AtomicUsize>,
+}
+
+/// Counts one request as in flight on its connection while it lives, so the [`Gate`]
+/// does not close a connection for idleness while a response is still being written.
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    pub fn enter(counter: &Arc<AtomicUsize>) -> InFlight {
+        counter.fetch_add(1, Ordering::AcqRel);
+        InFlight(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 pub struct ListenerState {
@@ -45,8 +72,11 @@ fn connection_builder(config: &Listener) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout)
-        .max_buf_size(config.max_header_bytes);
+        // The gate enforces the head timeout and size, with a proper answer; hyper's own
+        // limits stay out of its way.
+        .header_read_timeout(None)
+        .max_headers(MAX_HEADERS)
+        .max_buf_size(config.max_header_bytes.saturating_mul(2).max(HYPER_MIN_BUF));
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -92,7 +122,17 @@ pub async fn serve(
         let conn = Arc::new(ClientConn {
             peer,
             listener: state.clone(),
+            in_flight: Arc::new(AtomicUsize::new(0)),
         });
+        let stream = Gate::new(
+            stream,
+            Limits {
+                max_head_bytes: config.max_header_bytes,
+                header_read_timeout: config.header_read_timeout,
+            },
+            conn.in_flight.clone(),
+            refuser(gateway.clone(), peer),
+        );
         let handler_gateway = gateway.clone();
         let service = service_fn(move |request| {
             let gateway = handler_gateway.clone();
@@ -119,4 +159,46 @@ pub async fn serve(
     {
         tracing::warn!(listener = %config.name, "connections still open after the shutdown grace period; closing them");
     }
+}
+
+/// Answers a head the [`Gate`] refused, through the same error responses, metrics and
+/// access log as every other generated error.
+fn refuser(gateway: Arc<Gateway>, peer: SocketAddr) -> Refuse {
+    Arc::new(move |refusal: Refusal| {
+        let cause = refusal.cause.unwrap_or(crate::cause::Cause::BadRequest);
+        let method = refusal
+            .method
+            .as_deref()
+            .and_then(|m| http::Method::from_bytes(m.as_bytes()).ok())
+            .unwrap_or_default();
+        let uri = refusal
+            .path
+            .as_deref()
+            .and_then(|p| p.parse::<http::Uri>().ok())
+            .unwrap_or_default();
+        let request_id = refusal
+            .request_id
+            .filter(forward::valid_request_id)
+            .unwrap_or_else(forward::new_request_id);
+        let mut exchange =
+            Exchange::new(gateway.clone(), peer.ip(), method.clone(), uri, request_id);
+        let response = respond::error_response(
+            &ErrorReply {
+                cause,
+                delivery: crate::cause::Delivery::None,
+                request_id: exchange.request_id.to_str().unwrap_or(""),
+                method: &method,
+                accept: refusal.accept.as_ref(),
+                retry_after: None,
+                close: true,
+            },
+            &gateway.config.error_pages,
+        );
+        let bytes = respond::to_http1(&response);
+        exchange.status = response.status().as_u16();
+        exchange.cause = Some(cause);
+        let body_len = response.body().full_bytes().map_or(0, |b| b.len() as u64);
+        exchange.finish(body_len, None);
+        bytes
+    })
 }

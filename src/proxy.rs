@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{HeaderValue, ACCEPT, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::{HeaderValue, ACCEPT, CONTENT_LENGTH, HOST};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -19,7 +19,7 @@ use crate::body::{RequestBody, ResponseBody};
 use crate::cause::{Cause, Delivery};
 use crate::forward::{self, Peer};
 use crate::gateway::Gateway;
-use crate::listener::ClientConn;
+use crate::listener::{ClientConn, InFlight};
 use crate::observe::metrics::AttemptLabels;
 use crate::observe::Exchange;
 use crate::respond::{self, ErrorReply, DEFAULT_RETRY_AFTER};
@@ -71,10 +71,9 @@ pub async fn handle(
     conn: &ClientConn,
     request: Request<Incoming>,
 ) -> Response<ResponseBody> {
-    let request_id = match forward::incoming_request_id(request.headers()) {
-        Some(id) => HeaderValue::from_str(id).unwrap_or_else(|_| forward::new_request_id()),
-        None => forward::new_request_id(),
-    };
+    let request_id = forward::incoming_request_id(request.headers())
+        .cloned()
+        .unwrap_or_else(forward::new_request_id);
     let accept = request.headers().get(ACCEPT).cloned();
     let method = request.method().clone();
     let mut exchange = Exchange::new(
@@ -84,6 +83,7 @@ pub async fn handle(
         request.uri().clone(),
         request_id,
     );
+    exchange.in_flight = Some(InFlight::enter(&conn.in_flight));
     match handle_inner(&gateway, conn, request, &mut exchange).await {
         Ok(proxied) => {
             let (parts, body) = proxied.response.into_parts();
@@ -129,16 +129,6 @@ pub async fn handle(
     }
 }
 
-/// True when the request's framing is ambiguous (SPEC §13): both `Content-Length` and
-/// `Transfer-Encoding` (RFC 9112 §6.1 lets a server process such a request, but a gateway
-/// that does so is how requests are smuggled past the one behind it). hyper refuses
-/// differing `Content-Length`s, bad chunk sizes, bare CR and obsolete line folding itself.
-fn ambiguous_framing(request: &Request<Incoming>) -> bool {
-    request.version() <= Version::HTTP_11
-        && request.headers().contains_key(TRANSFER_ENCODING)
-        && request.headers().contains_key(CONTENT_LENGTH)
-}
-
 fn declared_length(request: &Request<Incoming>) -> Option<u64> {
     request
         .headers()
@@ -156,9 +146,6 @@ async fn handle_inner(
     mut request: Request<Incoming>,
     exchange: &mut Exchange,
 ) -> Result<Proxied, ProxyError> {
-    if ambiguous_framing(&request) {
-        return Err(ProxyError::closing(Cause::BadRequest));
-    }
     // The authority of an absolute-form or HTTP/2 URI takes precedence over Host
     // (RFC 9112 §3.2.2).
     let host = match request.uri().authority() {

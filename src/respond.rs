@@ -84,6 +84,34 @@ pub fn error_response(
     response
 }
 
+/// Serializes a generated response as HTTP/1.1 bytes, for answers written below hyper.
+pub fn to_http1(response: &Response<ResponseBody>) -> Vec<u8> {
+    let status = response.status();
+    let body = response.body().full_bytes().cloned().unwrap_or_default();
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    )
+    .into_bytes();
+    for (name, value) in response.headers() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+    out.extend_from_slice(
+        format!(
+            "date: {}\r\n\r\n",
+            httpdate::fmt_http_date(SystemTime::now())
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(&body);
+    out
+}
+
 /// True when `Accept` ranks a JSON type above HTML (RFC 9110 §12.5.1).
 fn prefers_json(accept: &HeaderValue) -> bool {
     let mut json_q = 0.0f32;

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use crate::cause::{Cause, Delivery};
 use crate::gateway::Gateway;
+use crate::listener::InFlight;
 use access_log::{AccessLog, AccessRecord};
 use metrics::{ErrorLabels, Metrics, RouteCode, RouteLabel};
 
@@ -44,6 +45,8 @@ pub struct Exchange {
     pub bytes_in: Option<Arc<AtomicU64>>,
     pub connect: Option<Duration>,
     pub ttfb: Option<Duration>,
+    /// Counts this request on its connection until the exchange ends.
+    pub in_flight: Option<InFlight>,
 }
 
 fn millis(duration: Duration) -> f64 {
@@ -77,6 +80,7 @@ impl Exchange {
             bytes_in: None,
             connect: None,
             ttfb: None,
+            in_flight: None,
         }
     }
 

@@ -1,0 +1,724 @@
+//! The request-head gate: an HTTP/1.1 guard between a client socket and hyper.
+//!
+//! hyper answers a malformed head with a bare 400 or 431 and a slow one by closing the
+//! connection; a gateway owes the client a cause code, a request ID and a readable page for
+//! each (SPEC §5, §13). So every byte a client sends passes through [`Gate`] first, which
+//!
+//! - holds back each request head until it is complete, then checks it with the same parser
+//!   hyper uses (httparse) plus the framing rules of SPEC §13: no `Content-Length` together
+//!   with `Transfer-Encoding`, no differing `Content-Length`s, `chunked` last, one `Host`;
+//! - enforces `max_header_bytes` (431 `headers-too-large`) and `header_read_timeout`
+//!   (408 `client-timeout`), and closes keep-alive connections idle for
+//!   [`CLIENT_KEEPALIVE_IDLE`];
+//! - follows body framing (`Content-Length` or chunked) so it knows where the next head
+//!   starts, passing body bytes straight through;
+//! - steps aside for h2c (the HTTP/2 preface) and after an upgrade request.
+//!
+//! A refused head is never given to hyper: the gate ends the read side instead, and when
+//! hyper then shuts the connection down, writes the error response first.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use http::HeaderValue;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use crate::cause::Cause;
+
+/// How long a client keep-alive connection may sit idle between requests.
+pub const CLIENT_KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+/// The most header fields a request may have; hyper's default, so the two agree.
+pub const MAX_HEADERS: usize = 100;
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Hex digits of the largest chunk size accepted (2^64 - 1).
+const MAX_CHUNK_SIZE_DIGITS: u8 = 16;
+const READ_CHUNK: usize = 8 * 1024;
+
+/// What the gate knows about a request it refused.
+#[derive(Debug, Default)]
+pub struct Refusal {
+    pub cause: Option<Cause>,
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub accept: Option<HeaderValue>,
+    pub request_id: Option<HeaderValue>,
+}
+
+/// Turns a refusal into the bytes of the response to send (and records it).
+pub type Refuse = Arc<dyn Fn(Refusal) -> Vec<u8> + Send + Sync>;
+
+#[derive(Clone, Copy)]
+pub struct Limits {
+    pub max_head_bytes: usize,
+    pub header_read_timeout: Duration,
+}
+
+pub struct Gate<IO> {
+    io: IO,
+    /// Bytes read from the client and not yet given to hyper.
+    pending: BytesMut,
+    /// How many bytes at the front of `pending` are checked and may go to hyper.
+    releasable: usize,
+    /// What the bytes after the releasable prefix are.
+    state: State,
+    /// How far `pending` was searched for the end of a head.
+    scanned: usize,
+    first_request: bool,
+    head_started: bool,
+    limits: Limits,
+    timer: Pin<Box<Sleep>>,
+    /// Requests of this connection still being answered; an idle timeout waits for zero.
+    in_flight: Arc<AtomicUsize>,
+    refuse: Refuse,
+    /// The error response to write before shutting down.
+    refusal: Option<bytes::Bytes>,
+}
+
+enum State {
+    Head,
+    Body(Framing),
+    /// h2c, an upgraded connection, or framing hyper will refuse: no more checks.
+    Passthrough,
+    /// The read side is over (refused, timed out or closed).
+    Closed,
+}
+
+enum Framing {
+    Length(u64),
+    Chunked(Chunk),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Chunk {
+    Size { digits: u8, value: u64 },
+    Extension { value: u64 },
+    SizeLf { value: u64 },
+    Data(u64),
+    DataCr,
+    DataLf,
+    TrailerStart,
+    Trailer,
+    TrailerLf,
+    EndLf,
+    Done,
+    Invalid,
+}
+
+impl Chunk {
+    fn start() -> Chunk {
+        Chunk::Size {
+            digits: 0,
+            value: 0,
+        }
+    }
+
+    /// Advances over `bytes`; returns how many belong to the body (all of them unless the
+    /// body ends inside `bytes`).
+    fn advance(&mut self, bytes: &[u8]) -> usize {
+        let mut i = 0;
+        while i < bytes.len() {
+            if let Chunk::Data(remaining) = self {
+                let take = (*remaining).min((bytes.len() - i) as u64);
+                *remaining -= take;
+                i += take as usize;
+                if *remaining == 0 {
+                    *self = Chunk::DataCr;
+                }
+                continue;
+            }
+            let b = bytes[i];
+            i += 1;
+            *self = match (*self, b) {
+                (Chunk::Size { digits, value }, b) if b.is_ascii_hexdigit() => {
+                    if digits >= MAX_CHUNK_SIZE_DIGITS {
+                        Chunk::Invalid
+                    } else {
+                        let digit = (b as char).to_digit(16).unwrap_or(0) as u64;
+                        Chunk::Size {
+                            digits: digits + 1,
+                            value: (value << 4) | digit,
+                        }
+                    }
+                }
+                (Chunk::Size { digits, value }, b';' | b' ' | b'\t') if digits > 0 => {
+                    Chunk::Extension { value }
+                }
+                (Chunk::Size { digits, value }, b'\r') if digits > 0 => Chunk::SizeLf { value },
+                (Chunk::Extension { value }, b'\r') => Chunk::SizeLf { value },
+                (Chunk::Extension { value }, b) if b != b'\n' => Chunk::Extension { value },
+                (Chunk::SizeLf { value: 0 }, b'\n') => Chunk::TrailerStart,
+                (Chunk::SizeLf { value }, b'\n') => Chunk::Data(value),
+                (Chunk::DataCr, b'\r') => Chunk::DataLf,
+                (Chunk::DataLf, b'\n') => Chunk::start(),
+                (Chunk::TrailerStart, b'\r') => Chunk::EndLf,
+                (Chunk::TrailerStart | Chunk::Trailer, b) if b != b'\r' && b != b'\n' => {
+                    Chunk::Trailer
+                }
+                (Chunk::Trailer, b'\r') => Chunk::TrailerLf,
+                (Chunk::TrailerLf, b'\n') => Chunk::TrailerStart,
+                (Chunk::EndLf, b'\n') => {
+                    *self = Chunk::Done;
+                    return i;
+                }
+                _ => Chunk::Invalid,
+            };
+            if *self == Chunk::Invalid {
+                return bytes.len();
+            }
+        }
+        i
+    }
+}
+
+impl Framing {
+    /// Advances over `bytes`; returns how many belong to the body.
+    fn advance(&mut self, bytes: &[u8]) -> usize {
+        match self {
+            Framing::Length(remaining) => {
+                let take = (*remaining).min(bytes.len() as u64);
+                *remaining -= take;
+                take as usize
+            }
+            Framing::Chunked(chunk) => chunk.advance(bytes),
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        matches!(self, Framing::Length(0) | Framing::Chunked(Chunk::Done))
+    }
+
+    fn is_invalid(&self) -> bool {
+        matches!(self, Framing::Chunked(Chunk::Invalid))
+    }
+}
+
+/// The verdict on the bytes of a head.
+enum Verdict {
+    /// Not all of it yet.
+    Partial,
+    /// `len` bytes of valid head, followed by a body framed so.
+    Complete {
+        len: usize,
+        body: Option<Framing>,
+        upgrade: bool,
+    },
+    H2,
+    Refused(Refusal),
+}
+
+fn refusal(cause: Cause) -> Refusal {
+    Refusal {
+        cause: Some(cause),
+        ..Refusal::default()
+    }
+}
+
+/// Where the head ends (after its empty line), searching from `from`.
+fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let start = from.saturating_sub(3);
+    buf[start..]
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .map(|p| start + p + 2)
+        .into_iter()
+        .chain(
+            buf[start..]
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map(|p| start + p + 4),
+        )
+        .min()
+}
+
+fn inspect(buf: &[u8], scanned: &mut usize, first: bool, max: usize) -> Verdict {
+    if first {
+        let n = buf.len().min(H2_PREFACE.len());
+        if buf[..n] == H2_PREFACE[..n] {
+            return if n == H2_PREFACE.len() {
+                Verdict::H2
+            } else {
+                Verdict::Partial
+            };
+        }
+    }
+    let Some(end) = head_end(buf, *scanned) else {
+        *scanned = buf.len();
+        return if buf.len() > max {
+            Verdict::Refused(refusal(Cause::HeadersTooLarge))
+        } else {
+            Verdict::Partial
+        };
+    };
+    if end > max {
+        return Verdict::Refused(refusal(Cause::HeadersTooLarge));
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let len = match request.parse(&buf[..end]) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Verdict::Refused(refusal(Cause::BadRequest)),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Verdict::Refused(refusal(Cause::HeadersTooLarge))
+        }
+        Err(_) => return Verdict::Refused(refusal(Cause::BadRequest)),
+    };
+    check_framing(&request, len)
+}
+
+/// Applies the framing rules of RFC 9112 §6 and SPEC §13 to a parsed head.
+fn check_framing(request: &httparse::Request<'_, '_>, len: usize) -> Verdict {
+    let mut length: Option<u64> = None;
+    let mut transfer_encoding: Option<&[u8]> = None;
+    let mut hosts = 0;
+    let mut connection_upgrade = false;
+    let mut has_upgrade = false;
+    let mut accept = None;
+    let mut request_id = None;
+    let mut valid = true;
+    for header in request.headers.iter() {
+        let name = header.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            for part in header.value.split(|&b| b == b',') {
+                let parsed = std::str::from_utf8(part)
+                    .ok()
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|t| t.parse::<u64>().ok());
+                match (parsed, length) {
+                    (Some(n), None) => length = Some(n),
+                    (Some(n), Some(m)) if n == m => {}
+                    _ => valid = false,
+                }
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            // Several fields form one list; the last coding is the one that frames.
+            transfer_encoding = Some(header.value);
+        } else if name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+        } else if name.eq_ignore_ascii_case("connection") {
+            connection_upgrade |= header
+                .value
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"));
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            has_upgrade = true;
+        } else if name.eq_ignore_ascii_case("accept") {
+            accept = HeaderValue::from_bytes(header.value).ok();
+        } else if name.eq_ignore_ascii_case("x-request-id") {
+            request_id = HeaderValue::from_bytes(header.value).ok();
+        }
+    }
+    let chunked = match transfer_encoding {
+        None => false,
+        Some(value) => {
+            let last = value
+                .rsplit(|&b| b == b',')
+                .next()
+                .unwrap_or_default()
+                .trim_ascii();
+            valid &= last.eq_ignore_ascii_case(b"chunked");
+            // RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means faulty framing.
+            valid &= request.version == Some(1);
+            valid &= length.is_none();
+            true
+        }
+    };
+    if hosts > 1 {
+        valid = false;
+    }
+    if !valid {
+        return Verdict::Refused(Refusal {
+            cause: Some(Cause::BadRequest),
+            method: request.method.map(str::to_owned),
+            path: request.path.map(str::to_owned),
+            accept,
+            request_id,
+        });
+    }
+    let body = if chunked {
+        Some(Framing::Chunked(Chunk::start()))
+    } else {
+        length.filter(|&n| n > 0).map(Framing::Length)
+    };
+    Verdict::Complete {
+        len,
+        body,
+        upgrade: (connection_upgrade && has_upgrade) || request.method == Some("CONNECT"),
+    }
+}
+
+impl<IO> Gate<IO> {
+    pub fn new(io: IO, limits: Limits, in_flight: Arc<AtomicUsize>, refuse: Refuse) -> Self {
+        Gate {
+            io,
+            pending: BytesMut::new(),
+            releasable: 0,
+            state: State::Head,
+            scanned: 0,
+            first_request: true,
+            head_started: false,
+            timer: Box::pin(tokio::time::sleep(limits.header_read_timeout)),
+            limits,
+            in_flight,
+            refuse,
+            refusal: None,
+        }
+    }
+
+    fn refuse_with(&mut self, refusal: Refusal) {
+        self.refusal = Some((self.refuse)(refusal).into());
+        self.close_read();
+    }
+
+    fn close_read(&mut self) {
+        self.state = State::Closed;
+        self.pending.clear();
+        self.releasable = 0;
+    }
+
+    /// Enters the head state for the next request.
+    fn await_head(&mut self) {
+        self.state = State::Head;
+        self.scanned = 0;
+        self.head_started = false;
+        self.timer
+            .as_mut()
+            .reset(Instant::now() + CLIENT_KEEPALIVE_IDLE);
+        self.note_head_bytes();
+    }
+
+    /// Starts the head timeout at the first byte of a head.
+    fn note_head_bytes(&mut self) {
+        if !self.head_started && self.pending.len() > self.releasable {
+            self.head_started = true;
+            if !self.first_request {
+                self.timer
+                    .as_mut()
+                    .reset(Instant::now() + self.limits.header_read_timeout);
+            }
+        }
+    }
+
+    /// The body framing after a head, or the next head.
+    fn after_head(&mut self, body: Option<Framing>, upgrade: bool) {
+        self.first_request = false;
+        match body {
+            Some(framing) => self.state = State::Body(framing),
+            None if upgrade => self.state = State::Passthrough,
+            None => self.await_head(),
+        }
+        if upgrade {
+            // Once the body (if any) is through, the connection may stop being HTTP.
+            if let State::Body(_) = self.state {
+                self.state = State::Passthrough;
+            }
+        }
+    }
+
+    /// Moves on when the body ended or turned out malformed.
+    fn body_progress(&mut self) {
+        if let State::Body(framing) = &self.state {
+            if framing.is_invalid() {
+                // hyper will refuse this body; let it see the bytes as they are.
+                self.state = State::Passthrough;
+            } else if framing.is_done() {
+                self.await_head();
+            }
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> Gate<IO> {
+    /// Reads more client bytes into `pending`.
+    fn fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        self.pending.reserve(READ_CHUNK);
+        let spare = self.pending.spare_capacity_mut();
+        let mut buf = ReadBuf::uninit(spare);
+        ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
+        let n = buf.filled().len();
+        // SAFETY: `poll_read` initialized the first `n` bytes of the spare capacity.
+        unsafe { self.pending.set_len(self.pending.len() + n) };
+        Poll::Ready(Ok(n))
+    }
+
+    /// The head timer fired: a slow head gets 408; an idle connection is closed, unless a
+    /// response is still being written.
+    fn on_timer(&mut self) -> bool {
+        if self.head_started || self.first_request && !self.pending.is_empty() {
+            self.refuse_with(refusal(Cause::ClientTimeout));
+            true
+        } else if self.first_request || self.in_flight.load(Ordering::Acquire) == 0 {
+            self.close_read();
+            true
+        } else {
+            self.timer
+                .as_mut()
+                .reset(Instant::now() + CLIENT_KEEPALIVE_IDLE);
+            false
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Gate<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if this.releasable > 0 {
+                let n = this.releasable.min(out.remaining());
+                out.put_slice(&this.pending[..n]);
+                this.pending.advance(n);
+                this.releasable -= n;
+                return Poll::Ready(Ok(()));
+            }
+            match &mut this.state {
+                State::Closed => return Poll::Ready(Ok(())),
+                State::Passthrough => {
+                    if !this.pending.is_empty() {
+                        this.releasable = this.pending.len();
+                        continue;
+                    }
+                    return Pin::new(&mut this.io).poll_read(cx, out);
+                }
+                State::Body(framing) => {
+                    if !this.pending.is_empty() {
+                        this.releasable = framing.advance(&this.pending);
+                        this.body_progress();
+                        continue;
+                    }
+                    // Body bytes go straight into hyper's buffer; what follows the body
+                    // comes back into `pending` for the head check.
+                    let before = out.filled().len();
+                    ready!(Pin::new(&mut this.io).poll_read(cx, out))?;
+                    let read = &out.filled()[before..];
+                    let used = framing.advance(read);
+                    if used < read.len() {
+                        this.pending.extend_from_slice(&read[used..]);
+                        out.set_filled(before + used);
+                    }
+                    this.body_progress();
+                    return Poll::Ready(Ok(()));
+                }
+                State::Head => {
+                    match inspect(
+                        &this.pending,
+                        &mut this.scanned,
+                        this.first_request,
+                        this.limits.max_head_bytes,
+                    ) {
+                        Verdict::Complete { len, body, upgrade } => {
+                            this.releasable = len;
+                            this.after_head(body, upgrade);
+                            // The bytes after the head belong to the new state.
+                            let rest = this.pending.len() - len;
+                            if rest > 0 {
+                                if let State::Body(framing) = &mut this.state {
+                                    let used = framing.advance(&this.pending[len..]);
+                                    this.releasable += used;
+                                    this.body_progress();
+                                }
+                            }
+                            continue;
+                        }
+                        Verdict::H2 => {
+                            this.state = State::Passthrough;
+                            continue;
+                        }
+                        Verdict::Refused(refusal) => {
+                            this.refuse_with(refusal);
+                            continue;
+                        }
+                        Verdict::Partial => {}
+                    }
+                    match this.fill(cx) {
+                        Poll::Ready(Ok(0)) => {
+                            // The client closed mid-head or between requests: nothing to answer.
+                            this.close_read();
+                        }
+                        Poll::Ready(Ok(_)) => this.note_head_bytes(),
+                        Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                        Poll::Pending => {
+                            if this.timer.as_mut().poll(cx).is_ready() && this.on_timer() {
+                                continue;
+                            }
+                            return Poll::Pending;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Gate<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    /// Writes a pending refusal before shutting down the write side.
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        while let Some(refusal) = this.refusal.as_mut() {
+            if refusal.is_empty() {
+                this.refusal = None;
+                break;
+            }
+            let n = ready!(Pin::new(&mut this.io).poll_write(cx, refusal))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            refusal.advance(n);
+        }
+        ready!(Pin::new(&mut this.io).poll_flush(cx))?;
+        Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdict(head: &str) -> Verdict {
+        inspect(head.as_bytes(), &mut 0, false, 64 << 10)
+    }
+
+    fn refused_cause(head: &str) -> Option<Cause> {
+        match verdict(head) {
+            Verdict::Refused(r) => r.cause,
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn ambiguous_framing_is_refused() {
+        let bad = [
+            "POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n",
+            "POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 3, 4\r\n\r\n",
+            "POST / HTTP/1.1\r\nhost: a\r\ncontent-length: +3\r\n\r\n",
+            "POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
+            "POST / HTTP/1.0\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n",
+            "GET / HTTP/1.1\r\nhost: a\r\nx-folded: one\r\n two\r\n\r\n",
+            "GET / HTTP/1.1\r\nhost: a\rx: y\r\n\r\n",
+        ];
+        for head in bad {
+            assert_eq!(refused_cause(head), Some(Cause::BadRequest), "{head:?}");
+        }
+    }
+
+    #[test]
+    fn good_heads_pass_with_their_framing() {
+        match verdict("POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 3, 3\r\n\r\nabc") {
+            Verdict::Complete {
+                len,
+                body: Some(Framing::Length(3)),
+                upgrade: false,
+            } => assert_eq!(len, 50),
+            _ => panic!("expected a complete head"),
+        }
+        assert!(matches!(
+            verdict(
+                "GET / HTTP/1.1\r\nhost: a\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n"
+            ),
+            Verdict::Complete {
+                body: None,
+                upgrade: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            verdict("GET / HTTP/1.1\r\nhost: a\r\n"),
+            Verdict::Partial
+        ));
+    }
+
+    #[test]
+    fn oversized_heads_are_431() {
+        let head = format!("GET / HTTP/1.1\r\nx: {}\r\n\r\n", "a".repeat(100));
+        assert!(matches!(
+            inspect(head.as_bytes(), &mut 0, false, 64),
+            Verdict::Refused(Refusal {
+                cause: Some(Cause::HeadersTooLarge),
+                ..
+            })
+        ));
+        let partial = format!("GET / HTTP/1.1\r\nx: {}", "a".repeat(100));
+        assert!(matches!(
+            inspect(partial.as_bytes(), &mut 0, false, 64),
+            Verdict::Refused(Refusal {
+                cause: Some(Cause::HeadersTooLarge),
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn the_h2_preface_passes() {
+        assert!(matches!(
+            inspect(H2_PREFACE, &mut 0, true, 1024),
+            Verdict::H2
+        ));
+        assert!(matches!(
+            inspect(&H2_PREFACE[..10], &mut 0, true, 1024),
+            Verdict::Partial
+        ));
+    }
+
+    #[test]
+    fn chunked_bodies_end_where_they_end() {
+        let body = b"5\r\nhello\r\n3;ext=1\r\nabc\r\n0\r\ntrailer: x\r\n\r\nGET /next";
+        let mut chunk = Chunk::start();
+        let used = chunk.advance(body);
+        assert_eq!(chunk, Chunk::Done);
+        assert_eq!(&body[used..], b"GET /next");
+
+        // Byte by byte gives the same answer.
+        let mut chunk = Chunk::start();
+        let mut used = 0;
+        for b in body.iter() {
+            if chunk == Chunk::Done {
+                break;
+            }
+            used += chunk.advance(std::slice::from_ref(b));
+        }
+        assert_eq!(&body[used..], b"GET /next");
+
+        let mut bad = Chunk::start();
+        bad.advance(b"zz\r\n");
+        assert_eq!(bad, Chunk::Invalid);
+        let mut huge = Chunk::start();
+        huge.advance(b"11111111111111111\r\n");
+        assert_eq!(huge, Chunk::Invalid);
+    }
+}
