@@ -23,6 +23,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::cause::Cause;
+use crate::classify;
 use crate::observe::Exchange;
 use crate::upstream::pool::Lease;
 
@@ -37,17 +38,6 @@ impl fmt::Display for BodyError {
 }
 
 impl std::error::Error for BodyError {}
-
-/// Classifies an error reading the client's request body.
-fn client_body_cause(err: &hyper::Error) -> Cause {
-    if err.is_parse() {
-        Cause::BadRequest
-    } else if err.is_timeout() {
-        Cause::ClientTimeout
-    } else {
-        Cause::ClientClosed
-    }
-}
 
 /// A request body going upstream: the part read ahead of forwarding, then the rest streamed
 /// from the client, with `max_body_bytes` enforced on the way.
@@ -86,7 +76,7 @@ impl RequestBody {
         while !finished && buffered_len < buffer_bytes as u64 {
             match http_body_util::BodyExt::frame(&mut incoming).await {
                 None => finished = true,
-                Some(Err(err)) => return Err(client_body_cause(&err)),
+                Some(Err(err)) => return Err(classify::client_body_error(&err)),
                 Some(Ok(frame)) => {
                     if let Some(data) = frame.data_ref() {
                         buffered_len += data.len() as u64;
@@ -135,7 +125,7 @@ impl Body for RequestBody {
             }
             Some(Err(err)) => {
                 this.rest = None;
-                Poll::Ready(Some(Err(BodyError(client_body_cause(&err)))))
+                Poll::Ready(Some(Err(BodyError(classify::client_body_error(&err)))))
             }
             Some(Ok(frame)) => {
                 if let (Some(data), Some(read)) = (frame.data_ref(), &this.read) {

@@ -34,6 +34,21 @@ pub fn send_error(err: &hyper::Error) -> Cause {
     Cause::UpstreamReset
 }
 
+/// A failed read of the client's request body: broken framing (a bad chunk size, a body
+/// shorter than its length) is the client's fault (400); anything else means it went away.
+pub fn client_body_error(err: &hyper::Error) -> Cause {
+    if err.is_parse() {
+        return Cause::BadRequest;
+    }
+    if err.is_timeout() {
+        return Cause::ClientTimeout;
+    }
+    match find_source::<io::Error>(err).map(io::Error::kind) {
+        Some(io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput) => Cause::BadRequest,
+        _ => Cause::ClientClosed,
+    }
+}
+
 fn find_source<'a, T: StdError + 'static>(err: &'a (dyn StdError + 'static)) -> Option<&'a T> {
     let mut current: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(e) = current {

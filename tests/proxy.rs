@@ -1,0 +1,321 @@
+//! Proxying on real sockets: headers as the upstream and client see them, h2c, upgrades,
+//! malformed requests, and the keep-alive race.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::{get, read_response, request, send_raw, Baton, Reader, Upstream};
+use tokio::net::TcpStream;
+
+#[tokio::test]
+async fn hop_by_hop_and_forwarding_headers() {
+    let upstream = Upstream::ok_with_headers(
+        "hi",
+        &[
+            ("connection", "x-upstream-secret"),
+            ("x-upstream-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("x-app", "yes"),
+        ],
+    )
+    .await;
+    let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
+    let response = request(
+        baton.addr,
+        "GET",
+        "/path?q=1",
+        &[
+            ("connection", "x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers, gzip"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "https"),
+            ("forwarded", "for=1.2.3.4"),
+            ("x-request-id", "req-42"),
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text(), "hi");
+
+    let seen = &upstream.seen()[0];
+    assert_eq!(seen.path, "/path?q=1");
+    for gone in ["x-secret", "keep-alive", "proxy-connection", "forwarded"] {
+        assert_eq!(
+            seen.header(gone),
+            None,
+            "{gone} must not reach the upstream"
+        );
+    }
+    assert_ne!(seen.header("connection"), Some("x-secret"));
+    assert_eq!(seen.header("te"), Some("trailers"));
+    assert_eq!(
+        seen.header("x-forwarded-for"),
+        Some("127.0.0.1"),
+        "untrusted: replaced"
+    );
+    assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(seen.header("x-forwarded-host"), Some("example.test"));
+    assert_eq!(seen.header("host"), Some("example.test"));
+    assert_eq!(seen.header("via"), Some("1.1 baton"));
+    assert_eq!(seen.header("x-request-id"), Some("req-42"));
+
+    assert_eq!(response.header("x-upstream-secret"), None);
+    assert_eq!(response.header("keep-alive"), None);
+    assert_eq!(response.header("x-app"), Some("yes"));
+    assert_eq!(response.header("via"), Some("1.1 baton"));
+    assert_eq!(response.header("x-request-id"), Some("req-42"));
+    baton.stop().await;
+}
+
+#[tokio::test]
+async fn trusted_proxies_keep_the_chain_and_host_can_be_rewritten() {
+    let upstream = Upstream::ok("hi").await;
+    let config = support::simple_config(&[upstream.addr], "preserve_host = false", "").replace(
+        "name = \"public\"",
+        "name = \"public\"\ntrusted_proxies = [\"127.0.0.0/8\"]",
+    );
+    let baton = Baton::start(&config).await;
+    let response = request(
+        baton.addr,
+        "GET",
+        "/",
+        &[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "https"),
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let seen = &upstream.seen()[0];
+    assert_eq!(seen.header("x-forwarded-for"), Some("1.2.3.4, 127.0.0.1"));
+    assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+    assert_eq!(
+        seen.header("host"),
+        Some(upstream.addr.to_string().as_str())
+    );
+    assert_eq!(seen.header("x-forwarded-host"), Some("example.test"));
+    baton.stop().await;
+}
+
+#[tokio::test]
+async fn h2c_get_with_prior_knowledge() {
+    let upstream = Upstream::ok("over h2").await;
+    let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
+    let stream = TcpStream::connect(baton.addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    for _ in 0..3 {
+        let request = http::Request::get(format!("http://h2.example/x"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.version(), http::Version::HTTP_2);
+        assert!(response.headers().contains_key("x-request-id"));
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"over h2");
+    }
+    let seen = &upstream.seen()[0];
+    assert_eq!(seen.header("host"), Some("h2.example"));
+    assert_eq!(seen.header("via"), Some("2 baton"));
+    assert_eq!(upstream.requests(), 3);
+    baton.stop().await;
+}
+
+#[tokio::test]
+async fn websocket_upgrade_is_passed_through() {
+    let upstream = Upstream::upgrade_echo().await;
+    let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
+    let stream = TcpStream::connect(baton.addr).await.unwrap();
+    let mut reader = Reader::new(stream);
+    reader
+        .write_all(
+            b"GET /chat HTTP/1.1\r\nhost: a\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\
+              sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let head = reader.read_response_head().await.unwrap().unwrap();
+    assert_eq!(head.status, 101);
+    assert_eq!(head.header("upgrade"), Some("websocket"));
+    assert!(head
+        .header("connection")
+        .unwrap()
+        .eq_ignore_ascii_case("upgrade"));
+    let seen = &upstream.seen()[0];
+    assert_eq!(seen.header("upgrade"), Some("websocket"));
+    assert_eq!(
+        seen.header("sec-websocket-key"),
+        Some("dGhlIHNhbXBsZSBub25jZQ==")
+    );
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = reader.stream;
+    // A masked WebSocket text frame "hello", echoed back byte for byte.
+    let frame = [
+        0x81,
+        0x85,
+        1,
+        2,
+        3,
+        4,
+        b'h' ^ 1,
+        b'e' ^ 2,
+        b'l' ^ 3,
+        b'l' ^ 4,
+        b'o' ^ 1,
+    ];
+    for _ in 0..3 {
+        stream.write_all(&frame).await.unwrap();
+        let mut echoed = [0u8; 11];
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut echoed))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(echoed, frame);
+    }
+    baton.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_requests_get_400_and_never_reach_the_upstream() {
+    let upstream = Upstream::sink().await;
+    let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
+    let cases: [(&str, &[u8]); 6] = [
+        (
+            "content-length with transfer-encoding",
+            b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "differing content-lengths",
+            b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!",
+        ),
+        (
+            "invalid chunk size",
+            b"POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "bare CR in a header",
+            b"GET / HTTP/1.1\r\nhost: a\r\nx-a: 1\rx-b: 2\r\n\r\n",
+        ),
+        (
+            "obsolete line folding",
+            b"GET / HTTP/1.1\r\nhost: a\r\nx-folded: one\r\n  two\r\n\r\n",
+        ),
+        (
+            "two hosts",
+            b"GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n",
+        ),
+    ];
+    for (name, bytes) in cases {
+        let response = send_raw(baton.addr, bytes).await;
+        assert_eq!(response.status(), 400, "{name}");
+        assert_eq!(
+            response.header("baton-error"),
+            Some("bad-request"),
+            "{name}"
+        );
+        assert_eq!(response.header("baton-delivery"), Some("none"), "{name}");
+        assert_eq!(response.header("connection"), Some("close"), "{name}");
+    }
+    assert_eq!(upstream.requests(), 0, "nothing malformed was forwarded");
+    baton.stop().await;
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let upstream = Upstream::sink().await;
+    let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
+    let stream = TcpStream::connect(baton.addr).await.unwrap();
+    let mut reader = Reader::new(stream);
+    reader
+        .write_all(
+            b"POST /a HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\n\r\nabc\
+              POST /b HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n\
+              GET /c HTTP/1.1\r\nhost: a\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut reader, "POST").await.text(), "3");
+    assert_eq!(read_response(&mut reader, "POST").await.text(), "5");
+    assert_eq!(read_response(&mut reader, "GET").await.text(), "0");
+    let paths: Vec<String> = upstream.seen().iter().map(|h| h.path.clone()).collect();
+    assert_eq!(paths, ["/a", "/b", "/c"]);
+    baton.stop().await;
+}
+
+/// The upstream closes connections idle for 1 s and says so; requests paced around that
+/// boundary, on reused connections, must all succeed.
+#[tokio::test]
+async fn the_keep_alive_race_gives_no_errors() {
+    let upstream = Upstream::keep_alive_timeout(Duration::from_secs(1)).await;
+    let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
+    let pauses_ms = [
+        700, 950, 1000, 1050, 600, 990, 1010, 1100, 800, 1000, 500, 1020,
+    ];
+    let stream = TcpStream::connect(baton.addr).await.unwrap();
+    let mut client = Reader::new(stream);
+    for (i, pause) in pauses_ms.iter().enumerate() {
+        tokio::time::sleep(Duration::from_millis(*pause)).await;
+        let (method, body) = if i % 2 == 0 {
+            ("GET", "")
+        } else {
+            ("POST", "x=1")
+        };
+        let text = format!(
+            "{method} /{i} HTTP/1.1\r\nhost: a\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        client.write_all(text.as_bytes()).await.unwrap();
+        let response = read_response(&mut client, method).await;
+        assert_eq!(
+            response.status(),
+            200,
+            "request {i} after {pause} ms: {}",
+            response.text()
+        );
+    }
+    assert_eq!(
+        upstream.requests(),
+        pauses_ms.len(),
+        "each request reached the upstream once"
+    );
+    assert!(
+        upstream.connections() < pauses_ms.len(),
+        "pooled connections were reused ({} connections)",
+        upstream.connections()
+    );
+    baton.stop().await;
+}
+
+#[tokio::test]
+async fn head_and_keep_alive_on_the_client_side() {
+    let upstream = Upstream::ok("body").await;
+    let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
+    let stream = TcpStream::connect(baton.addr).await.unwrap();
+    let mut client = Reader::new(stream);
+    for _ in 0..3 {
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(read_response(&mut client, "GET").await.text(), "body");
+    }
+    let head = request(baton.addr, "HEAD", "/", &[], b"").await;
+    assert_eq!(head.status(), 200);
+    assert!(head.body.is_empty());
+    assert_eq!(get(baton.addr, "/").await.text(), "body");
+    baton.stop().await;
+}
