@@ -129,7 +129,7 @@ pub async fn start(config: Config) -> io::Result<Running> {
     for (listener, addr) in gateway.config.listeners.iter().zip(&listeners) {
         tracing::info!(listener = %listener.name, %addr, "listening");
     }
-    tracing::info!(%admin, "admin server listening");
+    tracing::info!(addr = %admin, "admin server listening");
     Ok(Running {
         gateway,
         listeners,

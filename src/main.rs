@@ -1,5 +1,6 @@
 //! The `baton` command: parses arguments and calls one function per command.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -99,6 +100,7 @@ fn run(path: &Path) -> ExitCode {
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_max_level(config.log.level)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -117,7 +117,7 @@ async fn h2c_get_with_prior_knowledge() {
             .unwrap();
     tokio::spawn(connection);
     for _ in 0..3 {
-        let request = http::Request::get(format!("http://h2.example/x"))
+        let request = http::Request::get("http://h2.example/x")
             .body(Empty::<Bytes>::new())
             .unwrap();
         let response = sender.send_request(request).await.unwrap();

@@ -405,10 +405,12 @@ impl Baton {
         Self::start(&simple_config(addrs, extra_route, extra_upstream)).await
     }
 
-    pub async fn stop(mut self) {
+    /// Shuts baton down; the scratch directory lives on in the returned value.
+    pub async fn stop(mut self) -> TempDir {
         if let Some(running) = self.running.take() {
             running.shutdown().await;
         }
+        self.dir
     }
 
     pub fn gateway(&self) -> &baton::gateway::Gateway {
@@ -520,4 +522,108 @@ pub async fn get(addr: SocketAddr, path: &str) -> Response {
 /// GET from the admin server.
 pub async fn admin_get(baton: &Baton, path: &str) -> Response {
     get(baton.admin, path).await
+}
+
+/// Baton as a separate process (the built binary), for what only a process shows: its
+/// memory, its exit code, its answer to signals.
+pub struct BatonProcess {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: TempDir,
+    stderr_lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl BatonProcess {
+    /// Writes `config` to a file and runs `baton run -c FILE`; waits until it listens.
+    pub fn start(config: &str) -> BatonProcess {
+        use std::io::BufRead;
+        let dir = TempDir::new();
+        let path = dir.file("baton.toml", config);
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(["run", "-c"])
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("baton runs");
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (found_tx, found_rx) = std::sync::mpsc::channel();
+        let collected = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(addr) = line.split("addr=").nth(1) {
+                    let addr = addr.split_whitespace().next().unwrap_or("").to_owned();
+                    let _ = found_tx.send((line.contains("admin"), addr));
+                }
+                collected.lock().unwrap().push(line);
+            }
+        });
+        let mut addr = None;
+        let mut admin = None;
+        while addr.is_none() || admin.is_none() {
+            let (is_admin, found) = found_rx
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("baton did not start: {:?}", lines.lock().unwrap()));
+            let parsed: SocketAddr = found.parse().unwrap();
+            if is_admin {
+                admin = Some(parsed);
+            } else {
+                addr = Some(parsed);
+            }
+        }
+        BatonProcess {
+            child,
+            addr: addr.unwrap(),
+            admin: admin.unwrap(),
+            dir,
+            stderr_lines: lines,
+        }
+    }
+
+    /// Peak resident memory so far, in bytes (VmHWM).
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kib * 1024
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, up to `limit`; its exit code.
+    pub fn wait(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn stderr(&self) -> Vec<String> {
+        self.stderr_lines.lock().unwrap().clone()
+    }
+}
+
+impl Drop for BatonProcess {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }

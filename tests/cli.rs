@@ -1,0 +1,140 @@
+//! The command line: `check` on every example and on broken files, `explain`, `--version`.
+
+mod support;
+
+use std::process::Command;
+
+use support::TempDir;
+
+fn baton(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(args)
+        .output()
+        .expect("baton runs")
+}
+
+/// The golden test: every config under examples/ is valid.
+#[test]
+fn every_example_config_is_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let loaded = baton::config::load(&path);
+            assert!(loaded.is_ok(), "{}: {:?}", path.display(), loaded.err());
+            let output = baton(&["check", "-c", path.to_str().unwrap()]);
+            assert!(
+                output.status.success(),
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "no example configs found");
+}
+
+fn check(config: &str) -> (i32, String) {
+    let dir = TempDir::new();
+    let path = dir.file("baton.toml", config);
+    let output = baton(&["check", "-c", path.to_str().unwrap()]);
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn an_unknown_key_is_named_with_its_line_and_column() {
+    let (code, stderr) = check(
+        "[[listeners]]\nlisten = \"127.0.0.1:8080\"\n\n[[routes]]\nupstream = \"app\"\n  retry_on = \"5xx\"\n\n[upstreams.app]\nendpoints = [\"127.0.0.1:3000\"]\n",
+    );
+    assert_eq!(code, 1);
+    assert!(stderr.contains("baton.toml:6:3:"), "{stderr}");
+    assert!(stderr.contains("unknown field `retry_on`"), "{stderr}");
+}
+
+#[test]
+fn every_problem_is_listed_with_its_location() {
+    let (code, stderr) = check(
+        r#"[[listeners]]
+listen = "127.0.0.1:8080"
+
+[[routes]]
+upstream = "missing"
+cache = { max_bytes = "1MiB" }
+
+[upstreams.app]
+endpoints = ["backend.internal:3000", "not an address"]
+balance = "ewma"
+"#,
+    );
+    assert_eq!(code, 1);
+    for expected in [
+        "baton.toml:5:12: upstream \"missing\" is not defined",
+        "baton.toml:6:9: `cache` is not supported yet",
+        "baton.toml:9:14: endpoint \"backend.internal:3000\": host names in endpoints are not supported yet",
+        "baton.toml:9:39: endpoint \"not an address\" must be an IP address and port",
+        "baton.toml:10:11: balance \"ewma\" is not supported yet",
+        "5 errors",
+    ] {
+        assert!(stderr.contains(expected), "missing {expected:?} in\n{stderr}");
+    }
+}
+
+#[test]
+fn bad_values_are_located() {
+    let (code, stderr) =
+        check("[[listeners]]\nlisten = \"127.0.0.1:8080\"\nheader_read_timeout = \"10 parsecs\"\n");
+    assert_eq!(code, 1);
+    assert!(stderr.contains("baton.toml:3:23:"), "{stderr}");
+    assert!(stderr.contains("unknown duration unit"), "{stderr}");
+}
+
+#[test]
+fn a_missing_file_is_an_error() {
+    let output = baton(&["check", "-c", "/nonexistent/baton.toml"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot read the config file"));
+}
+
+#[test]
+fn explain_lists_and_explains_every_cause() {
+    let list = baton(&["explain"]);
+    assert!(list.status.success());
+    let text = String::from_utf8_lossy(&list.stdout).into_owned();
+    for cause in baton::cause::Cause::ALL {
+        assert!(
+            text.contains(cause.code()),
+            "{} missing from the list",
+            cause.code()
+        );
+        let one = baton(&["explain", cause.code()]);
+        assert!(one.status.success());
+        let page = String::from_utf8_lossy(&one.stdout).into_owned();
+        for section in [
+            "What it means",
+            "Likely causes",
+            "How to fix it",
+            "May the client retry?",
+        ] {
+            assert!(page.contains(section), "{}: no {section}", cause.code());
+        }
+    }
+    let unknown = baton(&["explain", "upstream-on-fire"]);
+    assert_eq!(unknown.status.code(), Some(1));
+}
+
+#[test]
+fn version_help_and_usage_errors() {
+    let version = baton(&["--version"]);
+    assert!(version.status.success());
+    assert!(String::from_utf8_lossy(&version.stdout).contains(env!("CARGO_PKG_VERSION")));
+    let help = baton(&["--help"]);
+    assert!(help.status.success());
+    for command in ["run", "check", "explain"] {
+        assert!(String::from_utf8_lossy(&help.stdout).contains(command));
+    }
+    assert_eq!(baton(&["frobnicate"]).status.code(), Some(2));
+}
