@@ -76,6 +76,7 @@ pub async fn handle(
         .unwrap_or_else(forward::new_request_id);
     let accept = request.headers().get(ACCEPT).cloned();
     let method = request.method().clone();
+    let client_version = request.version();
     let mut exchange = Exchange::new(
         gateway.clone(),
         conn.peer.ip(),
@@ -86,7 +87,9 @@ pub async fn handle(
     exchange.in_flight = Some(InFlight::enter(&conn.in_flight));
     match handle_inner(&gateway, conn, request, &mut exchange).await {
         Ok(proxied) => {
-            let (parts, body) = proxied.response.into_parts();
+            let (mut parts, body) = proxied.response.into_parts();
+            // The client gets its own protocol version, whatever the upstream spoke.
+            parts.version = client_version;
             exchange.status = parts.status.as_u16();
             let body = ResponseBody::upstream(
                 body,

@@ -319,3 +319,22 @@ async fn head_and_keep_alive_on_the_client_side() {
     assert_eq!(get(baton.addr, "/").await.text(), "body");
     baton.stop().await;
 }
+
+#[tokio::test]
+async fn the_client_gets_its_own_protocol_version() {
+    let upstream = Upstream::http10("old").await;
+    let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
+    let stream = TcpStream::connect(baton.addr).await.unwrap();
+    let mut client = Reader::new(stream);
+    for _ in 0..2 {
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let response = read_response(&mut client, "GET").await;
+        assert_eq!(response.head.version, 1, "HTTP/1.1 to an HTTP/1.1 client");
+        assert_eq!(response.text(), "old");
+    }
+    assert_eq!(upstream.requests(), 2);
+    baton.stop().await;
+}

@@ -13,6 +13,8 @@ pub struct Head {
     pub method: String,
     pub path: String,
     pub status: u16,
+    /// The minor version: 1 for HTTP/1.1, 0 for HTTP/1.0.
+    pub version: u8,
     pub headers: Vec<(String, String)>,
 }
 
@@ -105,6 +107,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         Ok(Some(Head {
             method: request.method.unwrap_or("").to_owned(),
+            version: request.version.unwrap_or(0),
             path: request.path.unwrap_or("").to_owned(),
             status: 0,
             headers: collect(request.headers),
@@ -122,6 +125,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         Ok(Some(Head {
             status: response.code.unwrap_or(0),
+            version: response.version.unwrap_or(0),
             headers: collect(response.headers),
             ..Head::default()
         }))

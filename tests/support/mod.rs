@@ -24,6 +24,7 @@ enum Behavior {
         body: Vec<u8>,
         headers: Vec<(String, String)>,
     },
+    Http10(Vec<u8>),
     ResetBeforeHead,
     Garbage,
     SlowHead(Duration),
@@ -75,6 +76,11 @@ impl Upstream {
                 .collect(),
         })
         .await
+    }
+
+    /// Answers `HTTP/1.0 200` with `body` and closes the connection.
+    pub async fn http10(body: &str) -> Upstream {
+        Self::start(Behavior::Http10(body.as_bytes().to_vec())).await
     }
 
     /// Nothing listens on the port: connections are refused.
@@ -247,6 +253,14 @@ async fn serve(
                 let mut bytes = response.into_bytes();
                 bytes.extend_from_slice(body);
                 reader.write_all(&bytes).await
+            }
+            Behavior::Http10(body) => {
+                let mut bytes =
+                    format!("HTTP/1.0 200 OK\r\ncontent-length: {}\r\n\r\n", body.len())
+                        .into_bytes();
+                bytes.extend_from_slice(body);
+                let _ = reader.write_all(&bytes).await;
+                return;
             }
             Behavior::KeepAliveTimeout(idle) => {
                 let response = format!(
@@ -594,9 +608,10 @@ impl BatonProcess {
     }
 
     pub fn signal(&self, name: &str) {
-        let status = std::process::Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
+        // The shell's own `kill`, so no extra package is needed.
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("kill -{name} {}", self.child.id()))
             .status()
             .unwrap();
         assert!(status.success());
