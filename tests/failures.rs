@@ -302,3 +302,39 @@ async fn a_client_request_id_is_kept_and_a_bad_one_replaced() {
     assert_ne!(replaced.header("x-request-id"), Some("a b"));
     baton.stop().await;
 }
+
+/// TCP to a multicast address fails in the kernel (ENETUNREACH) before any packet leaves.
+#[tokio::test]
+async fn an_unroutable_endpoint_is_502_unreachable() {
+    let config = support::simple_config(&[], "", "")
+        .replace("endpoints = []", "endpoints = [\"[ff02::1]:80\"]");
+    let baton = Baton::start(&config).await;
+    let response = get(baton.addr, "/").await;
+    assert_generated(&response, 502, "upstream-unreachable", "none");
+    assert!(!response.text().contains("ff02"));
+    baton.stop().await;
+}
+
+#[tokio::test]
+async fn an_h2_stream_is_reset_when_the_upstream_body_breaks() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let upstream = Upstream::truncate_body().await;
+    let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
+    let stream = tokio::net::TcpStream::connect(baton.addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::get("http://a/")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await;
+    assert!(body.is_err(), "the client must see the body fail, not end");
+    baton.stop().await;
+}
