@@ -9,7 +9,6 @@
 //! cause.
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,24 +27,20 @@ use crate::observe::Exchange;
 use crate::upstream::pool::Lease;
 
 /// Why a body stream stopped early, as a cause code.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("body aborted: {0}")]
 pub struct BodyError(pub Cause);
 
-impl fmt::Display for BodyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "body aborted: {}", self.0)
-    }
-}
-
-impl std::error::Error for BodyError {}
-
 /// A request body going upstream: the part read ahead of forwarding, then the rest streamed
-/// from the client, with `max_body_bytes` enforced on the way.
+/// from the client, with `max_body_bytes` enforced on the way and at most `idle` of silence
+/// from the client between chunks (408 `client-timeout`).
 pub struct RequestBody {
     buffered: VecDeque<Frame<Bytes>>,
     buffered_len: u64,
     rest: Option<Incoming>,
     limit: u64,
+    idle: Option<Duration>,
+    timer: Option<Pin<Box<Sleep>>>,
     /// Bytes read from the client so far; shared with the access-log record.
     read: Option<Arc<AtomicU64>>,
 }
@@ -57,6 +52,8 @@ impl RequestBody {
             buffered_len: 0,
             rest: None,
             limit: u64::MAX,
+            idle: None,
+            timer: None,
             read: None,
         }
     }
@@ -68,13 +65,21 @@ impl RequestBody {
         mut incoming: Incoming,
         buffer_bytes: usize,
         limit: u64,
+        idle: Option<Duration>,
         read: Arc<AtomicU64>,
     ) -> Result<RequestBody, Cause> {
         let mut buffered = VecDeque::new();
         let mut buffered_len = 0u64;
         let mut finished = incoming.is_end_stream();
         while !finished && buffered_len < buffer_bytes as u64 {
-            match http_body_util::BodyExt::frame(&mut incoming).await {
+            let frame = http_body_util::BodyExt::frame(&mut incoming);
+            let frame = match idle {
+                Some(idle) => tokio::time::timeout(idle, frame)
+                    .await
+                    .map_err(|_| Cause::ClientTimeout)?,
+                None => frame.await,
+            };
+            match frame {
                 None => finished = true,
                 Some(Err(err)) => return Err(classify::client_body_error(&err)),
                 Some(Ok(frame)) => {
@@ -95,6 +100,8 @@ impl RequestBody {
             buffered_len,
             rest: (!finished).then_some(incoming),
             limit,
+            idle,
+            timer: None,
             read: Some(read),
         })
     }
@@ -118,7 +125,23 @@ impl Body for RequestBody {
         let Some(rest) = this.rest.as_mut() else {
             return Poll::Ready(None);
         };
-        match ready!(Pin::new(rest).poll_frame(cx)) {
+        let polled = Pin::new(rest).poll_frame(cx);
+        if polled.is_pending() {
+            if let Some(idle) = this.idle {
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    this.rest = None;
+                    return Poll::Ready(Some(Err(BodyError(Cause::ClientTimeout))));
+                }
+            }
+            return Poll::Pending;
+        }
+        if let (Some(timer), Some(idle)) = (this.timer.as_mut(), this.idle) {
+            timer.as_mut().reset(Instant::now() + idle);
+        }
+        match ready!(polled) {
             None => {
                 this.rest = None;
                 Poll::Ready(None)

@@ -14,15 +14,16 @@
 //!   starts, passing body bytes straight through;
 //! - steps aside for h2c (the HTTP/2 preface) and after an upgrade request.
 //!
-//! A refused head is never given to hyper: the gate ends the read side instead, and when
-//! hyper then shuts the connection down, writes the error response first.
+//! A refused head is never given to hyper: once no earlier request of the connection is
+//! still being answered, the gate ends the read side, and when hyper then shuts the
+//! connection down, writes the error response first.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -40,6 +41,60 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Hex digits of the largest chunk size accepted (2^64 - 1).
 const MAX_CHUNK_SIZE_DIGITS: u8 = 16;
 const READ_CHUNK: usize = 8 * 1024;
+
+/// What the request handler tells the gate about its connection.
+#[derive(Debug, Default)]
+pub struct ConnState {
+    /// Requests still being answered; an idle timeout waits for zero.
+    in_flight: AtomicUsize,
+    /// Set when an upstream accepted an upgrade (101): what follows is not HTTP.
+    upgraded: AtomicBool,
+    /// A gate waiting for `in_flight` to reach zero, and whether there is one.
+    idle_waker: Mutex<Option<Waker>>,
+    has_idle_waker: AtomicBool,
+}
+
+impl ConnState {
+    pub fn mark_upgraded(&self) {
+        self.upgraded.store(true, Ordering::Release);
+    }
+
+    fn is_busy(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) > 0
+    }
+
+    /// Wakes `waker` once no request is in flight.
+    fn wake_when_idle(&self, waker: &Waker) {
+        if let Ok(mut slot) = self.idle_waker.lock() {
+            *slot = Some(waker.clone());
+            self.has_idle_waker.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// Counts one request as in flight on its connection while it lives, so the gate does not
+/// close a connection for idleness while a response is still being written.
+pub struct InFlight(Arc<ConnState>);
+
+impl InFlight {
+    pub fn enter(state: &Arc<ConnState>) -> InFlight {
+        state.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(state.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let state = &self.0;
+        if state.in_flight.fetch_sub(1, Ordering::AcqRel) == 1
+            && state.has_idle_waker.swap(false, Ordering::AcqRel)
+        {
+            if let Some(waker) = state.idle_waker.lock().ok().and_then(|mut w| w.take()) {
+                waker.wake();
+            }
+        }
+    }
+}
 
 /// What the gate knows about a request it refused.
 #[derive(Debug, Default)]
@@ -74,8 +129,9 @@ pub struct Gate<IO> {
     head_started: bool,
     limits: Limits,
     timer: Pin<Box<Sleep>>,
-    /// Requests of this connection still being answered; an idle timeout waits for zero.
-    in_flight: Arc<AtomicUsize>,
+    conn: Arc<ConnState>,
+    /// The last head asked for an upgrade: if the upstream accepts, stop checking.
+    upgrade_requested: bool,
     refuse: Refuse,
     /// The error response to write before shutting down.
     refusal: Option<bytes::Bytes>,
@@ -84,7 +140,7 @@ pub struct Gate<IO> {
 enum State {
     Head,
     Body(Framing),
-    /// h2c, an upgraded connection, or framing hyper will refuse: no more checks.
+    /// h2c, an upgraded connection, or a body hyper will refuse: no more checks.
     Passthrough,
     /// The read side is over (refused, timed out or closed).
     Closed,
@@ -355,7 +411,7 @@ fn check_framing(request: &httparse::Request<'_, '_>, len: usize) -> Verdict {
 }
 
 impl<IO> Gate<IO> {
-    pub fn new(io: IO, limits: Limits, in_flight: Arc<AtomicUsize>, refuse: Refuse) -> Self {
+    pub fn new(io: IO, limits: Limits, conn: Arc<ConnState>, refuse: Refuse) -> Self {
         Gate {
             io,
             pending: BytesMut::new(),
@@ -366,7 +422,8 @@ impl<IO> Gate<IO> {
             head_started: false,
             timer: Box::pin(tokio::time::sleep(limits.header_read_timeout)),
             limits,
-            in_flight,
+            conn,
+            upgrade_requested: false,
             refuse,
             refusal: None,
         }
@@ -406,20 +463,24 @@ impl<IO> Gate<IO> {
         }
     }
 
-    /// The body framing after a head, or the next head.
+    /// The body framing after a head, or the next head. After an upgrade request the
+    /// next bytes are checked as a head unless the upstream accepted the upgrade.
     fn after_head(&mut self, body: Option<Framing>, upgrade: bool) {
         self.first_request = false;
+        self.upgrade_requested = upgrade;
         match body {
             Some(framing) => self.state = State::Body(framing),
-            None if upgrade => self.state = State::Passthrough,
             None => self.await_head(),
         }
-        if upgrade {
-            // Once the body (if any) is through, the connection may stop being HTTP.
-            if let State::Body(_) = self.state {
-                self.state = State::Passthrough;
-            }
+    }
+
+    /// True (and out of the way) once an upgrade this gate saw requested was accepted.
+    fn upgrade_accepted(&mut self) -> bool {
+        let accepted = self.upgrade_requested && self.conn.upgraded.load(Ordering::Acquire);
+        if accepted {
+            self.state = State::Passthrough;
         }
+        accepted
     }
 
     /// Moves on when the body ended or turned out malformed.
@@ -451,10 +512,12 @@ impl<IO: AsyncRead + Unpin> Gate<IO> {
     /// The head timer fired: a slow head gets 408; an idle connection is closed, unless a
     /// response is still being written.
     fn on_timer(&mut self) -> bool {
-        if self.head_started || self.first_request && !self.pending.is_empty() {
+        if self.upgrade_accepted() {
+            true
+        } else if self.head_started || self.first_request && !self.pending.is_empty() {
             self.refuse_with(refusal(Cause::ClientTimeout));
             true
-        } else if self.first_request || self.in_flight.load(Ordering::Acquire) == 0 {
+        } else if self.first_request || !self.conn.is_busy() {
             self.close_read();
             true
         } else {
@@ -482,7 +545,17 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Gate<IO> {
                 return Poll::Ready(Ok(()));
             }
             match &mut this.state {
-                State::Closed => return Poll::Ready(Ok(())),
+                State::Closed => {
+                    // A refused head behind a request still being answered (pipelining):
+                    // ending the read side now would make hyper drop that answer, so wait.
+                    if this.refusal.is_some() && this.conn.is_busy() {
+                        this.conn.wake_when_idle(cx.waker());
+                        if this.conn.is_busy() {
+                            return Poll::Pending;
+                        }
+                    }
+                    return Poll::Ready(Ok(()));
+                }
                 State::Passthrough => {
                     if !this.pending.is_empty() {
                         this.releasable = this.pending.len();
@@ -510,6 +583,9 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Gate<IO> {
                     return Poll::Ready(Ok(()));
                 }
                 State::Head => {
+                    if this.upgrade_accepted() {
+                        continue;
+                    }
                     match inspect(
                         &this.pending,
                         &mut this.scanned,

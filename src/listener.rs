@@ -3,7 +3,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::config::Listener;
 use crate::forward;
-use crate::gate::{Gate, Limits, Refusal, Refuse, MAX_HEADERS};
+use crate::gate::{ConnState, Gate, InFlight, Limits, Refusal, Refuse, MAX_HEADERS};
 use crate::gateway::{stop_requested, Gateway, SHUTDOWN_GRACE};
 use crate::observe::metrics::ListenerLabel;
 use crate::observe::Exchange;
@@ -35,25 +34,8 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 pub struct ClientConn {
     pub peer: SocketAddr,
     pub listener: Arc<ListenerState>,
-    /// Requests of this connection still being answered (see [`InFlight`]).
-    pub in_flight: Arc<AtomicUsize>,
-}
-
-/// Counts one request as in flight on its connection while it lives, so the [`Gate`]
-/// does not close a connection for idleness while a response is still being written.
-pub struct InFlight(Arc<AtomicUsize>);
-
-impl InFlight {
-    pub fn enter(counter: &Arc<AtomicUsize>) -> InFlight {
-        counter.fetch_add(1, Ordering::AcqRel);
-        InFlight(counter.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
+    /// Shared with the connection's [`Gate`].
+    pub state: Arc<ConnState>,
 }
 
 pub struct ListenerState {
@@ -122,7 +104,7 @@ pub async fn serve(
         let conn = Arc::new(ClientConn {
             peer,
             listener: state.clone(),
-            in_flight: Arc::new(AtomicUsize::new(0)),
+            state: Arc::default(),
         });
         let stream = Gate::new(
             stream,
@@ -130,14 +112,17 @@ pub async fn serve(
                 max_head_bytes: config.max_header_bytes,
                 header_read_timeout: config.header_read_timeout,
             },
-            conn.in_flight.clone(),
+            conn.state.clone(),
             refuser(gateway.clone(), peer),
         );
         let handler_gateway = gateway.clone();
         let service = service_fn(move |request| {
             let gateway = handler_gateway.clone();
             let conn = conn.clone();
-            async move { Ok::<_, Infallible>(proxy::handle(gateway, &conn, request).await) }
+            // Counted now, as hyper hands the request over, not when the handler first
+            // runs: the gate must not end the connection in between.
+            let in_flight = InFlight::enter(&conn.state);
+            async move { Ok::<_, Infallible>(proxy::handle(gateway, &conn, request, in_flight).await) }
         });
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{HeaderValue, ACCEPT, CONTENT_LENGTH, HOST};
+use http::header::{HeaderValue, ACCEPT, CONNECTION, CONTENT_LENGTH, HOST};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -18,8 +18,9 @@ use crate::attempt::{attempt, Failure};
 use crate::body::{RequestBody, ResponseBody};
 use crate::cause::{Cause, Delivery};
 use crate::forward::{self, Peer};
+use crate::gate::InFlight;
 use crate::gateway::Gateway;
-use crate::listener::{ClientConn, InFlight};
+use crate::listener::ClientConn;
 use crate::observe::metrics::AttemptLabels;
 use crate::observe::Exchange;
 use crate::respond::{self, ErrorReply, DEFAULT_RETRY_AFTER};
@@ -65,11 +66,13 @@ pub struct Proxied {
     deadline: Option<Instant>,
 }
 
-/// Answers one client request.
+/// Answers one client request. `in_flight` counts it on its connection until the exchange
+/// ends.
 pub async fn handle(
     gateway: Arc<Gateway>,
     conn: &ClientConn,
     request: Request<Incoming>,
+    in_flight: InFlight,
 ) -> Response<ResponseBody> {
     let request_id = forward::incoming_request_id(request.headers())
         .cloned()
@@ -84,7 +87,7 @@ pub async fn handle(
         request.uri().clone(),
         request_id,
     );
-    exchange.in_flight = Some(InFlight::enter(&conn.in_flight));
+    exchange.in_flight = Some(in_flight);
     match handle_inner(&gateway, conn, request, &mut exchange).await {
         Ok(proxied) => {
             let (mut parts, body) = proxied.response.into_parts();
@@ -190,9 +193,15 @@ async fn handle_inner(
     } else {
         let read = Arc::new(AtomicU64::new(0));
         exchange.bytes_in = Some(read.clone());
-        RequestBody::read_ahead(incoming, route.buffer_bytes, route.max_body_bytes, read)
-            .await
-            .map_err(ProxyError::closing)?
+        RequestBody::read_ahead(
+            incoming,
+            route.buffer_bytes,
+            route.max_body_bytes,
+            route.timeouts.idle,
+            read,
+        )
+        .await
+        .map_err(ProxyError::closing)?
     };
 
     let listener = conn.listener.config(gateway);
@@ -267,6 +276,7 @@ async fn handle_inner(
                 let mut response = success.response;
                 let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
                 if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
+                    conn.state.mark_upgraded();
                     tunnel(client_upgrade, hyper::upgrade::on(&mut response));
                 }
                 forward::prepare_response_headers(
@@ -274,6 +284,13 @@ async fn handle_inner(
                     upgrade && switching,
                     &exchange.request_id,
                 );
+                if upgrade && !switching {
+                    // hyper keeps the connection reserved for the upgrade that did not
+                    // happen; end it after this answer.
+                    response
+                        .headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
+                }
                 return Ok(Proxied {
                     response,
                     lease: success.lease,

@@ -338,3 +338,19 @@ async fn an_h2_stream_is_reset_when_the_upstream_body_breaks() {
     assert!(body.is_err(), "the client must see the body fail, not end");
     baton.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_that_stalls_its_body_gets_408() {
+    let upstream = Upstream::sink().await;
+    let baton = Baton::in_front_of(&[upstream.addr], r#"timeouts = { idle = "300ms" }"#, "").await;
+    let started = Instant::now();
+    let response = send_raw(
+        baton.addr,
+        b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 100\r\n\r\nonly ten b",
+    )
+    .await;
+    assert_generated(&response, 408, "client-timeout", "none");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(upstream.requests(), 0, "nothing was forwarded");
+    baton.stop().await;
+}

@@ -338,3 +338,52 @@ async fn the_client_gets_its_own_protocol_version() {
     assert_eq!(upstream.requests(), 2);
     baton.stop().await;
 }
+
+/// An upgrade the upstream declines is answered as it is, and the connection then ends.
+#[tokio::test]
+async fn a_declined_upgrade_ends_the_connection() {
+    let upstream = Upstream::ok("no upgrade here").await;
+    let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
+    let stream = TcpStream::connect(baton.addr).await.unwrap();
+    let mut client = Reader::new(stream);
+    client
+        .write_all(
+            b"GET / HTTP/1.1\r\nhost: a\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let declined = read_response(&mut client, "GET").await;
+    assert_eq!(declined.status(), 200);
+    assert_eq!(declined.text(), "no upgrade here");
+    assert_eq!(declined.header("connection"), Some("close"));
+    assert!(
+        client.read_response_head().await.unwrap().is_none(),
+        "then EOF"
+    );
+    baton.stop().await;
+}
+
+/// A malformed request pipelined behind a good one: the good one is answered, then the
+/// malformed one gets its 400, and only the good one reached the upstream.
+#[tokio::test]
+async fn a_malformed_pipelined_request_does_not_cost_the_one_before_it() {
+    let upstream = Upstream::slow_head(Duration::from_millis(300)).await;
+    let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
+    let stream = TcpStream::connect(baton.addr).await.unwrap();
+    let mut client = Reader::new(stream);
+    client
+        .write_all(
+            b"GET /good HTTP/1.1\r\nhost: a\r\n\r\n\
+              POST /bad HTTP/1.1\r\nhost: a\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let good = read_response(&mut client, "GET").await;
+    assert_eq!(good.status(), 200);
+    assert_eq!(good.text(), "slow");
+    let bad = read_response(&mut client, "POST").await;
+    assert_eq!(bad.status(), 400);
+    assert_eq!(bad.header("baton-error"), Some("bad-request"));
+    assert_eq!(upstream.requests(), 1);
+    baton.stop().await;
+}

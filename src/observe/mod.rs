@@ -13,8 +13,8 @@ use http::{HeaderValue, Method, Uri};
 use tokio::time::Instant;
 
 use crate::cause::{Cause, Delivery};
+use crate::gate::InFlight;
 use crate::gateway::Gateway;
-use crate::listener::InFlight;
 use access_log::{AccessLog, AccessRecord};
 use metrics::{ErrorLabels, Metrics, RouteCode, RouteLabel};
 
