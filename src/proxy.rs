@@ -9,14 +9,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{HeaderValue, ACCEPT, CONNECTION, CONTENT_LENGTH, HOST};
+use http::header::{HeaderValue, ACCEPT, CONNECTION, CONTENT_LENGTH, EXPECT, HOST};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::attempt::{attempt, Failure};
+use crate::attempt::{attempt, Success};
 use crate::body::{RequestBody, ResponseBody};
 use crate::cause::{Cause, Delivery};
+use crate::config::Route;
 use crate::forward::{self, Peer};
 use crate::gate::InFlight;
 use crate::gateway::Gateway;
@@ -152,22 +153,12 @@ async fn handle_inner(
     mut request: Request<Incoming>,
     exchange: &mut Exchange,
 ) -> Result<Proxied, ProxyError> {
-    // The authority of an absolute-form or HTTP/2 URI takes precedence over Host
-    // (RFC 9112 §3.2.2).
-    let host = match request.uri().authority() {
-        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
-        None => request.headers().get(HOST).cloned(),
-    };
-    if host.is_none() && request.version() == Version::HTTP_11 {
-        // RFC 9112 §3.2: a server must answer 400 to an HTTP/1.1 request without Host.
-        return Err(ProxyError::closing(Cause::BadRequest));
-    }
+    let host = request_host(&request)?;
     exchange.host = host
         .as_ref()
         .and_then(|h| h.to_str().ok())
         .map(route::normalize_host)
         .unwrap_or_default();
-
     let (route_index, route) =
         route::select(&gateway.config.routes, &exchange.host, request.uri().path())
             .ok_or(Cause::NoRoute)?;
@@ -187,7 +178,6 @@ async fn handle_inner(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let deadline = route.timeouts.total.map(|total| exchange.started + total);
     let (mut parts, incoming) = request.into_parts();
-
     let body = if http_body::Body::is_end_stream(&incoming) {
         RequestBody::empty()
     } else {
@@ -210,6 +200,9 @@ async fn handle_inner(
         trusted_proxies: &listener.trusted_proxies,
     };
     forward::remove_hop_by_hop(&mut parts.headers, upgrade);
+    // hyper answered `Expect: 100-continue` when the body was first read; the upstream
+    // gets the body without having to ask for it.
+    parts.headers.remove(EXPECT);
     forward::set_forwarding_headers(
         &mut parts.headers,
         &peer,
@@ -217,29 +210,84 @@ async fn handle_inner(
         parts.version,
         &exchange.request_id,
     );
-    if route.preserve_host {
-        if let Some(host) = host {
-            parts.headers.insert(HOST, host);
-        }
+    if let (true, Some(host)) = (route.preserve_host, host) {
+        parts.headers.insert(HOST, host);
     }
     parts.uri = parts
         .uri
         .path_and_query()
         .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
     parts.version = Version::HTTP_11;
-    let mut request = Some(Request::from_parts(parts, body));
+    let request = Request::from_parts(parts, body);
 
+    let success = try_endpoints(gateway, route, request, deadline, exchange).await?;
+    let mut response = success.response;
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    match (switching, client_upgrade) {
+        (true, Some(client_upgrade)) => {
+            conn.state.mark_upgraded();
+            tunnel(client_upgrade, hyper::upgrade::on(&mut response));
+        }
+        // A 101 nobody asked for cannot be passed on.
+        (true, None) => {
+            return Err(ProxyError {
+                delivery: Delivery::Sent,
+                ..ProxyError::from(Cause::UpstreamInvalidResponse)
+            })
+        }
+        (false, _) => {}
+    }
+    forward::prepare_response_headers(response.headers_mut(), switching, &exchange.request_id);
+    if upgrade && !switching {
+        // hyper keeps the connection reserved for the upgrade that did not happen; end it
+        // after this answer.
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    Ok(Proxied {
+        response,
+        lease: success.lease,
+        idle: route.timeouts.idle,
+        deadline,
+    })
+}
+
+/// The host the client asked for: the authority of an absolute-form or HTTP/2 URI, which
+/// takes precedence over `Host` (RFC 9112 §3.2.2), else `Host`. An HTTP/1.1 request without
+/// either is malformed (RFC 9112 §3.2).
+fn request_host(request: &Request<Incoming>) -> Result<Option<HeaderValue>, ProxyError> {
+    let host = match request.uri().authority() {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        None => request.headers().get(HOST).cloned(),
+    };
+    if host.is_none() && request.version() == Version::HTTP_11 {
+        return Err(ProxyError::closing(Cause::BadRequest));
+    }
+    Ok(host)
+}
+
+/// Tries the route's upstream endpoint by endpoint until one answers with a response head.
+/// A failure before anything was sent moves on to the next endpoint, up to
+/// `retry.attempts` tries; any other failure ends it.
+async fn try_endpoints(
+    gateway: &Gateway,
+    route: &Route,
+    request: Request<RequestBody>,
+    deadline: Option<Instant>,
+    exchange: &mut Exchange,
+) -> Result<Success, ProxyError> {
     let upstream = &gateway.upstreams[route.upstream];
     let metrics = &gateway.observer.metrics;
+    let mut request = Some(request);
     let mut tried = Vec::new();
-    let mut last_failure: Option<Failure> = None;
-    while let Some(pending) = request.take() {
+    let mut last_failure: Option<Cause> = None;
+    while let Some(mut pending) = request.take() {
         let Some(index) = upstream.pick(&tried) else {
             break;
         };
         tried.push(index);
         let endpoint = &upstream.endpoints[index];
-        let mut pending = pending;
         if !route.preserve_host {
             pending
                 .headers_mut()
@@ -273,52 +321,29 @@ async fn handle_inner(
                 exchange.delivery = Delivery::Sent;
                 exchange.connect = success.connect;
                 exchange.ttfb = Some(exchange.started.elapsed());
-                let mut response = success.response;
-                let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-                if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
-                    conn.state.mark_upgraded();
-                    tunnel(client_upgrade, hyper::upgrade::on(&mut response));
-                }
-                forward::prepare_response_headers(
-                    response.headers_mut(),
-                    upgrade && switching,
-                    &exchange.request_id,
-                );
-                if upgrade && !switching {
-                    // hyper keeps the connection reserved for the upgrade that did not
-                    // happen; end it after this answer.
-                    response
-                        .headers_mut()
-                        .insert(CONNECTION, HeaderValue::from_static("close"));
-                }
-                return Ok(Proxied {
-                    response,
-                    lease: success.lease,
-                    idle: route.timeouts.idle,
-                    deadline,
-                });
+                return Ok(success);
             }
-            Err(mut failure) => {
+            Err(failure) => {
                 endpoint.failed.fetch_add(1, Ordering::Relaxed);
                 exchange.delivery = exchange.delivery.max(failure.delivery);
-                if let Some(connect) = failure.connect {
-                    exchange.connect = Some(connect);
+                if failure.connect.is_some() {
+                    exchange.connect = failure.connect;
                 }
-                // Only a request none of which was sent may go to the next endpoint.
+                // Only a request none of which was sent comes back to go elsewhere.
                 if exchange.attempts < route.attempts {
-                    request = failure.request.take();
+                    request = failure.request;
                 }
-                last_failure = Some(failure);
+                last_failure = Some(failure.cause);
             }
         }
     }
-    match last_failure {
-        Some(failure) => Err(ProxyError {
+    Err(match last_failure {
+        Some(cause) => ProxyError {
             delivery: exchange.delivery,
-            ..ProxyError::from(failure.cause)
-        }),
-        None => Err(Cause::NoHealthyUpstream.into()),
-    }
+            ..ProxyError::from(cause)
+        },
+        None => Cause::NoHealthyUpstream.into(),
+    })
 }
 
 /// Joins an upgraded client connection to the upgraded upstream connection and copies

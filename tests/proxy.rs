@@ -387,3 +387,24 @@ async fn a_malformed_pipelined_request_does_not_cost_the_one_before_it() {
     assert_eq!(upstream.requests(), 1);
     baton.stop().await;
 }
+
+#[tokio::test]
+async fn expect_100_continue_is_answered_by_baton() {
+    let upstream = Upstream::sink().await;
+    let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
+    let stream = TcpStream::connect(baton.addr).await.unwrap();
+    let mut client = Reader::new(stream);
+    client
+        .write_all(
+            b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let interim = client.read_response_head().await.unwrap().unwrap();
+    assert_eq!(interim.status, 100);
+    client.write_all(b"hello").await.unwrap();
+    let response = read_response(&mut client, "POST").await;
+    assert_eq!(response.text(), "5");
+    assert_eq!(upstream.seen()[0].header("expect"), None);
+    baton.stop().await;
+}
