@@ -276,21 +276,24 @@ fn refusal(cause: Cause) -> Refusal {
     }
 }
 
-/// Where the head ends (after its empty line), searching from `from`.
+/// Where the head ends, just past its empty line (`\r\n\r\n`, or a bare `\n` line end that
+/// RFC 9112 §2.2 lets a server accept), searching from about `from`. Empty lines before the
+/// request line (RFC 9112 §2.2) do not end anything.
 fn head_end(buf: &[u8], from: usize) -> Option<usize> {
-    let start = from.saturating_sub(3);
-    buf[start..]
-        .windows(2)
-        .position(|w| w == b"\n\n")
-        .map(|p| start + p + 2)
-        .into_iter()
-        .chain(
-            buf[start..]
-                .windows(4)
-                .position(|w| w == b"\r\n\r\n")
-                .map(|p| start + p + 4),
-        )
-        .min()
+    let leading = buf
+        .iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count();
+    let mut i = from.min(buf.len()).saturating_sub(2).max(leading);
+    while let Some(offset) = buf.get(i..)?.iter().position(|&b| b == b'\n') {
+        let newline = i + offset;
+        match (buf.get(newline + 1), buf.get(newline + 2)) {
+            (Some(b'\n'), _) => return Some(newline + 2),
+            (Some(b'\r'), Some(b'\n')) => return Some(newline + 3),
+            _ => i = newline + 1,
+        }
+    }
+    None
 }
 
 fn inspect(buf: &[u8], scanned: &mut usize, first: bool, max: usize) -> Verdict {
@@ -756,6 +759,25 @@ mod tests {
                 cause: Some(Cause::HeadersTooLarge),
                 ..
             })
+        ));
+    }
+
+    #[test]
+    fn heads_end_at_their_empty_line() {
+        assert_eq!(
+            head_end(b"GET / HTTP/1.1\r\nhost: a\r\n\r\nbody", 0),
+            Some(27)
+        );
+        assert_eq!(head_end(b"GET / HTTP/1.1\nhost: a\n\nbody", 0), Some(24));
+        assert_eq!(head_end(b"\r\n\r\nGET / HTTP/1.1\r\n\r\n", 0), Some(22));
+        assert_eq!(head_end(b"\r\n\r\n", 0), None);
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nhost: a\r\n", 0), None);
+        // Searching on from where the last search stopped finds the same end.
+        let head = b"GET / HTTP/1.1\r\nhost: a\r\n\r\n";
+        assert_eq!(head_end(head, 26), Some(27));
+        assert!(matches!(
+            verdict("\r\nGET / HTTP/1.1\r\nhost: a\r\n\r\n"),
+            Verdict::Complete { len: 29, .. }
         ));
     }
 
