@@ -35,8 +35,9 @@ pub struct Gateway {
     pub ready: AtomicBool,
 }
 
-#[derive(Default)]
 pub struct RouteStats {
+    /// The route's name, as a metrics label.
+    pub label: Arc<str>,
     pub requests: AtomicU64,
     pub errors: AtomicU64,
 }
@@ -48,7 +49,11 @@ impl Gateway {
             route_stats: config
                 .routes
                 .iter()
-                .map(|_| RouteStats::default())
+                .map(|route| RouteStats {
+                    label: Arc::from(route.name.as_str()),
+                    requests: AtomicU64::new(0),
+                    errors: AtomicU64::new(0),
+                })
                 .collect(),
             upstreams: config.upstreams.iter().map(Upstream::new).collect(),
             observer: Observer {

@@ -154,13 +154,14 @@ async fn handle_inner(
     exchange: &mut Exchange,
 ) -> Result<Proxied, ProxyError> {
     let host = request_host(&request)?;
-    exchange.host = host
+    exchange.host = host.clone();
+    let host_name = host
         .as_ref()
         .and_then(|h| h.to_str().ok())
         .map(route::normalize_host)
         .unwrap_or_default();
     let (route_index, route) =
-        route::select(&gateway.config.routes, &exchange.host, request.uri().path())
+        route::select(&gateway.config.routes, &host_name, request.uri().path())
             .ok_or(Cause::NoRoute)?;
     exchange.route = Some(route_index);
     exchange.upstream = Some(route.upstream);

@@ -4,6 +4,8 @@
 //! specific host (exact, then `*.domain`, then `*`) wins, then the earlier route in the file.
 //! A prefix matches whole path segments: `/api` matches `/api` and `/api/users`, not `/apix`.
 
+use std::borrow::Cow;
+
 use crate::config::{HostPattern, Route};
 
 impl HostPattern {
@@ -35,15 +37,21 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
     }
 }
 
-/// The host part of a `Host` header or URI authority: lowercase, without port.
-pub fn normalize_host(host: &str) -> String {
+/// The host part of a `Host` header or URI authority: lowercase, without port. Borrows
+/// when the name is lowercase already, as it nearly always is.
+pub fn normalize_host(host: &str) -> Cow<'_, str> {
     let without_port = if let Some(stripped) = host.strip_prefix('[') {
         // An IPv6 literal: keep the brackets' content.
         stripped.split(']').next().unwrap_or("")
     } else {
         host.rsplit_once(':').map_or(host, |(name, _)| name)
     };
-    without_port.trim_end_matches('.').to_ascii_lowercase()
+    let name = without_port.trim_end_matches('.');
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
+    }
 }
 
 /// Picks the route for a request; `None` means 404 `no-route`.

@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::net::IpAddr;
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::thread::JoinHandle;
 
@@ -21,9 +22,9 @@ pub struct AccessRecord {
     pub path: String,
     pub status: u16,
     pub cause: Option<&'static str>,
-    pub route: Option<String>,
-    pub upstream: Option<String>,
-    pub endpoint: Option<String>,
+    pub route: Option<Arc<str>>,
+    pub upstream: Option<Arc<str>>,
+    pub endpoint: Option<Arc<str>>,
     pub attempts: u32,
     pub delivery: &'static str,
     pub cache: Option<&'static str>,

@@ -1,5 +1,7 @@
 //! Prometheus metrics (SPEC §11), served as text by the admin server.
 
+use std::sync::Arc;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -9,26 +11,26 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteCode {
-    pub route: String,
+    pub route: Arc<str>,
     pub code: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
-    pub route: String,
-    pub upstream: String,
+    pub route: Arc<str>,
+    pub upstream: Arc<str>,
     pub cause: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabel {
-    pub route: String,
+    pub route: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AttemptLabels {
-    pub upstream: String,
-    pub endpoint: String,
+    pub upstream: Arc<str>,
+    pub endpoint: Arc<str>,
     pub outcome: &'static str,
 }
 
@@ -49,8 +51,12 @@ fn duration_histogram() -> Histogram {
     ))
 }
 
+/// Label values are `Arc<str>`, shared with the runtime state, so that recording a metric
+/// copies no string.
 pub struct Metrics {
     registry: Registry,
+    /// The route label of requests that matched no route.
+    pub no_route: Arc<str>,
     pub requests: Family<RouteCode, Counter>,
     pub errors: Family<ErrorLabels, Counter>,
     pub duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
@@ -95,6 +101,7 @@ impl Default for Metrics {
         );
         Metrics {
             registry,
+            no_route: Arc::from(""),
             requests,
             errors,
             duration,

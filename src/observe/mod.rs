@@ -33,7 +33,8 @@ pub struct Exchange {
     client: IpAddr,
     method: Method,
     uri: Uri,
-    pub host: String,
+    /// The host the client asked for, as it sent it.
+    pub host: Option<HeaderValue>,
     pub route: Option<usize>,
     pub upstream: Option<usize>,
     pub endpoint: Option<usize>,
@@ -69,7 +70,7 @@ impl Exchange {
             client,
             method,
             uri,
-            host: String::new(),
+            host: None,
             route: None,
             upstream: None,
             endpoint: None,
@@ -90,23 +91,22 @@ impl Exchange {
         let gateway = &*self.gateway;
         let metrics = &gateway.observer.metrics;
         let cause = abort.or(self.cause);
-        let route = self.route.map(|i| &gateway.config.routes[i]);
         let route_stats = self.route.map(|i| &gateway.route_stats[i]);
-        let route_name = route.map_or("", |r| r.name.as_str());
+        let route_label = route_stats.map_or(&metrics.no_route, |r| &r.label);
         let upstream = self.upstream.map(|i| &gateway.upstreams[i]);
         let duration = self.started.elapsed();
 
         metrics
             .requests
             .get_or_create(&RouteCode {
-                route: route_name.to_owned(),
+                route: route_label.clone(),
                 code: self.status,
             })
             .inc();
         metrics
             .duration
             .get_or_create(&RouteLabel {
-                route: route_name.to_owned(),
+                route: route_label.clone(),
             })
             .observe(duration.as_secs_f64());
         if let Some(stats) = route_stats {
@@ -116,8 +116,8 @@ impl Exchange {
             metrics
                 .errors
                 .get_or_create(&ErrorLabels {
-                    route: route_name.to_owned(),
-                    upstream: upstream.map_or(String::new(), |u| u.name.clone()),
+                    route: route_label.clone(),
+                    upstream: upstream.map_or_else(|| metrics.no_route.clone(), |u| u.name.clone()),
                     cause: cause.code(),
                 })
                 .inc();
@@ -138,11 +138,16 @@ impl Exchange {
             request_id: String::from_utf8_lossy(self.request_id.as_bytes()).into_owned(),
             client: self.client,
             method: self.method.to_string(),
-            host: self.host,
+            host: self
+                .host
+                .as_ref()
+                .and_then(|h| h.to_str().ok())
+                .map(|h| crate::route::normalize_host(h).into_owned())
+                .unwrap_or_default(),
             path: self.uri.path().to_owned(),
             status: self.status,
             cause: cause.map(Cause::code),
-            route: route.map(|r| r.name.clone()),
+            route: route_stats.map(|r| r.label.clone()),
             upstream: upstream.map(|u| u.name.clone()),
             endpoint,
             attempts: self.attempts,

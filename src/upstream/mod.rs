@@ -16,7 +16,7 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// `addr` as text: the metrics label and the `Host` sent when the route does not
     /// preserve the client's.
-    pub label: String,
+    pub label: Arc<str>,
     pub host_header: HeaderValue,
     pub weight: u32,
     pub pool: Pool,
@@ -30,7 +30,7 @@ pub struct Endpoint {
 
 /// A named group of endpoints, balanced by smooth weighted round robin.
 pub struct Upstream {
-    pub name: String,
+    pub name: Arc<str>,
     pub endpoints: Vec<Arc<Endpoint>>,
     /// The current weights of smooth weighted round robin (as in nginx): each pick adds
     /// every endpoint's weight to its current weight, takes the largest, and subtracts the
@@ -49,7 +49,7 @@ impl Upstream {
                     addr: e.addr,
                     host_header: HeaderValue::from_str(&label)
                         .unwrap_or(HeaderValue::from_static("localhost")),
-                    label,
+                    label: Arc::from(label),
                     weight: e.weight,
                     pool: Pool::new(config.keepalive),
                     inflight: AtomicU64::new(0),
@@ -59,7 +59,7 @@ impl Upstream {
             })
             .collect::<Vec<_>>();
         Upstream {
-            name: config.name.clone(),
+            name: Arc::from(config.name.as_str()),
             current: Mutex::new(vec![0; endpoints.len()]),
             endpoints,
         }
