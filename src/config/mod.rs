@@ -77,3 +77,59 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     (line, before[line_start..].chars().count() + 1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const BASE: &str = "[[listeners]]\nlisten = \"127.0.0.1:8080\"\n[upstreams.app]\nendpoints = [\"127.0.0.1:3000\"]\n";
+
+    #[test]
+    fn partial_tables_take_defaults_for_missing_keys() {
+        let text = format!(
+            "{BASE}keepalive = {{ idle = \"5s\" }}\n[[routes]]\nupstream = \"app\"\ntimeouts = {{ connect = \"1s\" }}\nretry = {{ attempts = 2 }}\n"
+        );
+        let config = parse(&text, "t.toml", Path::new(".")).unwrap();
+        let route = &config.routes[0];
+        assert_eq!(route.name, "route-1");
+        assert_eq!(route.timeouts.connect, Some(Duration::from_secs(1)));
+        assert_eq!(
+            route.timeouts.response_header,
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(route.timeouts.idle, Some(Duration::from_secs(60)));
+        assert_eq!(route.timeouts.total, None);
+        assert_eq!(route.attempts, 2);
+        assert_eq!(route.buffer_bytes, 64 << 10);
+        assert_eq!(route.max_body_bytes, 16 << 20);
+        assert!(route.preserve_host);
+        let keepalive = config.upstreams[0].keepalive;
+        assert_eq!(keepalive.idle, Duration::from_secs(5));
+        assert_eq!(keepalive.max_idle_per_endpoint, 64);
+        assert_eq!(config.listeners[0].max_header_bytes, 64 << 10);
+        assert_eq!(config.admin.listen.to_string(), "127.0.0.1:9901");
+    }
+
+    #[test]
+    fn errors_point_at_the_value() {
+        let text =
+            format!("{BASE}[[routes]]\nupstream = \"app\"\nmax_body_bytes = \"12 apples\"\n");
+        let errors = parse(&text, "t.toml", Path::new(".")).unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].position, Some((7, 18)));
+        assert!(
+            errors[0].to_string().starts_with("t.toml:7:18: "),
+            "{}",
+            errors[0]
+        );
+    }
+
+    #[test]
+    fn line_and_column_count_characters() {
+        assert_eq!(line_column("ab\ncdé", 0), (1, 1));
+        assert_eq!(line_column("ab\ncdé", 3), (2, 1));
+        assert_eq!(line_column("ab\nédc", 5), (2, 2));
+        assert_eq!(line_column("ab", 99), (1, 3));
+    }
+}
