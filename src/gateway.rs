@@ -19,6 +19,9 @@ use crate::{admin, listener};
 
 /// How long shutdown waits for in-flight requests (SPEC §12).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How often expired idle upstream connections are closed. Checkout skips them anyway;
+/// this only keeps sockets from lingering once traffic stops.
+const POOL_PURGE_INTERVAL: Duration = Duration::from_secs(1);
 /// The listen backlog. The standard library's default of 128 drops connections when many
 /// clients connect at once; this is what nginx and HAProxy use on Linux by default.
 const LISTEN_BACKLOG: u32 = 4096;
@@ -129,7 +132,8 @@ pub async fn start(config: Config) -> io::Result<Running> {
             stopped.clone(),
         ));
     }
-    tasks.spawn(admin::serve(admin_socket, gateway.clone(), stopped));
+    tasks.spawn(admin::serve(admin_socket, gateway.clone(), stopped.clone()));
+    tasks.spawn(purge_pools(gateway.clone(), stopped));
     gateway.ready.store(true, Ordering::Release);
     for (listener, addr) in gateway.config.listeners.iter().zip(&listeners) {
         tracing::info!(listener = %listener.name, %addr, "listening");
@@ -154,6 +158,22 @@ impl Running {
         let gateway = self.gateway.clone();
         // Closing joins the writer thread; keep that off the async workers.
         let _ = tokio::task::spawn_blocking(move || gateway.observer.access_log.close()).await;
+    }
+}
+
+/// Closes expired idle upstream connections until shutdown.
+async fn purge_pools(gateway: Arc<Gateway>, mut stopped: watch::Receiver<bool>) {
+    let mut ticks = tokio::time::interval(POOL_PURGE_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = stop_requested(&mut stopped) => return,
+        }
+        for upstream in &gateway.upstreams {
+            for endpoint in &upstream.endpoints {
+                endpoint.pool.purge();
+            }
+        }
     }
 }
 

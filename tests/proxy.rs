@@ -408,3 +408,17 @@ async fn expect_100_continue_is_answered_by_baton() {
     assert_eq!(upstream.seen()[0].header("expect"), None);
     baton.stop().await;
 }
+
+#[tokio::test]
+async fn idle_upstream_connections_close_after_keepalive_idle() {
+    let upstream = Upstream::ok("hi").await;
+    let baton = Baton::in_front_of(&[upstream.addr], "", r#"keepalive = { idle = "300ms" }"#).await;
+    assert_eq!(get(baton.addr, "/").await.status(), 200);
+    assert_eq!(upstream.connections(), 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while upstream.closed() == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(upstream.closed(), 1, "baton closed its idle connection");
+    baton.stop().await;
+}

@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -35,10 +36,18 @@ pub struct AccessRecord {
     pub ttfb_ms: Option<f64>,
 }
 
-/// Where access records go: a channel to one writer thread. An empty line tells the
-/// writer to flush and stop.
+/// Lines that may wait for the writer. Beyond this the log is falling behind (a blocked
+/// stdout, a full disk): new records are dropped and counted rather than queued without
+/// bound.
+const QUEUE_LINES: usize = 64 * 1024;
+/// Warn on the first dropped record and then once per this many.
+const DROP_WARNING_EVERY: u64 = 10_000;
+
+/// Where access records go: a bounded channel to one writer thread. An empty line tells
+/// the writer to flush and stop.
 pub struct AccessLog {
-    sender: Option<mpsc::Sender<String>>,
+    sender: Option<mpsc::SyncSender<String>>,
+    dropped: AtomicU64,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -49,6 +58,7 @@ impl AccessLog {
             AccessLogTarget::Off => {
                 return Ok(AccessLog {
                     sender: None,
+                    dropped: AtomicU64::new(0),
                     writer: Mutex::new(None),
                 })
             }
@@ -60,12 +70,13 @@ impl AccessLog {
                     .open(path)?,
             ),
         };
-        let (sender, receiver) = mpsc::channel::<String>();
+        let (sender, receiver) = mpsc::sync_channel::<String>(QUEUE_LINES);
         let writer = std::thread::Builder::new()
             .name("baton-access-log".into())
             .spawn(move || write_lines(out, receiver))?;
         Ok(AccessLog {
             sender: Some(sender),
+            dropped: AtomicU64::new(0),
             writer: Mutex::new(Some(writer)),
         })
     }
@@ -78,14 +89,27 @@ impl AccessLog {
         let Some(sender) = &self.sender else { return };
         if let Ok(mut line) = serde_json::to_string(record) {
             line.push('\n');
-            // The writer only goes away at shutdown; a record logged after it is dropped.
-            let _ = sender.send(line);
+            if let Err(mpsc::TrySendError::Full(_)) = sender.try_send(line) {
+                let dropped = self.dropped.fetch_add(1, Ordering::Relaxed);
+                if dropped % DROP_WARNING_EVERY == 0 {
+                    tracing::warn!(
+                        dropped = dropped + 1,
+                        "the access log cannot keep up; records are being dropped"
+                    );
+                }
+            }
         }
+    }
+
+    /// Records dropped because the writer fell behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 
     /// Flushes every record logged so far and stops the writer.
     pub fn close(&self) {
         if let Some(sender) = &self.sender {
+            // Blocks until the writer has room: everything before it gets written.
             let _ = sender.send(String::new());
         }
         if let Some(writer) = self.writer.lock().ok().and_then(|mut w| w.take()) {

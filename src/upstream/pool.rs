@@ -91,6 +91,15 @@ impl Pool {
         });
     }
 
+    /// Drops idle connections that expired or closed; dropping a connection's sender ends
+    /// its task and closes the socket.
+    pub fn purge(&self) {
+        let now = Instant::now();
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.retain(|c| c.expires > now && !c.sender.is_closed());
+        }
+    }
+
     pub fn idle_count(&self) -> usize {
         self.idle.lock().map_or(0, |idle| idle.len())
     }

@@ -43,6 +43,7 @@ pub struct Upstream {
     seen: Arc<Mutex<Vec<Head>>>,
     body_bytes: Arc<AtomicU64>,
     connections: Arc<AtomicUsize>,
+    closed: Arc<AtomicUsize>,
     task: Option<tokio::task::JoinHandle<()>>,
     _held: Vec<TcpStream>,
     _listener: Option<std::net::TcpListener>,
@@ -166,6 +167,7 @@ impl Upstream {
             seen: Arc::default(),
             body_bytes: Arc::default(),
             connections: Arc::default(),
+            closed: Arc::default(),
             task: None,
             _held: Vec::new(),
             _listener: None,
@@ -179,16 +181,17 @@ impl Upstream {
         let seen = upstream.seen.clone();
         let body_bytes = upstream.body_bytes.clone();
         let connections = upstream.connections.clone();
+        let closed = upstream.closed.clone();
         upstream.task = Some(tokio::spawn(async move {
             let mut tasks = JoinSet::new();
             while let Ok((stream, _)) = listener.accept().await {
                 connections.fetch_add(1, Ordering::SeqCst);
-                tasks.spawn(serve(
-                    stream,
-                    behavior.clone(),
-                    seen.clone(),
-                    body_bytes.clone(),
-                ));
+                let serving = serve(stream, behavior.clone(), seen.clone(), body_bytes.clone());
+                let closed = closed.clone();
+                tasks.spawn(async move {
+                    serving.await;
+                    closed.fetch_add(1, Ordering::SeqCst);
+                });
             }
         }));
         upstream
@@ -212,6 +215,11 @@ impl Upstream {
     /// TCP connections accepted.
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
+    }
+
+    /// TCP connections that ended (closed by either side).
+    pub fn closed(&self) -> usize {
+        self.closed.load(Ordering::SeqCst)
     }
 }
 
