@@ -26,6 +26,9 @@ impl Delivery {
     }
 }
 
+/// The status logged for a client that went away before it was answered.
+const CLIENT_CLOSED_STATUS: u16 = 499;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Cause {
     UpstreamConnectRefused,
@@ -132,7 +135,8 @@ impl Cause {
 
     /// The status of the response baton generates for this cause (SPEC §4). The three
     /// mid-body causes never produce a response of their own: the status is already sent,
-    /// so theirs is what the failure would have been before the head went out.
+    /// so theirs is what the failure would have been before the head went out, and 499 for
+    /// a client that left before it could be answered.
     pub fn status(self) -> StatusCode {
         match self {
             Cause::UpstreamConnectRefused
@@ -158,7 +162,12 @@ impl Cause {
             Cause::NoRoute => StatusCode::NOT_FOUND,
             Cause::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Cause::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Cause::BadRequest | Cause::ClientClosed => StatusCode::BAD_REQUEST,
+            Cause::BadRequest => StatusCode::BAD_REQUEST,
+            // Nobody receives it: the client is gone. 499 is the code operators know from
+            // nginx logs for exactly this.
+            Cause::ClientClosed => {
+                StatusCode::from_u16(CLIENT_CLOSED_STATUS).unwrap_or(StatusCode::BAD_REQUEST)
+            }
             Cause::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
@@ -174,8 +183,7 @@ impl Cause {
             | Cause::UpstreamProtocolError
             | Cause::UpstreamResponseTimeout
             | Cause::UpstreamBodyTruncated
-            | Cause::UpstreamIdleTimeout
-            | Cause::ClientClosed => Delivery::Sent,
+            | Cause::UpstreamIdleTimeout => Delivery::Sent,
             Cause::UpstreamConnectRefused
             | Cause::UpstreamUnreachable
             | Cause::UpstreamDnsFailed
@@ -193,7 +201,8 @@ impl Cause {
             | Cause::RequestTooLarge
             | Cause::HeadersTooLarge
             | Cause::BadRequest
-            | Cause::ClientTimeout => Delivery::None,
+            | Cause::ClientTimeout
+            | Cause::ClientClosed => Delivery::None,
         }
     }
 
@@ -468,7 +477,11 @@ mod tests {
             ("headers-too-large", 431, Delivery::None),
             ("bad-request", 400, Delivery::None),
             ("client-timeout", 408, Delivery::None),
+            ("upstream-body-truncated", 502, Delivery::Sent),
+            ("upstream-idle-timeout", 504, Delivery::Sent),
+            ("client-closed", 499, Delivery::None),
         ];
+        assert_eq!(table.len(), Cause::ALL.len(), "every cause is in the table");
         for &(code, status, delivery) in table {
             let cause = Cause::from_code(code).expect(code);
             assert_eq!(cause.code(), code);
