@@ -3,6 +3,7 @@
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
@@ -19,6 +20,8 @@ use tokio::sync::watch;
 use crate::body::ResponseBody;
 use crate::config::HostPattern;
 use crate::gateway::{stop_requested, Gateway};
+use crate::observe::metrics::EndpointLabels;
+use crate::upstream::endpoint::now_ms;
 
 /// Serves the admin API until `stopped` turns true.
 pub async fn serve(socket: TcpListener, gateway: Arc<Gateway>, mut stopped: watch::Receiver<bool>) {
@@ -68,29 +71,106 @@ fn reply(
     response
 }
 
+const TEXT: &str = "text/plain; charset=utf-8";
+const JSON: &str = "application/json";
+
 fn route(gateway: &Gateway, request: &Request<Incoming>) -> Response<ResponseBody> {
-    const TEXT: &str = "text/plain; charset=utf-8";
-    const JSON: &str = "application/json";
+    let path = request.uri().path();
+    if request.method() == Method::POST {
+        return match endpoint_action(path) {
+            Some((upstream, endpoint, drain)) => drain_endpoint(gateway, upstream, endpoint, drain),
+            None => reply(StatusCode::NOT_FOUND, TEXT, "not found\n"),
+        };
+    }
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n");
     }
-    match request.uri().path() {
+    match path {
         "/healthz" => reply(StatusCode::OK, TEXT, "ok\n"),
         "/readyz" if gateway.ready.load(Ordering::Acquire) => {
             reply(StatusCode::OK, TEXT, "ready\n")
         }
         "/readyz" => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, "not ready\n"),
-        "/metrics" => reply(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            gateway.observer.metrics.encode(),
-        ),
+        "/metrics" => {
+            refresh_endpoint_gauges(gateway);
+            reply(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                gateway.observer.metrics.encode(),
+            )
+        }
         "/status.json" => reply(StatusCode::OK, JSON, status(gateway).to_string()),
         _ => reply(
             StatusCode::NOT_FOUND,
             TEXT,
             "not found: try /healthz, /readyz, /metrics or /status.json\n",
         ),
+    }
+}
+
+/// `/upstreams/{name}/endpoints/{addr}/drain` or `.../undrain`: (name, addr, drain).
+fn endpoint_action(path: &str) -> Option<(&str, &str, bool)> {
+    let rest = path.strip_prefix("/upstreams/")?;
+    let (upstream, rest) = rest.split_once("/endpoints/")?;
+    let (endpoint, action) = rest.rsplit_once('/')?;
+    let drain = match action {
+        "drain" => true,
+        "undrain" => false,
+        _ => return None,
+    };
+    Some((upstream, endpoint, drain))
+}
+
+/// Stops or resumes sending new requests to an endpoint; requests in flight finish.
+fn drain_endpoint(
+    gateway: &Gateway,
+    upstream: &str,
+    endpoint: &str,
+    drain: bool,
+) -> Response<ResponseBody> {
+    let found = gateway
+        .upstreams
+        .iter()
+        .find(|u| &*u.name == upstream)
+        .and_then(|u| u.endpoints.iter().find(|e| &*e.label == endpoint));
+    let Some(found) = found else {
+        let error = format!("no endpoint {endpoint} in upstream {upstream}");
+        return reply(
+            StatusCode::NOT_FOUND,
+            JSON,
+            json!({ "error": error }).to_string(),
+        );
+    };
+    found.set_draining(drain);
+    tracing::info!(%upstream, %endpoint, drain, "endpoint drain changed by the admin API");
+    let state = json!({
+        "upstream": upstream,
+        "endpoint": endpoint,
+        "state": found.state(now_ms()).as_str(),
+        "inflight": found.inflight.load(Ordering::Relaxed),
+    });
+    reply(StatusCode::OK, JSON, state.to_string())
+}
+
+fn refresh_endpoint_gauges(gateway: &Gateway) {
+    let metrics = &gateway.observer.metrics;
+    let now = now_ms();
+    for upstream in &gateway.upstreams {
+        for endpoint in &upstream.endpoints {
+            let labels = EndpointLabels {
+                upstream: upstream.name.clone(),
+                endpoint: endpoint.label.clone(),
+            };
+            let inflight = endpoint.inflight.load(Ordering::Relaxed);
+            metrics
+                .endpoint_up
+                .get_or_create(&labels)
+                .set(i64::from(endpoint.is_usable(now)));
+            metrics
+                .endpoint_inflight
+                .get_or_create(&labels)
+                .set(i64::try_from(inflight).unwrap_or(i64::MAX));
+        }
     }
 }
 
@@ -105,6 +185,7 @@ fn host_pattern(host: &HostPattern) -> String {
 /// The data of `/status.json`.
 pub fn status(gateway: &Gateway) -> serde_json::Value {
     let config = &gateway.config;
+    let now = now_ms();
     let routes: Vec<_> = config
         .routes
         .iter()
@@ -114,7 +195,7 @@ pub fn status(gateway: &Gateway) -> serde_json::Value {
                 "name": route.name,
                 "host": host_pattern(&route.host),
                 "path_prefix": route.path_prefix,
-                "upstream": gateway.upstreams[route.upstream].name,
+                "upstream": &*gateway.upstreams[route.upstream].name,
                 "maintenance": route.maintenance,
                 "requests": stats.requests.load(Ordering::Relaxed),
                 "errors": stats.errors.load(Ordering::Relaxed),
@@ -129,10 +210,19 @@ pub fn status(gateway: &Gateway) -> serde_json::Value {
                 .endpoints
                 .iter()
                 .map(|endpoint| {
+                    let ejection = endpoint.ejection(now).map(|e| {
+                        json!({
+                            "until": humantime::format_rfc3339_seconds(SystemTime::now() + e.remaining).to_string(),
+                            "remaining_seconds": e.remaining.as_secs_f64(),
+                            "cause": e.cause.code(),
+                            "times": e.times,
+                        })
+                    });
                     json!({
-                        "addr": endpoint.label,
+                        "addr": &*endpoint.label,
                         "weight": endpoint.weight,
-                        "state": "healthy",
+                        "state": endpoint.state(now).as_str(),
+                        "ejection": ejection,
                         "inflight": endpoint.inflight.load(Ordering::Relaxed),
                         "attempts_ok": endpoint.ok.load(Ordering::Relaxed),
                         "attempts_failed": endpoint.failed.load(Ordering::Relaxed),
@@ -140,7 +230,7 @@ pub fn status(gateway: &Gateway) -> serde_json::Value {
                     })
                 })
                 .collect();
-            json!({ "name": upstream.name, "balance": "round-robin", "endpoints": endpoints })
+            json!({ "name": &*upstream.name, "balance": "round-robin", "endpoints": endpoints })
         })
         .collect();
     let listeners: Vec<_> = config

@@ -265,8 +265,9 @@ impl UpstreamBody {
     /// otherwise the cause of the abort (the connection is dropped).
     fn finish(&mut self, abort: Option<Cause>) {
         if let Some(lease) = self.lease.take() {
-            if abort.is_none() {
-                lease.release();
+            match abort {
+                None => lease.release(),
+                Some(cause) => lease.record_failure(cause),
             }
         }
         if let Some(exchange) = self.exchange.take() {

@@ -239,6 +239,39 @@ impl Cause {
         }
     }
 
+    /// Whether this failure counts against the endpoint for passive outlier detection
+    /// (SPEC §7): connect failures, resets, invalid responses and timeouts. The client's own
+    /// faults and baton's own decisions do not.
+    pub fn counts_against_endpoint(self) -> bool {
+        match self {
+            Cause::UpstreamConnectRefused
+            | Cause::UpstreamUnreachable
+            | Cause::UpstreamTlsFailed
+            | Cause::UpstreamReset
+            | Cause::UpstreamInvalidResponse
+            | Cause::UpstreamProtocolError
+            | Cause::UpstreamConnectTimeout
+            | Cause::UpstreamResponseTimeout
+            | Cause::UpstreamBodyTruncated
+            | Cause::UpstreamIdleTimeout => true,
+            Cause::UpstreamDnsFailed
+            | Cause::NoHealthyUpstream
+            | Cause::UpstreamOverloaded
+            | Cause::Maintenance
+            | Cause::IdempotencyStoreUnavailable
+            | Cause::RateLimited
+            | Cause::IdempotencyKeyInFlight
+            | Cause::IdempotencyOutcomeUnknown
+            | Cause::IdempotencyKeyReused
+            | Cause::NoRoute
+            | Cause::RequestTooLarge
+            | Cause::HeadersTooLarge
+            | Cause::BadRequest
+            | Cause::ClientTimeout
+            | Cause::ClientClosed => false,
+        }
+    }
+
     /// A short title, for the problem+json `title` and the HTML page heading.
     pub fn title(self) -> &'static str {
         match self {

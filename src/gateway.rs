@@ -19,9 +19,10 @@ use crate::{admin, listener};
 
 /// How long shutdown waits for in-flight requests (SPEC §12).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-/// How often expired idle upstream connections are closed. Checkout skips them anyway;
-/// this only keeps sockets from lingering once traffic stops.
-const POOL_PURGE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often expired idle upstream connections are closed and ended ejections noticed.
+/// Requests notice both anyway; this keeps sockets from lingering and the status current
+/// once traffic stops.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// The listen backlog. The standard library's default of 128 drops connections when many
 /// clients connect at once; this is what nginx and HAProxy use on Linux by default.
 const LISTEN_BACKLOG: u32 = 4096;
@@ -133,7 +134,7 @@ pub async fn start(config: Config) -> io::Result<Running> {
         ));
     }
     tasks.spawn(admin::serve(admin_socket, gateway.clone(), stopped.clone()));
-    tasks.spawn(purge_pools(gateway.clone(), stopped));
+    tasks.spawn(upkeep(gateway.clone(), stopped));
     gateway.ready.store(true, Ordering::Release);
     for (listener, addr) in gateway.config.listeners.iter().zip(&listeners) {
         tracing::info!(listener = %listener.name, %addr, "listening");
@@ -161,17 +162,19 @@ impl Running {
     }
 }
 
-/// Closes expired idle upstream connections until shutdown.
-async fn purge_pools(gateway: Arc<Gateway>, mut stopped: watch::Receiver<bool>) {
-    let mut ticks = tokio::time::interval(POOL_PURGE_INTERVAL);
+/// Closes expired idle upstream connections and ends ran-out ejections, until shutdown.
+async fn upkeep(gateway: Arc<Gateway>, mut stopped: watch::Receiver<bool>) {
+    let mut ticks = tokio::time::interval(UPKEEP_INTERVAL);
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
             () = stop_requested(&mut stopped) => return,
         }
         for upstream in &gateway.upstreams {
+            let now = crate::upstream::endpoint::now_ms();
             for endpoint in &upstream.endpoints {
                 endpoint.pool.purge();
+                endpoint.is_ejected(now);
             }
         }
     }

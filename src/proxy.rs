@@ -26,6 +26,7 @@ use crate::observe::metrics::AttemptLabels;
 use crate::observe::Exchange;
 use crate::respond::{self, ErrorReply, DEFAULT_RETRY_AFTER};
 use crate::route;
+use crate::upstream::endpoint::now_ms;
 use crate::upstream::pool::Lease;
 
 /// Why baton answers a request itself.
@@ -319,6 +320,7 @@ async fn try_endpoints(
         match result {
             Ok(success) => {
                 endpoint.ok.fetch_add(1, Ordering::Relaxed);
+                endpoint.record_success();
                 exchange.delivery = Delivery::Sent;
                 exchange.connect = success.connect;
                 exchange.ttfb = Some(exchange.started.elapsed());
@@ -326,6 +328,7 @@ async fn try_endpoints(
             }
             Err(failure) => {
                 endpoint.failed.fetch_add(1, Ordering::Relaxed);
+                endpoint.record_failure(failure.cause, now_ms());
                 exchange.delivery = exchange.delivery.max(failure.delivery);
                 if failure.connect.is_some() {
                     exchange.connect = failure.connect;
@@ -343,7 +346,11 @@ async fn try_endpoints(
             delivery: exchange.delivery,
             ..ProxyError::from(cause)
         },
-        None => Cause::NoHealthyUpstream.into(),
+        None => ProxyError {
+            // When ejections are all that keep the endpoints out, say when one returns.
+            retry_after: upstream.usable_in().map(|d| d.max(Duration::from_secs(1))),
+            ..ProxyError::from(Cause::NoHealthyUpstream)
+        },
     })
 }
 

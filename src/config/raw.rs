@@ -109,7 +109,16 @@ pub struct RawUpstream {
     pub queue: Unsupported,
     pub slow_start: Unsupported,
     pub health: Unsupported,
-    pub outlier: Unsupported,
+    pub outlier: RawOutlier,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawOutlier {
+    pub consecutive_failures: Option<u32>,
+    pub base_ejection: Option<Dur>,
+    pub max_ejection: Option<Dur>,
+    pub max_ejected_percent: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -28,6 +28,10 @@ pub const DEFAULT_ATTEMPTS: u32 = 3;
 pub const DEFAULT_BUFFER_BYTES: u64 = 64 << 10;
 pub const DEFAULT_KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
 pub const DEFAULT_MAX_IDLE_PER_ENDPOINT: usize = 64;
+pub const DEFAULT_CONSECUTIVE_FAILURES: u32 = 5;
+pub const DEFAULT_BASE_EJECTION: Duration = Duration::from_secs(10);
+pub const DEFAULT_MAX_EJECTION: Duration = Duration::from_secs(300);
+pub const DEFAULT_MAX_EJECTED_PERCENT: u32 = 50;
 /// hyper refuses a read buffer below 8 KiB, so no smaller head limit can be enforced.
 pub const MIN_MAX_HEADER_BYTES: u64 = 8 << 10;
 
@@ -117,6 +121,31 @@ pub struct UpstreamConfig {
     pub name: String,
     pub endpoints: Vec<EndpointConfig>,
     pub keepalive: Keepalive,
+    pub outlier: Outlier,
+}
+
+/// Passive outlier detection (SPEC §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outlier {
+    /// Failures in a row that eject an endpoint; 0 turns ejection off.
+    pub consecutive_failures: u32,
+    /// The first ejection's length; the n-th lasts n times as long ...
+    pub base_ejection: Duration,
+    /// ... up to this.
+    pub max_ejection: Duration,
+    /// The share of the upstream's endpoints that may be ejected at once (at least one).
+    pub max_ejected_percent: u32,
+}
+
+impl Default for Outlier {
+    fn default() -> Outlier {
+        Outlier {
+            consecutive_failures: DEFAULT_CONSECUTIVE_FAILURES,
+            base_ejection: DEFAULT_BASE_EJECTION,
+            max_ejection: DEFAULT_MAX_EJECTION,
+            max_ejected_percent: DEFAULT_MAX_EJECTED_PERCENT,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -476,7 +505,6 @@ fn build_upstream(
     v.unsupported("queue", &upstream.queue);
     v.unsupported("slow_start", &upstream.slow_start);
     v.unsupported("health", &upstream.health);
-    v.unsupported("outlier", &upstream.outlier);
     if let Some(balance) = &upstream.balance {
         match balance.get_ref().as_str() {
             "round-robin" => {}
@@ -574,10 +602,35 @@ fn build_upstream(
             .max_idle_per_endpoint
             .unwrap_or(DEFAULT_MAX_IDLE_PER_ENDPOINT),
     };
+    let raw_outlier = &upstream.outlier;
+    let max_ejected_percent = match &raw_outlier.max_ejected_percent {
+        None => DEFAULT_MAX_EJECTED_PERCENT,
+        Some(percent) if *percent.get_ref() > 100 => {
+            v.error(
+                Some(percent.span()),
+                "`outlier.max_ejected_percent` is a percentage, 0 to 100",
+            );
+            DEFAULT_MAX_EJECTED_PERCENT
+        }
+        Some(percent) => *percent.get_ref(),
+    };
+    let outlier = Outlier {
+        consecutive_failures: raw_outlier
+            .consecutive_failures
+            .unwrap_or(DEFAULT_CONSECUTIVE_FAILURES),
+        base_ejection: raw_outlier
+            .base_ejection
+            .map_or(DEFAULT_BASE_EJECTION, |d| d.0),
+        max_ejection: raw_outlier
+            .max_ejection
+            .map_or(DEFAULT_MAX_EJECTION, |d| d.0),
+        max_ejected_percent,
+    };
     Some(UpstreamConfig {
         name: name.get_ref().clone(),
         endpoints,
         keepalive,
+        outlier,
     })
 }
 

@@ -35,6 +35,12 @@ pub struct AttemptLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub upstream: Arc<str>,
+    pub endpoint: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabel {
     pub listener: String,
 }
@@ -62,6 +68,10 @@ pub struct Metrics {
     pub duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
     pub attempts: Family<AttemptLabels, Counter>,
     pub connections_open: Family<ListenerLabel, Gauge>,
+    /// 1 when the endpoint takes new requests; set when metrics are read.
+    pub endpoint_up: Family<EndpointLabels, Gauge>,
+    /// Exchanges in progress per endpoint; set when metrics are read.
+    pub endpoint_inflight: Family<EndpointLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -99,8 +109,22 @@ impl Default for Metrics {
             "Client connections currently open",
             connections_open.clone(),
         );
+        let endpoint_up = Family::<EndpointLabels, Gauge>::default();
+        registry.register(
+            "endpoint_up",
+            "1 when the endpoint takes new requests (not ejected, unhealthy or draining)",
+            endpoint_up.clone(),
+        );
+        let endpoint_inflight = Family::<EndpointLabels, Gauge>::default();
+        registry.register(
+            "endpoint_inflight",
+            "Exchanges in progress with the endpoint",
+            endpoint_inflight.clone(),
+        );
         Metrics {
             registry,
+            endpoint_up,
+            endpoint_inflight,
             no_route: Arc::from(""),
             requests,
             errors,

@@ -1,32 +1,14 @@
 //! Upstreams and their endpoints: where requests go, and the state baton keeps about each.
 
+pub mod endpoint;
 pub mod pool;
 
-use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
-
-use http::HeaderValue;
+use std::time::Duration;
 
 use crate::config::UpstreamConfig;
-use pool::Pool;
-
-/// One address of an upstream.
-pub struct Endpoint {
-    pub addr: SocketAddr,
-    /// `addr` as text: the metrics label and the `Host` sent when the route does not
-    /// preserve the client's.
-    pub label: Arc<str>,
-    pub host_header: HeaderValue,
-    pub weight: u32,
-    pub pool: Pool,
-    /// Exchanges in progress, from the first byte sent until the response body ended.
-    pub inflight: AtomicU64,
-    /// Attempts that got a response head.
-    pub ok: AtomicU64,
-    /// Attempts that failed, by any cause.
-    pub failed: AtomicU64,
-}
+pub use endpoint::Endpoint;
+use endpoint::{now_ms, OutlierPolicy};
 
 /// A named group of endpoints, balanced by smooth weighted round robin.
 pub struct Upstream {
@@ -40,23 +22,11 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(config: &UpstreamConfig) -> Upstream {
+        let outlier = Arc::new(OutlierPolicy::new(config.outlier, config.endpoints.len()));
         let endpoints = config
             .endpoints
             .iter()
-            .map(|e| {
-                let label = e.addr.to_string();
-                Arc::new(Endpoint {
-                    addr: e.addr,
-                    host_header: HeaderValue::from_str(&label)
-                        .unwrap_or(HeaderValue::from_static("localhost")),
-                    label: Arc::from(label),
-                    weight: e.weight,
-                    pool: Pool::new(config.keepalive),
-                    inflight: AtomicU64::new(0),
-                    ok: AtomicU64::new(0),
-                    failed: AtomicU64::new(0),
-                })
-            })
+            .map(|e| Arc::new(Endpoint::new(e, config.keepalive, outlier.clone())))
             .collect::<Vec<_>>();
         Upstream {
             name: Arc::from(config.name.as_str()),
@@ -65,21 +35,20 @@ impl Upstream {
         }
     }
 
-    /// The next endpoint, skipping those in `tried`; `None` when every endpoint was tried.
+    /// The next usable endpoint, skipping those in `tried`; `None` when none is left.
     pub fn pick(&self, tried: &[usize]) -> Option<usize> {
+        let now = now_ms();
         let Ok(mut current) = self.current.lock() else {
             return None;
         };
-        let total: i64 = self
-            .endpoints
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !tried.contains(i))
-            .map(|(_, e)| i64::from(e.weight))
+        let candidate = |i: usize| !tried.contains(&i) && self.endpoints[i].is_usable(now);
+        let total: i64 = (0..self.endpoints.len())
+            .filter(|&i| candidate(i))
+            .map(|i| i64::from(self.endpoints[i].weight))
             .sum();
         let mut best: Option<usize> = None;
         for (i, endpoint) in self.endpoints.iter().enumerate() {
-            if tried.contains(&i) {
+            if !candidate(i) {
                 continue;
             }
             current[i] += i64::from(endpoint.weight);
@@ -94,11 +63,20 @@ impl Upstream {
     }
 }
 
+impl Upstream {
+    /// How long until some endpoint may be used again, when only ejections keep them all
+    /// out: the `Retry-After` of a `no-healthy-upstream` answer.
+    pub fn usable_in(&self) -> Option<Duration> {
+        let now = now_ms();
+        self.endpoints.iter().filter_map(|e| e.usable_in(now)).min()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{EndpointConfig, Keepalive};
-    use std::time::Duration;
+    use crate::config::{EndpointConfig, Keepalive, Outlier};
+    use std::net::SocketAddr;
 
     fn upstream(weights: &[u32]) -> Upstream {
         Upstream::new(&UpstreamConfig {
@@ -115,6 +93,7 @@ mod tests {
                 idle: Duration::from_secs(1),
                 max_idle_per_endpoint: 1,
             },
+            outlier: Outlier::default(),
         })
     }
 

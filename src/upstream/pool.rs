@@ -163,6 +163,12 @@ impl Lease {
         self.keep_alive_hint = hint;
     }
 
+    /// The response body failed with `cause`: it counts against the endpoint.
+    pub fn record_failure(&self, cause: crate::cause::Cause) {
+        self.endpoint
+            .record_failure(cause, super::endpoint::now_ms());
+    }
+
     /// The exchange completed: the connection may serve the next request.
     pub fn release(mut self) {
         if let Some(sender) = self.sender.take() {

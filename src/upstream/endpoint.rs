@@ -1,0 +1,370 @@
+//! One address of an upstream, and what baton knows of its health (SPEC §7).
+//!
+//! An endpoint is usable unless it is draining (by hand), unhealthy (active checks) or
+//! ejected (passive outlier detection: `outlier.consecutive_failures` failures in a row,
+//! for `base_ejection` × the number of times it was ejected, at most `max_ejection`, and
+//! never more than `max_ejected_percent` of the upstream at once). Every flag is an atomic,
+//! so checking an endpoint on the request path takes no lock.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use http::HeaderValue;
+use tokio::time::Instant;
+
+use super::pool::Pool;
+use crate::cause::Cause;
+use crate::config::{EndpointConfig, Keepalive, Outlier};
+
+/// Milliseconds on baton's monotonic clock (tokio's, so tests may pause it), from 1.
+pub fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    Instant::now().saturating_duration_since(start).as_millis() as u64 + 1
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// An endpoint's state, strongest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Draining,
+    Unhealthy,
+    Ejected,
+    Healthy,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Draining => "draining",
+            State::Unhealthy => "unhealthy",
+            State::Ejected => "ejected",
+            State::Healthy => "healthy",
+        }
+    }
+}
+
+/// Outlier detection shared by the endpoints of one upstream.
+pub struct OutlierPolicy {
+    config: Outlier,
+    /// How many endpoints may be ejected at once.
+    max_ejected: usize,
+    ejected: AtomicUsize,
+}
+
+impl OutlierPolicy {
+    pub fn new(config: Outlier, endpoints: usize) -> OutlierPolicy {
+        let share = endpoints * config.max_ejected_percent as usize / 100;
+        let max_ejected = if config.max_ejected_percent == 0 {
+            0
+        } else {
+            share.max(1)
+        };
+        OutlierPolicy {
+            config,
+            max_ejected,
+            ejected: AtomicUsize::new(0),
+        }
+    }
+
+    /// Takes one of the upstream's ejection slots, if one is free.
+    fn take_slot(&self) -> bool {
+        self.ejected
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_ejected).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    fn free_slot(&self) {
+        self.ejected.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    /// `addr` as text: the metrics label and the `Host` sent when the route does not
+    /// preserve the client's.
+    pub label: Arc<str>,
+    pub host_header: HeaderValue,
+    pub weight: u32,
+    pub pool: Pool,
+    /// Exchanges in progress, from the first byte sent until the response body ended.
+    pub inflight: AtomicU64,
+    /// Attempts that got a response head.
+    pub ok: AtomicU64,
+    /// Attempts that failed, by any cause.
+    pub failed: AtomicU64,
+    outlier: Arc<OutlierPolicy>,
+    draining: AtomicBool,
+    unhealthy: AtomicBool,
+    consecutive_failures: AtomicU32,
+    /// [`now_ms`] until which the endpoint is ejected; 0 when it is not.
+    ejected_until: AtomicU64,
+    /// When the last ejection ends or ended; kept after it ends, to tell a repeat offender.
+    last_ejection_until: AtomicU64,
+    /// Ejections in a row, each longer than the one before.
+    ejections: AtomicU32,
+    /// The cause of the failure that ejected it last, as an index into [`Cause::ALL`].
+    ejection_cause: AtomicU8,
+}
+
+/// What `/status.json` says of an ejection.
+pub struct Ejection {
+    pub remaining: Duration,
+    pub cause: Cause,
+    pub times: u32,
+}
+
+impl Endpoint {
+    pub fn new(
+        config: &EndpointConfig,
+        keepalive: Keepalive,
+        outlier: Arc<OutlierPolicy>,
+    ) -> Endpoint {
+        let label = config.addr.to_string();
+        Endpoint {
+            addr: config.addr,
+            host_header: HeaderValue::from_str(&label)
+                .unwrap_or(HeaderValue::from_static("localhost")),
+            label: Arc::from(label),
+            weight: config.weight,
+            pool: Pool::new(keepalive),
+            inflight: AtomicU64::new(0),
+            ok: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            outlier,
+            draining: AtomicBool::new(false),
+            unhealthy: AtomicBool::new(false),
+            consecutive_failures: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            last_ejection_until: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
+            ejection_cause: AtomicU8::new(0),
+        }
+    }
+
+    /// Whether a new request may go to this endpoint at `now` ([`now_ms`]).
+    pub fn is_usable(&self, now: u64) -> bool {
+        !self.draining.load(Ordering::Relaxed)
+            && !self.unhealthy.load(Ordering::Relaxed)
+            && !self.is_ejected(now)
+    }
+
+    pub fn state(&self, now: u64) -> State {
+        if self.draining.load(Ordering::Relaxed) {
+            State::Draining
+        } else if self.unhealthy.load(Ordering::Relaxed) {
+            State::Unhealthy
+        } else if self.is_ejected(now) {
+            State::Ejected
+        } else {
+            State::Healthy
+        }
+    }
+
+    /// True while ejected; the first look after the ejection ran out ends it.
+    pub fn is_ejected(&self, now: u64) -> bool {
+        let until = self.ejected_until.load(Ordering::Acquire);
+        if until == 0 {
+            return false;
+        }
+        if now < until {
+            return true;
+        }
+        if self
+            .ejected_until
+            .compare_exchange(until, 0, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.outlier.free_slot();
+            tracing::info!(endpoint = %self.addr, "ejection over; endpoint back in rotation");
+        }
+        false
+    }
+
+    /// How long until the endpoint may be used again, when only an ejection keeps it out.
+    pub fn usable_in(&self, now: u64) -> Option<Duration> {
+        if self.draining.load(Ordering::Relaxed) || self.unhealthy.load(Ordering::Relaxed) {
+            return None;
+        }
+        let until = self.ejected_until.load(Ordering::Acquire);
+        Some(Duration::from_millis(until.saturating_sub(now)))
+    }
+
+    pub fn ejection(&self, now: u64) -> Option<Ejection> {
+        if !self.is_ejected(now) {
+            return None;
+        }
+        let until = self.ejected_until.load(Ordering::Acquire);
+        let cause = Cause::ALL[usize::from(self.ejection_cause.load(Ordering::Relaxed))];
+        Some(Ejection {
+            remaining: Duration::from_millis(until.saturating_sub(now)),
+            cause,
+            times: self.ejections.load(Ordering::Relaxed),
+        })
+    }
+
+    /// An attempt got a response head.
+    pub fn record_success(&self) {
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// An attempt (or a response body) failed with `cause` at `now`.
+    pub fn record_failure(&self, cause: Cause, now: u64) {
+        if !cause.counts_against_endpoint() {
+            return;
+        }
+        let threshold = self.outlier.config.consecutive_failures;
+        let failures = self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
+        if threshold > 0 && failures >= threshold && !self.is_ejected(now) {
+            self.eject(cause, now);
+        }
+    }
+
+    fn eject(&self, cause: Cause, now: u64) {
+        let config = &self.outlier.config;
+        if !self.outlier.take_slot() {
+            tracing::warn!(
+                endpoint = %self.addr,
+                %cause,
+                "endpoint keeps failing but max_ejected_percent is reached; not ejected"
+            );
+            return;
+        }
+        // An endpoint that stayed out of trouble for max_ejection starts over.
+        let last_until = self.last_ejection_until.load(Ordering::Relaxed);
+        if now.saturating_sub(last_until) > millis(config.max_ejection) {
+            self.ejections.store(0, Ordering::Relaxed);
+        }
+        let times = self.ejections.fetch_add(1, Ordering::AcqRel) + 1;
+        let length = config
+            .base_ejection
+            .saturating_mul(times)
+            .min(config.max_ejection);
+        let until = now + millis(length).max(1);
+        let index = Cause::ALL.iter().position(|c| *c == cause).unwrap_or(0);
+        self.ejection_cause
+            .store(u8::try_from(index).unwrap_or(0), Ordering::Relaxed);
+        self.last_ejection_until.store(until, Ordering::Relaxed);
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        self.ejected_until.store(until, Ordering::Release);
+        tracing::warn!(
+            endpoint = %self.addr,
+            %cause,
+            seconds = length.as_secs_f64(),
+            times,
+            "endpoint ejected"
+        );
+    }
+
+    /// Stops (`true`) or resumes sending new requests; requests in flight finish.
+    pub fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoints(n: usize, outlier: Outlier) -> Vec<Endpoint> {
+        let policy = Arc::new(OutlierPolicy::new(outlier, n));
+        (0..n)
+            .map(|i| {
+                Endpoint::new(
+                    &EndpointConfig {
+                        addr: SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)),
+                        weight: 1,
+                    },
+                    Keepalive {
+                        idle: Duration::from_secs(1),
+                        max_idle_per_endpoint: 1,
+                    },
+                    policy.clone(),
+                )
+            })
+            .collect()
+    }
+
+    fn outlier(failures: u32, percent: u32) -> Outlier {
+        Outlier {
+            consecutive_failures: failures,
+            base_ejection: Duration::from_secs(10),
+            max_ejection: Duration::from_secs(25),
+            max_ejected_percent: percent,
+        }
+    }
+
+    #[test]
+    fn consecutive_failures_eject_and_ejections_grow_and_cap() {
+        let e = &endpoints(1, outlier(3, 50))[0];
+        let mut now = 1000;
+        for _ in 0..2 {
+            e.record_failure(Cause::UpstreamReset, now);
+        }
+        assert!(e.is_usable(now));
+        e.record_success();
+        e.record_failure(Cause::UpstreamReset, now);
+        e.record_failure(Cause::UpstreamReset, now);
+        assert!(e.is_usable(now), "a success resets the count");
+        e.record_failure(Cause::UpstreamReset, now);
+        assert_eq!(e.state(now), State::Ejected);
+        assert_eq!(e.ejection(now).unwrap().remaining, Duration::from_secs(10));
+        assert_eq!(e.ejection(now).unwrap().cause, Cause::UpstreamReset);
+        now += 10_000;
+        assert!(e.is_usable(now));
+        for _ in 0..3 {
+            e.record_failure(Cause::UpstreamConnectRefused, now);
+        }
+        assert_eq!(e.ejection(now).unwrap().remaining, Duration::from_secs(20));
+        now += 20_000;
+        for _ in 0..3 {
+            e.record_failure(Cause::UpstreamConnectRefused, now);
+        }
+        assert_eq!(
+            e.ejection(now).unwrap().remaining,
+            Duration::from_secs(25),
+            "capped"
+        );
+    }
+
+    #[test]
+    fn client_faults_do_not_count() {
+        let e = &endpoints(1, outlier(1, 100))[0];
+        e.record_failure(Cause::ClientClosed, 1);
+        e.record_failure(Cause::RequestTooLarge, 1);
+        assert!(e.is_usable(1));
+    }
+
+    #[test]
+    fn max_ejected_percent_holds() {
+        let all = endpoints(4, outlier(1, 50));
+        for e in &all {
+            e.record_failure(Cause::UpstreamReset, 1);
+        }
+        let ejected = all.iter().filter(|e| !e.is_usable(1)).count();
+        assert_eq!(ejected, 2);
+        // When one returns, another may take its slot.
+        assert!(all.iter().filter(|e| e.is_usable(100_000)).count() == 4);
+        all[3].record_failure(Cause::UpstreamReset, 100_000);
+        assert!(!all[3].is_usable(100_000));
+    }
+
+    #[test]
+    fn draining_wins_over_everything() {
+        let e = &endpoints(1, outlier(1, 100))[0];
+        e.set_draining(true);
+        assert_eq!(e.state(1), State::Draining);
+        assert!(!e.is_usable(1));
+        e.set_draining(false);
+        assert!(e.is_usable(1));
+    }
+}

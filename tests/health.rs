@@ -1,0 +1,201 @@
+//! Endpoint health on real sockets: passive ejection, its limits, draining by hand, and the
+//! answer when no endpoint is left.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{admin_get, get, request, Baton, Upstream};
+
+async fn status(baton: &Baton) -> serde_json::Value {
+    serde_json::from_slice(&admin_get(baton, "/status.json").await.body).unwrap()
+}
+
+fn states(status: &serde_json::Value) -> Vec<String> {
+    status["upstreams"][0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["state"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_resetting_endpoint_is_ejected_then_returns() {
+    let resetting = Upstream::reset_before_head().await;
+    let ok = Upstream::ok("fine").await;
+    let baton = Baton::in_front_of(
+        &[resetting.addr, ok.addr],
+        "",
+        r#"outlier = { consecutive_failures = 3, base_ejection = "1s" }"#,
+    )
+    .await;
+    let mut errors = 0;
+    while resetting.requests() < 3 {
+        if get(baton.addr, "/").await.status() != 200 {
+            errors += 1;
+        }
+    }
+    assert_eq!(
+        errors, 3,
+        "each failure before the ejection reached a client"
+    );
+    let status_now = status(&baton).await;
+    assert_eq!(states(&status_now), ["ejected", "healthy"]);
+    let ejection = &status_now["upstreams"][0]["endpoints"][0]["ejection"];
+    assert_eq!(ejection["cause"], "upstream-reset");
+    assert_eq!(ejection["times"], 1);
+    assert!(ejection["until"].is_string());
+
+    let ejected_at = Instant::now();
+    for _ in 0..10 {
+        assert_eq!(get(baton.addr, "/").await.status(), 200);
+    }
+    assert!(
+        ejected_at.elapsed() < Duration::from_millis(900),
+        "the test outran the ejection"
+    );
+    assert_eq!(
+        resetting.requests(),
+        3,
+        "nothing reaches an ejected endpoint"
+    );
+
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(states(&status(&baton).await), ["healthy", "healthy"]);
+    for _ in 0..4 {
+        get(baton.addr, "/").await;
+    }
+    assert!(
+        resetting.requests() > 3,
+        "the endpoint is back after its ejection"
+    );
+
+    let metrics = admin_get(&baton, "/metrics").await.text();
+    let up = format!(
+        "baton_endpoint_up{{upstream=\"app\",endpoint=\"{}\"}} 1",
+        ok.addr
+    );
+    assert!(metrics.contains(&up), "{metrics}");
+    baton.stop().await;
+}
+
+#[tokio::test]
+async fn max_ejected_percent_holds() {
+    let mut upstreams = Vec::new();
+    for _ in 0..4 {
+        upstreams.push(Upstream::reset_before_head().await);
+    }
+    let addrs: Vec<_> = upstreams.iter().map(|u| u.addr).collect();
+    let baton = Baton::in_front_of(
+        &addrs,
+        "",
+        r#"outlier = { consecutive_failures = 1, base_ejection = "30s", max_ejected_percent = 50 }"#,
+    )
+    .await;
+    for _ in 0..12 {
+        assert_eq!(get(baton.addr, "/").await.status(), 502);
+    }
+    let states = states(&status(&baton).await);
+    assert_eq!(
+        states.iter().filter(|s| *s == "ejected").count(),
+        2,
+        "{states:?}"
+    );
+    baton.stop().await;
+}
+
+#[tokio::test]
+async fn with_every_endpoint_out_the_answer_is_503_at_once() {
+    let a = Upstream::full_backlog().await;
+    let b = Upstream::full_backlog().await;
+    let baton = Baton::in_front_of(
+        &[a.addr, b.addr],
+        r#"timeouts = { connect = "300ms" }"#,
+        r#"outlier = { consecutive_failures = 1, base_ejection = "20s", max_ejected_percent = 100 }"#,
+    )
+    .await;
+    let first = get(baton.addr, "/").await;
+    assert_eq!(first.status(), 504, "both endpoints were tried");
+    assert_eq!(
+        first.header("baton-error"),
+        Some("upstream-connect-timeout")
+    );
+
+    let started = Instant::now();
+    let response = request(
+        baton.addr,
+        "GET",
+        "/",
+        &[("accept", "application/json")],
+        b"",
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_millis(200),
+        "no connect timeout waited on"
+    );
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.header("baton-error"), Some("no-healthy-upstream"));
+    assert_eq!(response.header("baton-delivery"), Some("none"));
+    let retry_after: u64 = response.header("retry-after").unwrap().parse().unwrap();
+    assert!(
+        (15..=20).contains(&retry_after),
+        "Retry-After {retry_after} is when an ejection ends"
+    );
+    baton.stop().await;
+}
+
+#[tokio::test]
+async fn drain_lets_in_flight_finish_and_sends_nothing_new() {
+    let slow = Upstream::slow_head(Duration::from_millis(800)).await;
+    let ok = Upstream::ok("fine").await;
+    let baton = Baton::in_front_of(&[slow.addr, ok.addr], "", "").await;
+    let addr = baton.addr;
+    // Smooth round robin sends the first request to the first endpoint.
+    let in_flight = tokio::spawn(async move { get(addr, "/").await });
+    while slow.requests() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let drain = format!("/upstreams/app/endpoints/{}/drain", slow.addr);
+    let drained = request(baton.admin, "POST", &drain, &[], b"").await;
+    assert_eq!(drained.status(), 200);
+    let body: serde_json::Value = serde_json::from_slice(&drained.body).unwrap();
+    assert_eq!(body["state"], "draining");
+    assert_eq!(body["inflight"], 1);
+
+    for _ in 0..6 {
+        assert_eq!(get(baton.addr, "/").await.text(), "fine");
+    }
+    let finished = in_flight.await.unwrap();
+    assert_eq!(finished.status(), 200);
+    assert_eq!(finished.text(), "slow");
+    assert_eq!(
+        slow.requests(),
+        1,
+        "nothing new reaches a draining endpoint"
+    );
+    assert_eq!(states(&status(&baton).await), ["draining", "healthy"]);
+
+    let undrain = format!("/upstreams/app/endpoints/{}/undrain", slow.addr);
+    assert_eq!(
+        request(baton.admin, "POST", &undrain, &[], b"")
+            .await
+            .status(),
+        200
+    );
+    for _ in 0..4 {
+        get(baton.addr, "/").await;
+    }
+    assert!(slow.requests() > 1, "undrain restores traffic");
+    let unknown = request(
+        baton.admin,
+        "POST",
+        "/upstreams/app/endpoints/10.9.9.9:1/drain",
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(unknown.status(), 404);
+    baton.stop().await;
+}
