@@ -230,7 +230,7 @@ pub fn status(gateway: &Gateway) -> serde_json::Value {
                     })
                 })
                 .collect();
-            json!({ "name": &*upstream.name, "balance": "round-robin", "endpoints": endpoints })
+            json!({ "name": &*upstream.name, "balance": upstream.balance(), "endpoints": endpoints })
         })
         .collect();
     let listeners: Vec<_> = config

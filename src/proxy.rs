@@ -220,9 +220,13 @@ async fn handle_inner(
         .path_and_query()
         .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
     parts.version = Version::HTTP_11;
+    let upstream = &gateway.upstreams[route.upstream];
+    let key = upstream
+        .hash_key()
+        .and_then(|key| key.of(&parts.headers, parts.uri.path(), conn.peer.ip()));
     let request = Request::from_parts(parts, body);
 
-    let success = try_endpoints(gateway, route, request, deadline, exchange).await?;
+    let success = try_endpoints(gateway, route, request, key, deadline, exchange).await?;
     let mut response = success.response;
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     match (switching, client_upgrade) {
@@ -276,6 +280,7 @@ async fn try_endpoints(
     gateway: &Gateway,
     route: &Route,
     request: Request<RequestBody>,
+    key: Option<u64>,
     deadline: Option<Instant>,
     exchange: &mut Exchange,
 ) -> Result<Success, ProxyError> {
@@ -285,7 +290,7 @@ async fn try_endpoints(
     let mut tried = Vec::new();
     let mut last_failure: Option<Cause> = None;
     while let Some(mut pending) = request.take() {
-        let Some(index) = upstream.pick(&tried) else {
+        let Some(index) = upstream.pick(&tried, key) else {
             break;
         };
         tried.push(index);
@@ -304,6 +309,7 @@ async fn try_endpoints(
             .into_iter()
             .chain(deadline)
             .min();
+        let sent_at = Instant::now();
         let result = attempt(endpoint, pending, route.timeouts.connect, head_deadline).await;
         let outcome = match &result {
             Ok(_) => "ok",
@@ -321,6 +327,7 @@ async fn try_endpoints(
             Ok(success) => {
                 endpoint.ok.fetch_add(1, Ordering::Relaxed);
                 endpoint.record_success();
+                endpoint.observe_latency(sent_at.elapsed(), now_ms());
                 exchange.delivery = Delivery::Sent;
                 exchange.connect = success.connect;
                 exchange.ttfb = Some(exchange.started.elapsed());

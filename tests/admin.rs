@@ -8,7 +8,8 @@ use support::{admin_get, get, request, Baton, Upstream};
 async fn health_readiness_metrics_and_status() {
     let ok = Upstream::ok("hi").await;
     let refusing = Upstream::refusing().await;
-    let baton = Baton::in_front_of(&[ok.addr, refusing.addr], "", "").await;
+    let baton =
+        Baton::in_front_of(&[ok.addr, refusing.addr], "", r#"balance = "round-robin""#).await;
 
     assert_eq!(admin_get(&baton, "/healthz").await.status(), 200);
     assert_eq!(admin_get(&baton, "/readyz").await.status(), 200);

@@ -67,7 +67,7 @@ cache = { max_bytes = "1MiB" }
 
 [upstreams.app]
 endpoints = ["backend.internal:3000", "not an address"]
-balance = "ewma"
+protocol = "h2"
 "#,
     );
     assert_eq!(code, 1);
@@ -76,7 +76,7 @@ balance = "ewma"
         "baton.toml:6:9: `cache` is not supported yet",
         "baton.toml:9:14: endpoint \"backend.internal:3000\": host names in endpoints are not supported yet",
         "baton.toml:9:39: endpoint \"not an address\" must be an IP address and port",
-        "baton.toml:10:11: balance \"ewma\" is not supported yet",
+        "baton.toml:10:12: protocol \"h2\" to upstreams is not supported yet",
         "5 errors",
     ] {
         assert!(stderr.contains(expected), "missing {expected:?} in\n{stderr}");

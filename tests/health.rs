@@ -27,7 +27,7 @@ async fn a_resetting_endpoint_is_ejected_then_returns() {
     let baton = Baton::in_front_of(
         &[resetting.addr, ok.addr],
         "",
-        r#"outlier = { consecutive_failures = 3, base_ejection = "1s" }"#,
+        "balance = \"round-robin\"\nslow_start = \"0s\"\noutlier = { consecutive_failures = 3, base_ejection = \"1s\" }",
     )
     .await;
     let mut errors = 0;
@@ -150,9 +150,9 @@ async fn with_every_endpoint_out_the_answer_is_503_at_once() {
 async fn drain_lets_in_flight_finish_and_sends_nothing_new() {
     let slow = Upstream::slow_head(Duration::from_millis(800)).await;
     let ok = Upstream::ok("fine").await;
-    let baton = Baton::in_front_of(&[slow.addr, ok.addr], "", "").await;
+    let baton = Baton::in_front_of(&[slow.addr, ok.addr], "", r#"balance = "round-robin""#).await;
     let addr = baton.addr;
-    // Smooth round robin sends the first request to the first endpoint.
+    // Round robin sends the first request to the first endpoint.
     let in_flight = tokio::spawn(async move { get(addr, "/").await });
     while slow.requests() == 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;

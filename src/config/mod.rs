@@ -11,8 +11,8 @@ use std::ops::Range;
 use std::path::Path;
 
 pub use runtime::{
-    AccessLogTarget, Config, EndpointConfig, HostPattern, Keepalive, Listener, Outlier, Route,
-    Timeouts, UpstreamConfig,
+    AccessLogTarget, Balance, Config, EndpointConfig, HashKey, HostPattern, Keepalive, Listener,
+    Outlier, Route, Timeouts, UpstreamConfig,
 };
 
 /// One problem in a config file, ready to print.

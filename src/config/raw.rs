@@ -104,10 +104,10 @@ pub struct RawUpstream {
     pub protocol: Option<Spanned<String>>,
     pub keepalive: RawKeepalive,
     pub max_inflight: Option<Spanned<u64>>,
-    pub hash_key: Unsupported,
+    pub hash_key: Option<Spanned<String>>,
     pub tls: Unsupported,
     pub queue: Unsupported,
-    pub slow_start: Unsupported,
+    pub slow_start: Option<Dur>,
     pub health: Unsupported,
     pub outlier: RawOutlier,
 }

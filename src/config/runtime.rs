@@ -28,6 +28,7 @@ pub const DEFAULT_ATTEMPTS: u32 = 3;
 pub const DEFAULT_BUFFER_BYTES: u64 = 64 << 10;
 pub const DEFAULT_KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
 pub const DEFAULT_MAX_IDLE_PER_ENDPOINT: usize = 64;
+pub const DEFAULT_SLOW_START: Duration = Duration::from_secs(10);
 pub const DEFAULT_CONSECUTIVE_FAILURES: u32 = 5;
 pub const DEFAULT_BASE_EJECTION: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_EJECTION: Duration = Duration::from_secs(300);
@@ -120,8 +121,28 @@ pub struct Timeouts {
 pub struct UpstreamConfig {
     pub name: String,
     pub endpoints: Vec<EndpointConfig>,
+    pub balance: Balance,
+    pub slow_start: Duration,
     pub keepalive: Keepalive,
     pub outlier: Outlier,
+}
+
+/// How an upstream spreads requests over its endpoints (SPEC §7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    LeastRequest,
+    Ewma,
+    Hash(HashKey),
+}
+
+/// What `balance = "hash"` hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    Header(http::HeaderName),
+    Cookie(String),
+    ClientIp,
+    Path,
 }
 
 /// Passive outlier detection (SPEC §7).
@@ -500,27 +521,10 @@ fn build_upstream(
     name: &Spanned<String>,
     upstream: &RawUpstream,
 ) -> Option<UpstreamConfig> {
-    v.unsupported("hash_key", &upstream.hash_key);
     v.unsupported("tls", &upstream.tls);
     v.unsupported("queue", &upstream.queue);
-    v.unsupported("slow_start", &upstream.slow_start);
     v.unsupported("health", &upstream.health);
-    if let Some(balance) = &upstream.balance {
-        match balance.get_ref().as_str() {
-            "round-robin" => {}
-            "least-request" | "ewma" | "hash" => v.error(
-                Some(balance.span()),
-                format!(
-                    "balance {:?} is not supported yet by this version of baton; use \"round-robin\"",
-                    balance.get_ref()
-                ),
-            ),
-            other => v.error(
-                Some(balance.span()),
-                format!("`balance` must be \"round-robin\", \"least-request\", \"ewma\" or \"hash\", not {other:?}"),
-            ),
-        }
-    }
+    let balance = build_balance(v, name, upstream);
     if let Some(protocol) = &upstream.protocol {
         match protocol.get_ref().as_str() {
             "http1" => {}
@@ -629,9 +633,72 @@ fn build_upstream(
     Some(UpstreamConfig {
         name: name.get_ref().clone(),
         endpoints,
+        balance: balance?,
+        slow_start: upstream.slow_start.map_or(DEFAULT_SLOW_START, |d| d.0),
         keepalive,
         outlier,
     })
+}
+
+fn build_balance(
+    v: &mut Validator,
+    name: &Spanned<String>,
+    upstream: &RawUpstream,
+) -> Option<Balance> {
+    let balance = match upstream.balance.as_ref().map(|b| b.get_ref().as_str()) {
+        None | Some("ewma") => Balance::Ewma,
+        Some("round-robin") => Balance::RoundRobin,
+        Some("least-request") => Balance::LeastRequest,
+        Some("hash") => {
+            let Some(key) = &upstream.hash_key else {
+                v.error(
+                    upstream.balance.as_ref().map(|b| b.span()),
+                    format!(
+                        "upstream {:?} balances by hash but has no `hash_key` (\"header:NAME\", \"cookie:NAME\", \"client-ip\" or \"path\")",
+                        name.get_ref()
+                    ),
+                );
+                return None;
+            };
+            return build_hash_key(v, key).map(Balance::Hash);
+        }
+        Some(other) => {
+            v.error(
+                upstream.balance.as_ref().map(|b| b.span()),
+                format!("`balance` must be \"round-robin\", \"least-request\", \"ewma\" or \"hash\", not {other:?}"),
+            );
+            return None;
+        }
+    };
+    if let Some(key) = &upstream.hash_key {
+        v.error(
+            Some(key.span()),
+            "`hash_key` only applies with balance = \"hash\"",
+        );
+    }
+    Some(balance)
+}
+
+fn build_hash_key(v: &mut Validator, key: &Spanned<String>) -> Option<HashKey> {
+    let text = key.get_ref().as_str();
+    let parsed = match text.split_once(':') {
+        _ if text == "client-ip" => Some(HashKey::ClientIp),
+        _ if text == "path" => Some(HashKey::Path),
+        Some(("header", name)) => http::HeaderName::from_bytes(name.trim().as_bytes())
+            .ok()
+            .map(HashKey::Header),
+        Some(("cookie", name)) if !name.trim().is_empty() => {
+            Some(HashKey::Cookie(name.trim().to_owned()))
+        }
+        _ => None,
+    };
+    if parsed.is_none() {
+        v.error(
+            Some(key.span()),
+            format!("`hash_key` must be \"header:NAME\", \"cookie:NAME\", \"client-ip\" or \"path\", not {text:?}"),
+        );
+    }
+    parsed
 }
 
 fn looks_like_host_port(text: &str) -> bool {

@@ -25,6 +25,13 @@ pub fn now_ms() -> u64 {
     Instant::now().saturating_duration_since(start).as_millis() as u64 + 1
 }
 
+/// How fast the latency estimate forgets: the weight of the past halves about every 7 s.
+const LATENCY_DECAY: Duration = Duration::from_secs(10);
+/// The latency a failure counts as in the estimate.
+const FAILURE_LATENCY: Duration = Duration::from_secs(1);
+/// The least share a ramping endpoint gets, so that it is tried at all.
+const MIN_RAMP: f64 = 0.1;
+
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
@@ -112,6 +119,13 @@ pub struct Endpoint {
     ejections: AtomicU32,
     /// The cause of the failure that ejected it last, as an index into [`Cause::ALL`].
     ejection_cause: AtomicU8,
+    /// Peak-EWMA of response-head latency, in milliseconds (f64 bits), and when it was
+    /// last updated ([`now_ms`]).
+    latency: AtomicU64,
+    latency_at: AtomicU64,
+    /// When the endpoint came back (ejection over, healthy again), for slow start; 0 when
+    /// it is not ramping up.
+    ramp_from: AtomicU64,
 }
 
 /// What `/status.json` says of an ejection.
@@ -146,6 +160,9 @@ impl Endpoint {
             last_ejection_until: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
             ejection_cause: AtomicU8::new(0),
+            latency: AtomicU64::new(0f64.to_bits()),
+            latency_at: AtomicU64::new(0),
+            ramp_from: AtomicU64::new(0),
         }
     }
 
@@ -183,9 +200,53 @@ impl Endpoint {
             .is_ok()
         {
             self.outlier.free_slot();
+            self.ramp_from.store(now, Ordering::Relaxed);
             tracing::info!(endpoint = %self.addr, "ejection over; endpoint back in rotation");
         }
         false
+    }
+
+    /// The share of its weight the endpoint gets at `now`: below 1 while it ramps up over
+    /// `slow_start` after coming back, never below [`MIN_RAMP`].
+    pub fn ramp(&self, now: u64, slow_start: Duration) -> f64 {
+        let from = self.ramp_from.load(Ordering::Relaxed);
+        if from == 0 || slow_start.is_zero() {
+            return 1.0;
+        }
+        let progress = now.saturating_sub(from) as f64 / slow_start.as_millis() as f64;
+        if progress >= 1.0 {
+            self.ramp_from.store(0, Ordering::Relaxed);
+            return 1.0;
+        }
+        progress.max(MIN_RAMP)
+    }
+
+    /// Starts slow start now (a new or recovered endpoint).
+    pub fn start_ramp(&self, now: u64) {
+        self.ramp_from.store(now, Ordering::Relaxed);
+    }
+
+    /// The peak-EWMA latency estimate in milliseconds, decayed to `now`.
+    pub fn latency_estimate(&self, now: u64) -> f64 {
+        let value = f64::from_bits(self.latency.load(Ordering::Relaxed));
+        let elapsed = now.saturating_sub(self.latency_at.load(Ordering::Relaxed)) as f64;
+        value * (-elapsed / LATENCY_DECAY.as_millis() as f64).exp()
+    }
+
+    /// Folds a response-head latency into the estimate: a higher one is taken at once
+    /// (peak), a lower one blends in with a weight that grows with the time since the last.
+    pub fn observe_latency(&self, latency: Duration, now: u64) {
+        let sample = latency.as_secs_f64() * 1000.0;
+        let current = self.latency_estimate(now);
+        let elapsed = now.saturating_sub(self.latency_at.load(Ordering::Relaxed)) as f64;
+        let next = if sample > current {
+            sample
+        } else {
+            let keep = (-elapsed / LATENCY_DECAY.as_millis() as f64).exp();
+            current * keep + sample * (1.0 - keep)
+        };
+        self.latency.store(next.to_bits(), Ordering::Relaxed);
+        self.latency_at.store(now, Ordering::Relaxed);
     }
 
     /// How long until the endpoint may be used again, when only an ejection keeps it out.
@@ -222,6 +283,9 @@ impl Endpoint {
         if !cause.counts_against_endpoint() {
             return;
         }
+        // A failure costs like a very slow answer, or `ewma` would favour an endpoint
+        // that fails fast.
+        self.observe_latency(FAILURE_LATENCY, now);
         let threshold = self.outlier.config.consecutive_failures;
         let failures = self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
         if threshold > 0 && failures >= threshold && !self.is_ejected(now) {

@@ -1,23 +1,23 @@
 //! Upstreams and their endpoints: where requests go, and the state baton keeps about each.
 
+pub mod balance;
 pub mod endpoint;
 pub mod pool;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::UpstreamConfig;
+use crate::config::{HashKey, UpstreamConfig};
+use balance::{Balancer, Pick};
 pub use endpoint::Endpoint;
 use endpoint::{now_ms, OutlierPolicy};
 
-/// A named group of endpoints, balanced by smooth weighted round robin.
+/// A named group of endpoints and the balancer that spreads requests over them.
 pub struct Upstream {
     pub name: Arc<str>,
     pub endpoints: Vec<Arc<Endpoint>>,
-    /// The current weights of smooth weighted round robin (as in nginx): each pick adds
-    /// every endpoint's weight to its current weight, takes the largest, and subtracts the
-    /// total from it, which spreads an endpoint's turns evenly over the cycle.
-    current: Mutex<Vec<i64>>,
+    balancer: Balancer,
+    slow_start: Duration,
 }
 
 impl Upstream {
@@ -30,36 +30,35 @@ impl Upstream {
             .collect::<Vec<_>>();
         Upstream {
             name: Arc::from(config.name.as_str()),
-            current: Mutex::new(vec![0; endpoints.len()]),
+            balancer: Balancer::new(&config.balance, &endpoints),
+            slow_start: config.slow_start,
             endpoints,
         }
     }
 
     /// The next usable endpoint, skipping those in `tried`; `None` when none is left.
-    pub fn pick(&self, tried: &[usize]) -> Option<usize> {
-        let now = now_ms();
-        let Ok(mut current) = self.current.lock() else {
-            return None;
+    /// `key` is the request's hash key when the upstream balances by hash.
+    pub fn pick(&self, tried: &[usize], key: Option<u64>) -> Option<usize> {
+        let pick = Pick {
+            endpoints: &self.endpoints,
+            tried,
+            now: now_ms(),
+            slow_start: self.slow_start,
         };
-        let candidate = |i: usize| !tried.contains(&i) && self.endpoints[i].is_usable(now);
-        let total: i64 = (0..self.endpoints.len())
-            .filter(|&i| candidate(i))
-            .map(|i| i64::from(self.endpoints[i].weight))
-            .sum();
-        let mut best: Option<usize> = None;
-        for (i, endpoint) in self.endpoints.iter().enumerate() {
-            if !candidate(i) {
-                continue;
-            }
-            current[i] += i64::from(endpoint.weight);
-            if best.is_none_or(|b| current[i] > current[b]) {
-                best = Some(i);
-            }
+        self.balancer.pick(&pick, key)
+    }
+
+    /// What a request is hashed by, when the upstream balances by hash.
+    pub fn hash_key(&self) -> Option<&HashKey> {
+        match &self.balancer {
+            Balancer::Hash(_, key) => Some(key),
+            _ => None,
         }
-        if let Some(b) = best {
-            current[b] -= total;
-        }
-        best
+    }
+
+    /// The balancer's name, as in the config.
+    pub fn balance(&self) -> &'static str {
+        self.balancer.name()
     }
 }
 
@@ -75,12 +74,14 @@ impl Upstream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{EndpointConfig, Keepalive, Outlier};
+    use crate::config::{Balance, EndpointConfig, Keepalive, Outlier};
     use std::net::SocketAddr;
 
     fn upstream(weights: &[u32]) -> Upstream {
         Upstream::new(&UpstreamConfig {
             name: "u".into(),
+            balance: Balance::RoundRobin,
+            slow_start: Duration::from_secs(10),
             endpoints: weights
                 .iter()
                 .enumerate()
@@ -100,16 +101,16 @@ mod tests {
     #[test]
     fn smooth_weighted_round_robin_is_exact_and_spread() {
         let u = upstream(&[5, 1, 1]);
-        let picks: Vec<usize> = (0..7).map(|_| u.pick(&[]).unwrap()).collect();
+        let picks: Vec<usize> = (0..7).map(|_| u.pick(&[], None).unwrap()).collect();
         assert_eq!(picks, [0, 0, 1, 0, 2, 0, 0]);
     }
 
     #[test]
     fn tried_endpoints_are_skipped() {
         let u = upstream(&[1, 1, 1]);
-        let first = u.pick(&[]).unwrap();
-        let second = u.pick(&[first]).unwrap();
+        let first = u.pick(&[], None).unwrap();
+        let second = u.pick(&[first], None).unwrap();
         assert_ne!(first, second);
-        assert_eq!(u.pick(&[0, 1, 2]), None);
+        assert_eq!(u.pick(&[0, 1, 2], None), None);
     }
 }
