@@ -218,8 +218,11 @@ pub fn status(gateway: &Gateway) -> serde_json::Value {
                             "times": e.times,
                         })
                     });
+                    let (checks_passed, checks_failed) = endpoint.checks();
                     json!({
                         "addr": &*endpoint.label,
+                        "checks_passed": checks_passed,
+                        "checks_failed": checks_failed,
                         "weight": endpoint.weight,
                         "state": endpoint.state(now).as_str(),
                         "ejection": ejection,

@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::Metrics;
 use crate::observe::Observer;
-use crate::upstream::Upstream;
+use crate::upstream::{health, Upstream};
 use crate::{admin, listener};
 
 /// How long shutdown waits for in-flight requests (SPEC §12).
@@ -134,6 +134,17 @@ pub async fn start(config: Config) -> io::Result<Running> {
         ));
     }
     tasks.spawn(admin::serve(admin_socket, gateway.clone(), stopped.clone()));
+    for (upstream, config) in gateway.upstreams.iter().zip(&gateway.config.upstreams) {
+        if let Some(check) = &config.health {
+            for endpoint in &upstream.endpoints {
+                tasks.spawn(health::run(
+                    endpoint.clone(),
+                    check.clone(),
+                    stopped.clone(),
+                ));
+            }
+        }
+    }
     tasks.spawn(upkeep(gateway.clone(), stopped));
     gateway.ready.store(true, Ordering::Release);
     for (listener, addr) in gateway.config.listeners.iter().zip(&listeners) {

@@ -199,3 +199,69 @@ async fn drain_lets_in_flight_finish_and_sends_nothing_new() {
     assert_eq!(unknown.status(), 404);
     baton.stop().await;
 }
+
+/// Share of `n` requests that went to the endpoint answering `name`.
+async fn share(baton: &Baton, name: &str, n: usize) -> f64 {
+    let mut hits = 0;
+    for _ in 0..n {
+        if get(baton.addr, "/").await.text() == name {
+            hits += 1;
+        }
+    }
+    hits as f64 / n as f64
+}
+
+#[tokio::test]
+async fn failing_health_checks_take_an_endpoint_out_and_it_ramps_back() {
+    let (a, a_healthy) = Upstream::with_health("a").await;
+    let (b, _) = Upstream::with_health("b").await;
+    let baton = Baton::in_front_of(
+        &[a.addr, b.addr],
+        "",
+        "balance = \"round-robin\"\nslow_start = \"3s\"\n\
+         health = { path = \"/healthz\", interval = \"200ms\", timeout = \"500ms\", healthy = 2, unhealthy = 2 }",
+    )
+    .await;
+    assert!((share(&baton, "a", 20).await - 0.5).abs() < 0.01);
+
+    a_healthy.store(false, std::sync::atomic::Ordering::SeqCst);
+    let turned = Instant::now();
+    while states(&status(&baton).await)[0] != "unhealthy" {
+        assert!(
+            turned.elapsed() < Duration::from_millis(200 * 2 + 500),
+            "unhealthy within interval x unhealthy (plus jitter)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = a.app_requests();
+    assert_eq!(share(&baton, "a", 20).await, 0.0);
+    assert_eq!(
+        a.app_requests(),
+        before,
+        "an unhealthy endpoint gets no traffic"
+    );
+
+    a_healthy.store(true, std::sync::atomic::Ordering::SeqCst);
+    while states(&status(&baton).await)[0] != "healthy" {
+        assert!(
+            turned.elapsed() < Duration::from_secs(5),
+            "healthy again after 2 passes"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ramping = share(&baton, "a", 40).await;
+    assert!(
+        ramping < 0.35,
+        "a recovered endpoint starts with a small share ({ramping})"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ramped = share(&baton, "a", 40).await;
+    assert!(
+        (ramped - 0.5).abs() < 0.05,
+        "and has its full share after slow_start ({ramped})"
+    );
+    eprintln!(
+        "share of the recovered endpoint: {ramping:.2} at first, {ramped:.2} after slow start"
+    );
+    baton.stop().await;
+}

@@ -11,8 +11,8 @@ use std::ops::Range;
 use std::path::Path;
 
 pub use runtime::{
-    AccessLogTarget, Balance, Config, EndpointConfig, HashKey, HostPattern, Keepalive, Listener,
-    Outlier, Route, Timeouts, UpstreamConfig,
+    AccessLogTarget, Balance, Config, EndpointConfig, HashKey, HealthCheck, HostPattern, Keepalive,
+    Listener, Outlier, Route, Timeouts, UpstreamConfig,
 };
 
 /// One problem in a config file, ready to print.
@@ -123,6 +123,39 @@ mod tests {
             "{}",
             errors[0]
         );
+    }
+
+    #[test]
+    fn health_checks_take_defaults_and_check_their_values() {
+        let text = format!("{BASE}health = {{ interval = \"500ms\" }}\n");
+        let config = parse(&text, "t.toml", Path::new(".")).unwrap();
+        let health = config.upstreams[0].health.clone().unwrap();
+        assert_eq!(health.path, "/healthz");
+        assert_eq!(health.interval, Duration::from_millis(500));
+        assert_eq!((health.healthy, health.unhealthy), (2, 3));
+        assert!(health.expects(200) && health.expects(399) && !health.expects(500));
+
+        let text = format!("{BASE}health = {{ expect = \"200,204-206\" }}\n");
+        let health = parse(&text, "t.toml", Path::new(".")).unwrap().upstreams[0]
+            .health
+            .clone()
+            .unwrap();
+        assert!(health.expects(204) && !health.expects(201));
+
+        for bad in [
+            "expect = \"2xx\"",
+            "healthy = 0",
+            "path = \"healthz\"",
+            "interval = \"0s\"",
+        ] {
+            let text = format!("{BASE}health = {{ {bad} }}\n");
+            let errors = parse(&text, "t.toml", Path::new(".")).unwrap_err();
+            assert_eq!(errors.len(), 1, "{bad}: {errors:?}");
+            assert_eq!(errors[0].position.map(|p| p.0), Some(5), "{bad}");
+        }
+        let text = format!("{BASE}balance = \"hash\"\n");
+        let errors = parse(&text, "t.toml", Path::new(".")).unwrap_err();
+        assert!(errors[0].message.contains("no `hash_key`"), "{errors:?}");
     }
 
     #[test]

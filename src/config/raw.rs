@@ -108,8 +108,19 @@ pub struct RawUpstream {
     pub tls: Unsupported,
     pub queue: Unsupported,
     pub slow_start: Option<Dur>,
-    pub health: Unsupported,
+    pub health: Option<Spanned<RawHealth>>,
     pub outlier: RawOutlier,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHealth {
+    pub path: Option<Spanned<String>>,
+    pub interval: Option<Spanned<Dur>>,
+    pub timeout: Option<Spanned<Dur>>,
+    pub healthy: Option<Spanned<u32>>,
+    pub unhealthy: Option<Spanned<u32>>,
+    pub expect: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -12,7 +12,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use toml::Spanned;
 
-use super::raw::{RawConfig, RawListener, RawRoute, RawUpstream, Unsupported};
+use super::raw::{RawConfig, RawHealth, RawListener, RawRoute, RawUpstream, Unsupported};
 use crate::cause::Cause;
 
 /// Defaults of SPEC §2, named so that the reference in the README and the code agree.
@@ -29,6 +29,12 @@ pub const DEFAULT_BUFFER_BYTES: u64 = 64 << 10;
 pub const DEFAULT_KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
 pub const DEFAULT_MAX_IDLE_PER_ENDPOINT: usize = 64;
 pub const DEFAULT_SLOW_START: Duration = Duration::from_secs(10);
+pub const DEFAULT_HEALTH_PATH: &str = "/healthz";
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_HEALTHY: u32 = 2;
+pub const DEFAULT_UNHEALTHY: u32 = 3;
+pub const DEFAULT_HEALTH_EXPECT: &str = "200-399";
 pub const DEFAULT_CONSECUTIVE_FAILURES: u32 = 5;
 pub const DEFAULT_BASE_EJECTION: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_EJECTION: Duration = Duration::from_secs(300);
@@ -125,6 +131,44 @@ pub struct UpstreamConfig {
     pub slow_start: Duration,
     pub keepalive: Keepalive,
     pub outlier: Outlier,
+    /// Active health checks, when the upstream has `health`.
+    pub health: Option<HealthCheck>,
+}
+
+/// Active health checks (SPEC §7): `GET path` every `interval`, each within `timeout`;
+/// `unhealthy` failures in a row take the endpoint out, `healthy` passes bring it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub path: http::uri::PathAndQuery,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy: u32,
+    pub unhealthy: u32,
+    /// Accepted statuses, as inclusive ranges.
+    pub expect: Vec<(u16, u16)>,
+}
+
+impl HealthCheck {
+    pub fn expects(&self, status: u16) -> bool {
+        self.expect
+            .iter()
+            .any(|&(low, high)| (low..=high).contains(&status))
+    }
+}
+
+/// Parses `"200-399"`, `"200"` or a comma-separated list of those.
+fn parse_expect(text: &str) -> Option<Vec<(u16, u16)>> {
+    text.split(',')
+        .map(|part| {
+            let part = part.trim();
+            let (low, high) = part.split_once('-').unwrap_or((part, part));
+            let (low, high) = (
+                low.trim().parse::<u16>().ok()?,
+                high.trim().parse::<u16>().ok()?,
+            );
+            ((100..=599).contains(&low) && (low..=599).contains(&high)).then_some((low, high))
+        })
+        .collect()
 }
 
 /// How an upstream spreads requests over its endpoints (SPEC §7).
@@ -523,8 +567,8 @@ fn build_upstream(
 ) -> Option<UpstreamConfig> {
     v.unsupported("tls", &upstream.tls);
     v.unsupported("queue", &upstream.queue);
-    v.unsupported("health", &upstream.health);
     let balance = build_balance(v, name, upstream);
+    let health = upstream.health.as_ref().and_then(|h| build_health(v, h));
     if let Some(protocol) = &upstream.protocol {
         match protocol.get_ref().as_str() {
             "http1" => {}
@@ -637,6 +681,75 @@ fn build_upstream(
         slow_start: upstream.slow_start.map_or(DEFAULT_SLOW_START, |d| d.0),
         keepalive,
         outlier,
+        health,
+    })
+}
+
+fn build_health(v: &mut Validator, raw: &Spanned<RawHealth>) -> Option<HealthCheck> {
+    let health = raw.get_ref();
+    let path_text = health
+        .path
+        .as_ref()
+        .map_or(DEFAULT_HEALTH_PATH, |p| p.get_ref().as_str());
+    let path = match path_text.parse::<http::uri::PathAndQuery>() {
+        Ok(path) if path_text.starts_with('/') => Some(path),
+        _ => {
+            v.error(
+                health.path.as_ref().map(|p| p.span()),
+                format!("`health.path` must be a path such as \"/healthz\", not {path_text:?}"),
+            );
+            None
+        }
+    };
+    let positive =
+        |v: &mut Validator, key: &str, value: &Option<Spanned<u32>>, default: u32| match value {
+            Some(n) if *n.get_ref() == 0 => {
+                v.error(Some(n.span()), format!("`health.{key}` must be at least 1"));
+                default
+            }
+            Some(n) => *n.get_ref(),
+            None => default,
+        };
+    let healthy = positive(v, "healthy", &health.healthy, DEFAULT_HEALTHY);
+    let unhealthy = positive(v, "unhealthy", &health.unhealthy, DEFAULT_UNHEALTHY);
+    let interval = health
+        .interval
+        .as_ref()
+        .map_or(DEFAULT_HEALTH_INTERVAL, |d| d.get_ref().0);
+    let timeout = health
+        .timeout
+        .as_ref()
+        .map_or(DEFAULT_HEALTH_TIMEOUT, |d| d.get_ref().0);
+    if interval.is_zero() {
+        v.error(
+            health.interval.as_ref().map(|d| d.span()),
+            "`health.interval` must be more than 0s",
+        );
+    }
+    if timeout.is_zero() {
+        v.error(
+            health.timeout.as_ref().map(|d| d.span()),
+            "`health.timeout` must be more than 0s",
+        );
+    }
+    let expect_text = health
+        .expect
+        .as_ref()
+        .map_or(DEFAULT_HEALTH_EXPECT, |e| e.get_ref().as_str());
+    let expect = parse_expect(expect_text);
+    if expect.is_none() {
+        v.error(
+            health.expect.as_ref().map(|e| e.span()),
+            format!("`health.expect` must be statuses or ranges such as \"200-399\" or \"200,204\", not {expect_text:?}"),
+        );
+    }
+    Some(HealthCheck {
+        path: path?,
+        interval,
+        timeout,
+        healthy,
+        unhealthy,
+        expect: expect?,
     })
 }
 

@@ -25,7 +25,7 @@ const POINTS_PER_WEIGHT: u32 = 160;
 const DRAWS: usize = 8;
 
 /// A small, fast random number per thread (xorshift), seeded once from the OS.
-fn random() -> u64 {
+pub(super) fn random() -> u64 {
     thread_local! {
         static STATE: Cell<u64> = Cell::new(RandomState::new().hash_one(0u64) | 1);
     }

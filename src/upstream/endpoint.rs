@@ -126,6 +126,9 @@ pub struct Endpoint {
     /// When the endpoint came back (ejection over, healthy again), for slow start; 0 when
     /// it is not ramping up.
     ramp_from: AtomicU64,
+    /// Active health checks passed, and failed, in a row.
+    checks_passed: AtomicU32,
+    checks_failed: AtomicU32,
 }
 
 /// What `/status.json` says of an ejection.
@@ -163,7 +166,36 @@ impl Endpoint {
             latency: AtomicU64::new(0f64.to_bits()),
             latency_at: AtomicU64::new(0),
             ramp_from: AtomicU64::new(0),
+            checks_passed: AtomicU32::new(0),
+            checks_failed: AtomicU32::new(0),
         }
+    }
+
+    /// An active health check passed or failed at `now`: `unhealthy` failures in a row mark
+    /// the endpoint unhealthy, `healthy` passes in a row bring it back (ramping up).
+    pub fn record_check(&self, passed: bool, healthy: u32, unhealthy: u32, now: u64) {
+        if passed {
+            self.checks_failed.store(0, Ordering::Relaxed);
+            let passes = self.checks_passed.fetch_add(1, Ordering::Relaxed) + 1;
+            if passes >= healthy && self.unhealthy.swap(false, Ordering::AcqRel) {
+                self.start_ramp(now);
+                tracing::info!(endpoint = %self.addr, passes, "endpoint healthy again");
+            }
+        } else {
+            self.checks_passed.store(0, Ordering::Relaxed);
+            let failures = self.checks_failed.fetch_add(1, Ordering::Relaxed) + 1;
+            if failures >= unhealthy && !self.unhealthy.swap(true, Ordering::AcqRel) {
+                tracing::warn!(endpoint = %self.addr, failures, "endpoint unhealthy: its health checks fail");
+            }
+        }
+    }
+
+    /// Health checks passed and failed in a row, for the status page.
+    pub fn checks(&self) -> (u32, u32) {
+        (
+            self.checks_passed.load(Ordering::Relaxed),
+            self.checks_failed.load(Ordering::Relaxed),
+        )
     }
 
     /// Whether a new request may go to this endpoint at `now` ([`now_ms`]).

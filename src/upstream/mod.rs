@@ -2,6 +2,7 @@
 
 pub mod balance;
 pub mod endpoint;
+pub mod health;
 pub mod pool;
 
 use std::sync::Arc;
@@ -95,6 +96,7 @@ mod tests {
                 max_idle_per_endpoint: 1,
             },
             outlier: Outlier::default(),
+            health: None,
         })
     }
 

@@ -25,6 +25,7 @@ enum Behavior {
         headers: Vec<(String, String)>,
     },
     Http10(Vec<u8>),
+    Health(Vec<u8>, Arc<std::sync::atomic::AtomicBool>),
     ResetBeforeHead,
     Garbage,
     SlowHead(Duration),
@@ -82,6 +83,25 @@ impl Upstream {
     /// Answers `HTTP/1.0 200` with `body` and closes the connection.
     pub async fn http10(body: &str) -> Upstream {
         Self::start(Behavior::Http10(body.as_bytes().to_vec())).await
+    }
+
+    /// Answers `/healthz` with 200 while the returned switch is on and 500 while it is
+    /// off, and everything else with 200 and `body`.
+    pub async fn with_health(body: &str) -> (Upstream, Arc<std::sync::atomic::AtomicBool>) {
+        let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let upstream =
+            Self::start(Behavior::Health(body.as_bytes().to_vec(), healthy.clone())).await;
+        (upstream, healthy)
+    }
+
+    /// Requests other than health checks.
+    pub fn app_requests(&self) -> usize {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|h| h.path != "/healthz")
+            .count()
     }
 
     /// Nothing listens on the port: connections are refused.
@@ -260,6 +280,22 @@ async fn serve(
                 response.push_str("\r\n");
                 let mut bytes = response.into_bytes();
                 bytes.extend_from_slice(body);
+                reader.write_all(&bytes).await
+            }
+            Behavior::Health(body, healthy) => {
+                let (status, body) = if head.path != "/healthz" {
+                    ("200 OK", body.clone())
+                } else if healthy.load(Ordering::SeqCst) {
+                    ("200 OK", b"healthy".to_vec())
+                } else {
+                    ("500 Internal Server Error", b"sick".to_vec())
+                };
+                let mut bytes = format!(
+                    "HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n",
+                    body.len()
+                )
+                .into_bytes();
+                bytes.extend_from_slice(&body);
                 reader.write_all(&bytes).await
             }
             Behavior::Http10(body) => {

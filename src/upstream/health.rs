@@ -1,0 +1,80 @@
+//! Active health checks (SPEC §7): one task per endpoint sends `GET health.path` on a fresh
+//! connection every `interval`, with jitter so that the checks of many baton instances do
+//! not arrive together, and marks the endpoint unhealthy or healthy again.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{CONNECTION, HOST, USER_AGENT};
+use http::{HeaderValue, Request};
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::endpoint::{now_ms, Endpoint};
+use crate::config::HealthCheck;
+use crate::gateway::stop_requested;
+
+/// How far a check may move from its beat, as a share of the interval, either way.
+const JITTER: f64 = 0.1;
+
+/// Checks `endpoint` until `stopped`. The first check comes at a random point of the
+/// first interval.
+pub async fn run(endpoint: Arc<Endpoint>, check: HealthCheck, mut stopped: watch::Receiver<bool>) {
+    let mut wait = check.interval.mul_f64(unit_random());
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = stop_requested(&mut stopped) => return,
+        }
+        let passed = probe(&endpoint, &check).await;
+        endpoint.record_check(passed, check.healthy, check.unhealthy, now_ms());
+        wait = check
+            .interval
+            .mul_f64(1.0 + JITTER * (2.0 * unit_random() - 1.0));
+    }
+}
+
+fn unit_random() -> f64 {
+    (super::balance::random() % 10_000) as f64 / 10_000.0
+}
+
+/// One check: a status in `expect` within `timeout`.
+async fn probe(endpoint: &Endpoint, check: &HealthCheck) -> bool {
+    let outcome = tokio::time::timeout(check.timeout, async {
+        let stream = TcpStream::connect(endpoint.addr).await?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+                .await
+                .map_err(std::io::Error::other)?;
+        tokio::spawn(connection);
+        let request = Request::get(check.path.as_str())
+            .header(HOST, endpoint.host_header.clone())
+            .header(CONNECTION, HeaderValue::from_static("close"))
+            .header(USER_AGENT, HeaderValue::from_static("baton-health-check"))
+            .body(Empty::new())
+            .map_err(std::io::Error::other)?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(std::io::Error::other)?;
+        Ok::<_, std::io::Error>(response.status().as_u16())
+    })
+    .await;
+    match outcome {
+        Ok(Ok(status)) if check.expects(status) => true,
+        Ok(Ok(status)) => {
+            tracing::debug!(endpoint = %endpoint.addr, status, "health check failed");
+            false
+        }
+        Ok(Err(err)) => {
+            tracing::debug!(endpoint = %endpoint.addr, error = %err, "health check failed");
+            false
+        }
+        Err(_) => {
+            tracing::debug!(endpoint = %endpoint.addr, timeout = ?check.timeout, "health check timed out");
+            false
+        }
+    }
+}
