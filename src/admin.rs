@@ -132,7 +132,7 @@ fn drain_endpoint(
         .upstreams
         .iter()
         .find(|u| &*u.name == upstream)
-        .and_then(|u| u.endpoints.iter().find(|e| &*e.label == endpoint));
+        .and_then(|u| u.find(endpoint));
     let Some(found) = found else {
         let error = format!("no endpoint {endpoint} in upstream {upstream}");
         return reply(
@@ -156,7 +156,7 @@ fn refresh_endpoint_gauges(gateway: &Gateway) {
     let metrics = &gateway.observer.metrics;
     let now = now_ms();
     for upstream in &gateway.upstreams {
-        for endpoint in &upstream.endpoints {
+        for endpoint in &upstream.members().endpoints {
             let labels = EndpointLabels {
                 upstream: upstream.name.clone(),
                 endpoint: endpoint.label.clone(),
@@ -207,6 +207,7 @@ pub fn status(gateway: &Gateway) -> serde_json::Value {
         .iter()
         .map(|upstream| {
             let endpoints: Vec<_> = upstream
+                .members()
                 .endpoints
                 .iter()
                 .map(|endpoint| {

@@ -136,7 +136,7 @@ pub async fn start(config: Config) -> io::Result<Running> {
     tasks.spawn(admin::serve(admin_socket, gateway.clone(), stopped.clone()));
     for (upstream, config) in gateway.upstreams.iter().zip(&gateway.config.upstreams) {
         if let Some(check) = &config.health {
-            for endpoint in &upstream.endpoints {
+            for endpoint in &upstream.members().endpoints {
                 tasks.spawn(health::run(
                     endpoint.clone(),
                     check.clone(),
@@ -183,7 +183,7 @@ async fn upkeep(gateway: Arc<Gateway>, mut stopped: watch::Receiver<bool>) {
         }
         for upstream in &gateway.upstreams {
             let now = crate::upstream::endpoint::now_ms();
-            for endpoint in &upstream.endpoints {
+            for endpoint in &upstream.members().endpoints {
                 endpoint.pool.purge();
                 endpoint.is_ejected(now);
             }

@@ -285,22 +285,23 @@ async fn try_endpoints(
     exchange: &mut Exchange,
 ) -> Result<Success, ProxyError> {
     let upstream = &gateway.upstreams[route.upstream];
+    let members = upstream.members();
     let metrics = &gateway.observer.metrics;
     let mut request = Some(request);
     let mut tried = Vec::new();
     let mut last_failure: Option<Cause> = None;
     while let Some(mut pending) = request.take() {
-        let Some(index) = upstream.pick(&tried, key) else {
+        let Some(index) = members.pick(&tried, key) else {
             break;
         };
         tried.push(index);
-        let endpoint = &upstream.endpoints[index];
+        let endpoint = &members.endpoints[index];
         if !route.preserve_host {
             pending
                 .headers_mut()
                 .insert(HOST, endpoint.host_header.clone());
         }
-        exchange.endpoint = Some(index);
+        exchange.endpoint = Some(endpoint.label.clone());
         exchange.attempts += 1;
         let head_deadline = route
             .timeouts
@@ -355,7 +356,7 @@ async fn try_endpoints(
         },
         None => ProxyError {
             // When ejections are all that keep the endpoints out, say when one returns.
-            retry_after: upstream.usable_in().map(|d| d.max(Duration::from_secs(1))),
+            retry_after: members.usable_in().map(|d| d.max(Duration::from_secs(1))),
             ..ProxyError::from(Cause::NoHealthyUpstream)
         },
     })

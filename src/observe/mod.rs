@@ -37,7 +37,8 @@ pub struct Exchange {
     pub host: Option<HeaderValue>,
     pub route: Option<usize>,
     pub upstream: Option<usize>,
-    pub endpoint: Option<usize>,
+    /// The endpoint of the last attempt.
+    pub endpoint: Option<Arc<str>>,
     pub attempts: u32,
     pub delivery: Delivery,
     pub status: u16,
@@ -130,9 +131,6 @@ impl Exchange {
         if !log.enabled() {
             return;
         }
-        let endpoint = upstream
-            .zip(self.endpoint)
-            .map(|(u, e)| u.endpoints[e].label.clone());
         log.write(&AccessRecord {
             ts: humantime::format_rfc3339_millis(self.started_at).to_string(),
             request_id: String::from_utf8_lossy(self.request_id.as_bytes()).into_owned(),
@@ -149,7 +147,7 @@ impl Exchange {
             cause: cause.map(Cause::code),
             route: route_stats.map(|r| r.label.clone()),
             upstream: upstream.map(|u| u.name.clone()),
-            endpoint,
+            endpoint: self.endpoint,
             attempts: self.attempts,
             delivery: self.delivery.as_str(),
             cache: None,

@@ -56,7 +56,7 @@ pub(super) enum Balancer {
     RoundRobin(RoundRobin),
     LeastRequest,
     Ewma,
-    Hash(Ring, HashKey),
+    Hash(Ring),
 }
 
 impl Balancer {
@@ -65,16 +65,7 @@ impl Balancer {
             Balance::RoundRobin => Balancer::RoundRobin(RoundRobin::new(endpoints)),
             Balance::LeastRequest => Balancer::LeastRequest,
             Balance::Ewma => Balancer::Ewma,
-            Balance::Hash(key) => Balancer::Hash(Ring::new(endpoints), key.clone()),
-        }
-    }
-
-    pub(super) fn name(&self) -> &'static str {
-        match self {
-            Balancer::RoundRobin(_) => "round-robin",
-            Balancer::LeastRequest => "least-request",
-            Balancer::Ewma => "ewma",
-            Balancer::Hash(..) => "hash",
+            Balance::Hash(_) => Balancer::Hash(Ring::new(endpoints)),
         }
     }
 }
@@ -149,7 +140,7 @@ impl Balancer {
                 (e.latency_estimate(pick.now) + 1.0)
                     * (e.inflight.load(Ordering::Relaxed) as f64 + 1.0)
             }),
-            Balancer::Hash(ring, _) => match key {
+            Balancer::Hash(ring) => match key {
                 Some(key) => ring.pick(pick, key),
                 // No key in this request: spread it like least-request.
                 None => pick.two_choices(|e| e.inflight.load(Ordering::Relaxed) as f64 + 1.0),

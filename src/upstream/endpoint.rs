@@ -59,31 +59,39 @@ impl State {
 /// Outlier detection shared by the endpoints of one upstream.
 pub struct OutlierPolicy {
     config: Outlier,
-    /// How many endpoints may be ejected at once.
-    max_ejected: usize,
+    /// The upstream's endpoints now (they change with DNS).
+    endpoints: AtomicUsize,
     ejected: AtomicUsize,
 }
 
 impl OutlierPolicy {
     pub fn new(config: Outlier, endpoints: usize) -> OutlierPolicy {
-        let share = endpoints * config.max_ejected_percent as usize / 100;
-        let max_ejected = if config.max_ejected_percent == 0 {
-            0
-        } else {
-            share.max(1)
-        };
         OutlierPolicy {
             config,
-            max_ejected,
+            endpoints: AtomicUsize::new(endpoints),
             ejected: AtomicUsize::new(0),
         }
     }
 
+    pub fn set_endpoints(&self, endpoints: usize) {
+        self.endpoints.store(endpoints, Ordering::Relaxed);
+    }
+
+    /// How many endpoints may be ejected at once: the percentage, but at least one.
+    fn max_ejected(&self) -> usize {
+        if self.config.max_ejected_percent == 0 {
+            return 0;
+        }
+        let endpoints = self.endpoints.load(Ordering::Relaxed);
+        (endpoints * self.config.max_ejected_percent as usize / 100).max(1)
+    }
+
     /// Takes one of the upstream's ejection slots, if one is free.
     fn take_slot(&self) -> bool {
+        let max = self.max_ejected();
         self.ejected
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max_ejected).then_some(n + 1)
+                (n < max).then_some(n + 1)
             })
             .is_ok()
     }

@@ -8,14 +8,27 @@ pub mod pool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{HashKey, UpstreamConfig};
+use arc_swap::ArcSwap;
+
+use crate::config::{Balance, EndpointConfig, HashKey, Keepalive, UpstreamConfig};
 use balance::{Balancer, Pick};
 pub use endpoint::Endpoint;
 use endpoint::{now_ms, OutlierPolicy};
 
-/// A named group of endpoints and the balancer that spreads requests over them.
+/// A named group of endpoints and the balancer that spreads requests over them. The
+/// endpoints can change while baton runs (DNS), so requests work on a snapshot
+/// ([`Members`]), swapped whole when the set changes.
 pub struct Upstream {
     pub name: Arc<str>,
+    members: ArcSwap<Members>,
+    balance: Balance,
+    slow_start: Duration,
+    keepalive: Keepalive,
+    outlier: Arc<OutlierPolicy>,
+}
+
+/// The endpoints of an upstream at one moment, with a balancer built for them.
+pub struct Members {
     pub endpoints: Vec<Arc<Endpoint>>,
     balancer: Balancer,
     slow_start: Duration,
@@ -31,12 +44,67 @@ impl Upstream {
             .collect::<Vec<_>>();
         Upstream {
             name: Arc::from(config.name.as_str()),
-            balancer: Balancer::new(&config.balance, &endpoints),
+            members: ArcSwap::from_pointee(Members {
+                balancer: Balancer::new(&config.balance, &endpoints),
+                slow_start: config.slow_start,
+                endpoints,
+            }),
+            balance: config.balance.clone(),
             slow_start: config.slow_start,
-            endpoints,
+            keepalive: config.keepalive,
+            outlier,
         }
     }
 
+    /// The endpoints now.
+    pub fn members(&self) -> Arc<Members> {
+        self.members.load_full()
+    }
+
+    /// Replaces the endpoints, with a balancer rebuilt for them.
+    pub fn set_members(&self, endpoints: Vec<Arc<Endpoint>>) {
+        self.outlier.set_endpoints(endpoints.len());
+        self.members.store(Arc::new(Members {
+            balancer: Balancer::new(&self.balance, &endpoints),
+            slow_start: self.slow_start,
+            endpoints,
+        }));
+    }
+
+    /// A new endpoint for this upstream, sharing its pool settings and outlier policy.
+    pub fn endpoint(&self, config: &EndpointConfig) -> Endpoint {
+        Endpoint::new(config, self.keepalive, self.outlier.clone())
+    }
+
+    /// What a request is hashed by, when the upstream balances by hash.
+    pub fn hash_key(&self) -> Option<&HashKey> {
+        match &self.balance {
+            Balance::Hash(key) => Some(key),
+            _ => None,
+        }
+    }
+
+    /// The balancer's name, as in the config.
+    pub fn balance(&self) -> &'static str {
+        match self.balance {
+            Balance::RoundRobin => "round-robin",
+            Balance::LeastRequest => "least-request",
+            Balance::Ewma => "ewma",
+            Balance::Hash(_) => "hash",
+        }
+    }
+
+    /// The endpoint with this address, if the upstream has it now.
+    pub fn find(&self, label: &str) -> Option<Arc<Endpoint>> {
+        self.members()
+            .endpoints
+            .iter()
+            .find(|e| &*e.label == label)
+            .cloned()
+    }
+}
+
+impl Members {
     /// The next usable endpoint, skipping those in `tried`; `None` when none is left.
     /// `key` is the request's hash key when the upstream balances by hash.
     pub fn pick(&self, tried: &[usize], key: Option<u64>) -> Option<usize> {
@@ -49,21 +117,6 @@ impl Upstream {
         self.balancer.pick(&pick, key)
     }
 
-    /// What a request is hashed by, when the upstream balances by hash.
-    pub fn hash_key(&self) -> Option<&HashKey> {
-        match &self.balancer {
-            Balancer::Hash(_, key) => Some(key),
-            _ => None,
-        }
-    }
-
-    /// The balancer's name, as in the config.
-    pub fn balance(&self) -> &'static str {
-        self.balancer.name()
-    }
-}
-
-impl Upstream {
     /// How long until some endpoint may be used again, when only ejections keep them all
     /// out: the `Retry-After` of a `no-healthy-upstream` answer.
     pub fn usable_in(&self) -> Option<Duration> {
@@ -75,7 +128,7 @@ impl Upstream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Balance, EndpointConfig, Keepalive, Outlier};
+    use crate::config::Outlier;
     use std::net::SocketAddr;
 
     fn upstream(weights: &[u32]) -> Upstream {
@@ -103,16 +156,18 @@ mod tests {
     #[test]
     fn smooth_weighted_round_robin_is_exact_and_spread() {
         let u = upstream(&[5, 1, 1]);
-        let picks: Vec<usize> = (0..7).map(|_| u.pick(&[], None).unwrap()).collect();
+        let picks: Vec<usize> = (0..7)
+            .map(|_| u.members().pick(&[], None).unwrap())
+            .collect();
         assert_eq!(picks, [0, 0, 1, 0, 2, 0, 0]);
     }
 
     #[test]
     fn tried_endpoints_are_skipped() {
         let u = upstream(&[1, 1, 1]);
-        let first = u.pick(&[], None).unwrap();
-        let second = u.pick(&[first], None).unwrap();
+        let first = u.members().pick(&[], None).unwrap();
+        let second = u.members().pick(&[first], None).unwrap();
         assert_ne!(first, second);
-        assert_eq!(u.pick(&[0, 1, 2], None), None);
+        assert_eq!(u.members().pick(&[0, 1, 2], None), None);
     }
 }
