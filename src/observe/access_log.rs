@@ -91,7 +91,7 @@ impl AccessLog {
             line.push('\n');
             if let Err(mpsc::TrySendError::Full(_)) = sender.try_send(line) {
                 let dropped = self.dropped.fetch_add(1, Ordering::Relaxed);
-                if dropped % DROP_WARNING_EVERY == 0 {
+                if dropped.is_multiple_of(DROP_WARNING_EVERY) {
                     tracing::warn!(
                         dropped = dropped + 1,
                         "the access log cannot keep up; records are being dropped"
