@@ -222,6 +222,7 @@ pub fn status(gateway: &Gateway) -> serde_json::Value {
                     let (checks_passed, checks_failed) = endpoint.checks();
                     json!({
                         "addr": &*endpoint.label,
+                        "host": endpoint.host.as_deref(),
                         "checks_passed": checks_passed,
                         "checks_failed": checks_failed,
                         "weight": endpoint.weight,
@@ -234,7 +235,12 @@ pub fn status(gateway: &Gateway) -> serde_json::Value {
                     })
                 })
                 .collect();
-            json!({ "name": &*upstream.name, "balance": upstream.balance(), "endpoints": endpoints })
+            json!({
+                "name": &*upstream.name,
+                "balance": upstream.balance(),
+                "unresolved_names": upstream.members().unresolved,
+                "endpoints": endpoints,
+            })
         })
         .collect();
     let listeners: Vec<_> = config

@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::Metrics;
 use crate::observe::Observer;
-use crate::upstream::{health, Upstream};
+use crate::upstream::{dns, health, Upstream};
 use crate::{admin, listener};
 
 /// How long shutdown waits for in-flight requests (SPEC §12).
@@ -134,6 +134,26 @@ pub async fn start(config: Config) -> io::Result<Running> {
         ));
     }
     tasks.spawn(admin::serve(admin_socket, gateway.clone(), stopped.clone()));
+    let named: Vec<usize> = (0..gateway.upstreams.len())
+        .filter(|&i| !gateway.config.upstreams[i].names.is_empty())
+        .collect();
+    if !named.is_empty() {
+        let resolver = Arc::new(dns::resolver(&gateway.config.dns).map_err(|err| {
+            io::Error::new(err.kind(), format!("cannot set up DNS resolution: {err}"))
+        })?);
+        for index in named {
+            let mut names = dns::Names::new(&gateway.config.upstreams[index]);
+            // Resolve before serving, so the first requests have somewhere to go.
+            dns::start(&gateway, index, &resolver, &mut names).await;
+            tasks.spawn(dns::run(
+                gateway.clone(),
+                index,
+                resolver.clone(),
+                names,
+                stopped.clone(),
+            ));
+        }
+    }
     for (upstream, config) in gateway.upstreams.iter().zip(&gateway.config.upstreams) {
         if let Some(check) = &config.health {
             for endpoint in &upstream.members().endpoints {

@@ -354,6 +354,10 @@ async fn try_endpoints(
             delivery: exchange.delivery,
             ..ProxyError::from(cause)
         },
+        // Nowhere to go because a host name never resolved.
+        None if members.endpoints.is_empty() && members.unresolved => {
+            Cause::UpstreamDnsFailed.into()
+        }
         None => ProxyError {
             // When ejections are all that keep the endpoints out, say when one returns.
             retry_after: members.usable_in().map(|d| d.max(Duration::from_secs(1))),

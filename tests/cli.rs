@@ -66,7 +66,7 @@ upstream = "missing"
 cache = { max_bytes = "1MiB" }
 
 [upstreams.app]
-endpoints = ["backend.internal:3000", "not an address"]
+endpoints = ["bad host:3000", "not an address"]
 protocol = "h2"
 "#,
     );
@@ -74,12 +74,15 @@ protocol = "h2"
     for expected in [
         "baton.toml:5:12: upstream \"missing\" is not defined",
         "baton.toml:6:9: `cache` is not supported yet",
-        "baton.toml:9:14: endpoint \"backend.internal:3000\": host names in endpoints are not supported yet",
-        "baton.toml:9:39: endpoint \"not an address\" must be an IP address and port",
+        "baton.toml:9:14: endpoint \"bad host:3000\" must be an IP address and port",
+        "baton.toml:9:31: endpoint \"not an address\" must be an IP address and port",
         "baton.toml:10:12: protocol \"h2\" to upstreams is not supported yet",
         "5 errors",
     ] {
-        assert!(stderr.contains(expected), "missing {expected:?} in\n{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in\n{stderr}"
+        );
     }
 }
 

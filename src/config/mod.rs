@@ -11,8 +11,8 @@ use std::ops::Range;
 use std::path::Path;
 
 pub use runtime::{
-    AccessLogTarget, Balance, Config, EndpointConfig, HashKey, HealthCheck, HostPattern, Keepalive,
-    Listener, Outlier, Route, Timeouts, UpstreamConfig,
+    AccessLogTarget, Balance, Config, Dns, EndpointConfig, HashKey, HealthCheck, HostPattern,
+    Keepalive, Listener, NamedEndpoint, Outlier, Route, Timeouts, UpstreamConfig,
 };
 
 /// One problem in a config file, ready to print.

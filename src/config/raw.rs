@@ -23,12 +23,20 @@ pub struct RawConfig {
     pub admin: RawAdmin,
     pub log: RawLog,
     pub store: Unsupported,
-    pub dns: Unsupported,
+    pub dns: RawDns,
     pub listeners: Vec<Spanned<RawListener>>,
     pub routes: Vec<Spanned<RawRoute>>,
     pub upstreams: BTreeMap<Spanned<String>, RawUpstream>,
     pub error_pages: BTreeMap<Spanned<String>, Spanned<String>>,
     pub status_page: Unsupported,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDns {
+    pub servers: Option<Vec<Spanned<String>>>,
+    pub min_ttl: Option<Dur>,
+    pub max_ttl: Option<Spanned<Dur>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

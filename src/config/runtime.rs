@@ -29,6 +29,8 @@ pub const DEFAULT_BUFFER_BYTES: u64 = 64 << 10;
 pub const DEFAULT_KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
 pub const DEFAULT_MAX_IDLE_PER_ENDPOINT: usize = 64;
 pub const DEFAULT_SLOW_START: Duration = Duration::from_secs(10);
+pub const DEFAULT_MIN_TTL: Duration = Duration::from_secs(1);
+pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(300);
 pub const DEFAULT_HEALTH_PATH: &str = "/healthz";
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
@@ -53,11 +55,22 @@ pub struct Problem {
 pub struct Config {
     pub admin: Admin,
     pub log: Log,
+    pub dns: Dns,
     pub listeners: Vec<Listener>,
     pub routes: Vec<Route>,
     pub upstreams: Vec<UpstreamConfig>,
     /// Error page templates by status code ("502") or cause code, already read from disk.
     pub error_pages: HashMap<String, String>,
+}
+
+/// How host names in endpoints are resolved (SPEC §2 `[dns]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dns {
+    /// Name servers; empty means the system's resolver configuration.
+    pub servers: Vec<SocketAddr>,
+    /// Record TTLs are clamped to `min_ttl..=max_ttl` to decide when to resolve again.
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -126,7 +139,10 @@ pub struct Timeouts {
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     pub name: String,
+    /// Endpoints given as IP addresses.
     pub endpoints: Vec<EndpointConfig>,
+    /// Endpoints given as host names, resolved while baton runs.
+    pub names: Vec<NamedEndpoint>,
     pub balance: Balance,
     pub slow_start: Duration,
     pub keepalive: Keepalive,
@@ -213,6 +229,14 @@ impl Default for Outlier {
     }
 }
 
+/// An endpoint given as `host:port`: every address the host resolves to is an endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedEndpoint {
+    pub host: String,
+    pub port: u16,
+    pub weight: u32,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EndpointConfig {
     pub addr: SocketAddr,
@@ -278,7 +302,7 @@ impl Config {
             base_dir,
         };
         v.unsupported("store", &raw.store);
-        v.unsupported("dns", &raw.dns);
+        let dns = build_dns(&mut v, &raw);
         v.unsupported("status_page", &raw.status_page);
         v.unsupported("admin.token", &raw.admin.token);
 
@@ -337,6 +361,7 @@ impl Config {
             (Some(listen), true) => Ok(Config {
                 admin: Admin { listen },
                 log,
+                dns,
                 listeners,
                 routes,
                 upstreams,
@@ -607,6 +632,7 @@ fn build_upstream(
         );
     }
     let mut endpoints = Vec::new();
+    let mut names: Vec<NamedEndpoint> = Vec::new();
     for endpoint in raw_endpoints.get_ref() {
         let raw = endpoint.get_ref();
         let weight = raw.weight.unwrap_or(1);
@@ -624,20 +650,24 @@ fn build_upstream(
                 }
                 endpoints.push(EndpointConfig { addr, weight });
             }
-            Err(_) if looks_like_host_port(&raw.addr) => v.error(
-                Some(endpoint.span()),
-                format!(
-                    "endpoint {:?}: host names in endpoints are not supported yet by this version of baton; use an IP address",
-                    raw.addr
+            Err(_) => match host_port(&raw.addr) {
+                Some((host, port)) => {
+                    if names.iter().any(|n| n.host == host && n.port == port) {
+                        v.error(
+                            Some(endpoint.span()),
+                            format!("endpoint {:?} is listed twice", raw.addr),
+                        );
+                    }
+                    names.push(NamedEndpoint { host, port, weight });
+                }
+                None => v.error(
+                    Some(endpoint.span()),
+                    format!(
+                        "endpoint {:?} must be an IP address and port such as \"127.0.0.1:3000\", or a host name and port such as \"backend.internal:3000\"",
+                        raw.addr
+                    ),
                 ),
-            ),
-            Err(_) => v.error(
-                Some(endpoint.span()),
-                format!(
-                    "endpoint {:?} must be an IP address and port such as \"127.0.0.1:3000\"",
-                    raw.addr
-                ),
-            ),
+            },
         }
     }
     let keepalive = Keepalive {
@@ -677,6 +707,7 @@ fn build_upstream(
     Some(UpstreamConfig {
         name: name.get_ref().clone(),
         endpoints,
+        names,
         balance: balance?,
         slow_start: upstream.slow_start.map_or(DEFAULT_SLOW_START, |d| d.0),
         keepalive,
@@ -814,16 +845,57 @@ fn build_hash_key(v: &mut Validator, key: &Spanned<String>) -> Option<HashKey> {
     parsed
 }
 
-fn looks_like_host_port(text: &str) -> bool {
-    match text.rsplit_once(':') {
-        Some((host, port)) => {
-            !host.is_empty()
-                && port.parse::<u16>().is_ok()
-                && host
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+/// `host:port` with a host name of letters, digits, `-` and `.` (lowercased).
+fn host_port(text: &str) -> Option<(String, u16)> {
+    let (host, port) = text.rsplit_once(':')?;
+    let port = port.parse::<u16>().ok().filter(|&p| p > 0)?;
+    let valid = !host.is_empty()
+        && host.len() <= 253
+        && !host.starts_with(['.', '-'])
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    valid.then(|| (host.to_ascii_lowercase(), port))
+}
+
+fn build_dns(v: &mut Validator, raw: &RawConfig) -> Dns {
+    let mut servers = Vec::new();
+    for server in raw.dns.servers.iter().flatten() {
+        let text = server.get_ref();
+        let parsed = text.parse::<SocketAddr>().or_else(|_| {
+            text.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 53))
+        });
+        match parsed {
+            Ok(addr) => servers.push(addr),
+            Err(_) => v.error(
+                Some(server.span()),
+                format!("a DNS server is an IP address with an optional port, such as \"10.0.0.2\" or \"127.0.0.1:5353\", not {text:?}"),
+            ),
         }
-        None => false,
+    }
+    if raw.dns.servers.as_ref().is_some_and(Vec::is_empty) {
+        v.error(
+            None,
+            "`dns.servers` is empty: list at least one server, or leave it out for the system's",
+        );
+    }
+    let min_ttl = raw.dns.min_ttl.map_or(DEFAULT_MIN_TTL, |d| d.0);
+    let max_ttl = raw
+        .dns
+        .max_ttl
+        .as_ref()
+        .map_or(DEFAULT_MAX_TTL, |d| d.get_ref().0);
+    if max_ttl < min_ttl || max_ttl.is_zero() {
+        v.error(
+            raw.dns.max_ttl.as_ref().map(|d| d.span()),
+            "`dns.max_ttl` must be more than 0s and at least `dns.min_ttl`",
+        );
+    }
+    Dns {
+        servers,
+        min_ttl,
+        max_ttl,
     }
 }
 

@@ -103,6 +103,8 @@ impl OutlierPolicy {
 
 pub struct Endpoint {
     pub addr: SocketAddr,
+    /// The host name this address came from, for an endpoint found by DNS.
+    pub host: Option<Arc<str>>,
     /// `addr` as text: the metrics label and the `Host` sent when the route does not
     /// preserve the client's.
     pub label: Arc<str>,
@@ -137,6 +139,8 @@ pub struct Endpoint {
     /// Active health checks passed, and failed, in a row.
     checks_passed: AtomicU32,
     checks_failed: AtomicU32,
+    /// Set when the endpoint left its upstream (its address vanished from DNS).
+    retired: AtomicBool,
 }
 
 /// What `/status.json` says of an ejection.
@@ -155,6 +159,7 @@ impl Endpoint {
         let label = config.addr.to_string();
         Endpoint {
             addr: config.addr,
+            host: None,
             host_header: HeaderValue::from_str(&label)
                 .unwrap_or(HeaderValue::from_static("localhost")),
             label: Arc::from(label),
@@ -176,7 +181,17 @@ impl Endpoint {
             ramp_from: AtomicU64::new(0),
             checks_passed: AtomicU32::new(0),
             checks_failed: AtomicU32::new(0),
+            retired: AtomicBool::new(false),
         }
+    }
+
+    /// The endpoint left its upstream: its health checks stop.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
     }
 
     /// An active health check passed or failed at `now`: `unhealthy` failures in a row mark

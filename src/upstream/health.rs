@@ -28,6 +28,9 @@ pub async fn run(endpoint: Arc<Endpoint>, check: HealthCheck, mut stopped: watch
             () = tokio::time::sleep(wait) => {}
             () = stop_requested(&mut stopped) => return,
         }
+        if endpoint.is_retired() {
+            return;
+        }
         let passed = probe(&endpoint, &check).await;
         endpoint.record_check(passed, check.healthy, check.unhealthy, now_ms());
         wait = check

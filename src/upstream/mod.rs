@@ -1,6 +1,7 @@
 //! Upstreams and their endpoints: where requests go, and the state baton keeps about each.
 
 pub mod balance;
+pub mod dns;
 pub mod endpoint;
 pub mod health;
 pub mod pool;
@@ -32,6 +33,8 @@ pub struct Members {
     pub endpoints: Vec<Arc<Endpoint>>,
     balancer: Balancer,
     slow_start: Duration,
+    /// Some host name of the upstream has never resolved.
+    pub unresolved: bool,
 }
 
 impl Upstream {
@@ -47,6 +50,7 @@ impl Upstream {
             members: ArcSwap::from_pointee(Members {
                 balancer: Balancer::new(&config.balance, &endpoints),
                 slow_start: config.slow_start,
+                unresolved: !config.names.is_empty(),
                 endpoints,
             }),
             balance: config.balance.clone(),
@@ -62,11 +66,12 @@ impl Upstream {
     }
 
     /// Replaces the endpoints, with a balancer rebuilt for them.
-    pub fn set_members(&self, endpoints: Vec<Arc<Endpoint>>) {
+    pub fn set_members(&self, endpoints: Vec<Arc<Endpoint>>, unresolved: bool) {
         self.outlier.set_endpoints(endpoints.len());
         self.members.store(Arc::new(Members {
             balancer: Balancer::new(&self.balance, &endpoints),
             slow_start: self.slow_start,
+            unresolved,
             endpoints,
         }));
     }
@@ -150,6 +155,7 @@ mod tests {
             },
             outlier: Outlier::default(),
             health: None,
+            names: Vec::new(),
         })
     }
 

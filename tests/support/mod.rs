@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod dns;
 pub mod http;
 
 use std::net::SocketAddr;
@@ -194,8 +195,30 @@ impl Upstream {
         }
     }
 
+    /// Answers 200 with `body`, listening on `addr` (a loopback address and port of the
+    /// test's choosing, so that several upstreams can share a port for DNS tests).
+    pub async fn ok_on(addr: SocketAddr, body: &str) -> Upstream {
+        Self::start_on(
+            addr,
+            Behavior::Ok {
+                body: body.as_bytes().to_vec(),
+                headers: Vec::new(),
+            },
+        )
+        .await
+    }
+
+    /// Like [`Upstream::slow_head`], on `addr`.
+    pub async fn slow_head_on(addr: SocketAddr, delay: Duration) -> Upstream {
+        Self::start_on(addr, Behavior::SlowHead(delay)).await
+    }
+
     async fn start(behavior: Behavior) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on("127.0.0.1:0".parse().unwrap(), behavior).await
+    }
+
+    async fn start_on(addr: SocketAddr, behavior: Behavior) -> Upstream {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut upstream = Self::idle(addr);
         let seen = upstream.seen.clone();
