@@ -185,9 +185,14 @@ impl Endpoint {
         }
     }
 
-    /// The endpoint left its upstream: its health checks stop.
+    /// The endpoint left its upstream: its health checks stop, and an ejection it was
+    /// serving gives its slot back.
     pub fn retire(&self) {
         self.retired.store(true, Ordering::Relaxed);
+        let until = self.ejected_until.swap(0, Ordering::AcqRel);
+        if until != 0 {
+            self.outlier.free_slot();
+        }
     }
 
     pub fn is_retired(&self) -> bool {
@@ -475,6 +480,20 @@ mod tests {
         assert!(all.iter().filter(|e| e.is_usable(100_000)).count() == 4);
         all[3].record_failure(Cause::UpstreamReset, 100_000);
         assert!(!all[3].is_usable(100_000));
+    }
+
+    #[test]
+    fn a_retired_endpoint_gives_back_its_ejection_slot() {
+        let all = endpoints(2, outlier(1, 50));
+        all[0].record_failure(Cause::UpstreamReset, 1);
+        all[1].record_failure(Cause::UpstreamReset, 1);
+        assert!(
+            !all[0].is_usable(1) && all[1].is_usable(1),
+            "one slot for two"
+        );
+        all[0].retire();
+        all[1].record_failure(Cause::UpstreamReset, 1);
+        assert!(!all[1].is_usable(1), "the slot was given back");
     }
 
     #[test]
