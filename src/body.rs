@@ -43,6 +43,8 @@ pub struct RequestBody {
     timer: Option<Pin<Box<Sleep>>>,
     /// Bytes read from the client so far; shared with the access-log record.
     read: Option<Arc<AtomicU64>>,
+    /// The most of the body baton keeps for sending it again (`retry.buffer_bytes`).
+    keep: u64,
 }
 
 impl RequestBody {
@@ -55,6 +57,7 @@ impl RequestBody {
             idle: None,
             timer: None,
             read: None,
+            keep: 0,
         }
     }
 
@@ -103,7 +106,58 @@ impl RequestBody {
             idle,
             timer: None,
             read: Some(read),
+            keep: buffer_bytes as u64,
         })
+    }
+}
+
+/// A fully read request body, kept so that the request can be sent again.
+#[derive(Clone)]
+pub struct BodyCopy {
+    data: Vec<Bytes>,
+    trailers: Option<http::HeaderMap>,
+}
+
+impl BodyCopy {
+    /// A new body with the same bytes.
+    pub fn body(&self) -> RequestBody {
+        let mut buffered: VecDeque<Frame<Bytes>> =
+            self.data.iter().cloned().map(Frame::data).collect();
+        if let Some(trailers) = &self.trailers {
+            buffered.push_back(Frame::trailers(trailers.clone()));
+        }
+        RequestBody {
+            buffered,
+            buffered_len: self.data.iter().map(|d| d.len() as u64).sum(),
+            rest: None,
+            limit: u64::MAX,
+            idle: None,
+            timer: None,
+            read: None,
+            keep: u64::MAX,
+        }
+    }
+}
+
+impl RequestBody {
+    /// A copy of the body when all of it was read ahead and it fits `retry.buffer_bytes`
+    /// (so it can be sent again). An empty body always can.
+    pub fn copy(&self) -> Option<BodyCopy> {
+        if self.rest.is_some() || (self.buffered_len > self.keep && self.buffered_len > 0) {
+            return None;
+        }
+        let mut copy = BodyCopy {
+            data: Vec::new(),
+            trailers: None,
+        };
+        for frame in &self.buffered {
+            if let Some(data) = frame.data_ref() {
+                copy.data.push(data.clone());
+            } else if let Some(trailers) = frame.trailers_ref() {
+                copy.trailers = Some(trailers.clone());
+            }
+        }
+        Some(copy)
     }
 }
 

@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::Metrics;
 use crate::observe::Observer;
+use crate::retry::RetryBudget;
 use crate::upstream::{dns, health, Upstream};
 use crate::{admin, listener};
 
@@ -44,6 +45,7 @@ pub struct RouteStats {
     pub label: Arc<str>,
     pub requests: AtomicU64,
     pub errors: AtomicU64,
+    pub retry_budget: RetryBudget,
 }
 
 impl Gateway {
@@ -57,6 +59,7 @@ impl Gateway {
                     label: Arc::from(route.name.as_str()),
                     requests: AtomicU64::new(0),
                     errors: AtomicU64::new(0),
+                    retry_budget: RetryBudget::default(),
                 })
                 .collect(),
             upstreams: config.upstreams.iter().map(Upstream::new).collect(),

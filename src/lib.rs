@@ -37,6 +37,7 @@ pub mod listener;
 pub mod observe;
 pub mod proxy;
 pub mod respond;
+pub mod retry;
 pub mod route;
 pub mod upstream;
 

@@ -15,16 +15,18 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::attempt::{attempt, Success};
-use crate::body::{RequestBody, ResponseBody};
-use crate::cause::{Cause, Delivery};
+use crate::body::{BodyCopy, RequestBody, ResponseBody};
+use crate::cause::{is_idempotent, Cause, Delivery};
 use crate::config::Route;
 use crate::forward::{self, Peer};
 use crate::gate::InFlight;
 use crate::gateway::Gateway;
 use crate::listener::ClientConn;
-use crate::observe::metrics::AttemptLabels;
+use crate::observe::access_log::FailedAttempt;
+use crate::observe::metrics::{AttemptLabels, RouteLabel};
 use crate::observe::Exchange;
 use crate::respond::{self, ErrorReply, DEFAULT_RETRY_AFTER};
+use crate::retry::{backoff, may_retry};
 use crate::route;
 use crate::upstream::endpoint::now_ms;
 use crate::upstream::pool::Lease;
@@ -226,7 +228,19 @@ async fn handle_inner(
         .and_then(|key| key.of(&parts.headers, parts.uri.path(), conn.peer.ip()));
     let request = Request::from_parts(parts, body);
 
-    let success = try_endpoints(gateway, route, request, key, deadline, exchange).await?;
+    gateway.route_stats[route_index]
+        .retry_budget
+        .record_request();
+    let success = try_endpoints(
+        gateway,
+        route_index,
+        route,
+        request,
+        key,
+        deadline,
+        exchange,
+    )
+    .await?;
     let mut response = success.response;
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     match (switching, client_upgrade) {
@@ -273,11 +287,28 @@ fn request_host(request: &Request<Incoming>) -> Result<Option<HeaderValue>, Prox
     Ok(host)
 }
 
-/// Tries the route's upstream endpoint by endpoint until one answers with a response head.
-/// A failure before anything was sent moves on to the next endpoint, up to
-/// `retry.attempts` tries; any other failure ends it.
+/// What it takes to send a request again after it was sent once: its head and its body,
+/// kept only when the whole body was read ahead and the method may be retried after sending.
+struct Resend {
+    parts: http::request::Parts,
+    body: BodyCopy,
+}
+
+impl Resend {
+    fn request(&self) -> Request<RequestBody> {
+        Request::from_parts(self.parts.clone(), self.body.body())
+    }
+}
+
+/// Tries the route's upstream until an endpoint answers with a response head, retrying as
+/// SPEC §6 allows: a failure before anything was sent, for any method; a failure after
+/// sending, for idempotent methods (or `non_idempotent`) whose body was read in full. Retries
+/// go to endpoints not yet tried while there are some, wait a jittered backoff, and each
+/// takes one from the route's budget; up to `retry.attempts` tries in all. The error, when
+/// every try failed, is the last one's cause with the strongest delivery seen.
 async fn try_endpoints(
     gateway: &Gateway,
+    route_index: usize,
     route: &Route,
     request: Request<RequestBody>,
     key: Option<u64>,
@@ -287,11 +318,31 @@ async fn try_endpoints(
     let upstream = &gateway.upstreams[route.upstream];
     let members = upstream.members();
     let metrics = &gateway.observer.metrics;
+    let stats = &gateway.route_stats[route_index];
+    let policy = &route.retry;
+    let method = request.method().clone();
+    let resend = (policy.attempts > 1 && (policy.non_idempotent || is_idempotent(&method)))
+        .then(|| {
+            request.body().copy().map(|body| Resend {
+                parts: clone_parts(&request),
+                body,
+            })
+        })
+        .flatten();
     let mut request = Some(request);
     let mut tried = Vec::new();
     let mut last_failure: Option<Cause> = None;
-    while let Some(mut pending) = request.take() {
-        let Some(index) = members.pick(&tried, key) else {
+    loop {
+        let Some(mut pending) = request.take() else {
+            break;
+        };
+        // Another endpoint while there is one; then any usable one again.
+        let index = members.pick(&tried, key).or_else(|| {
+            (!tried.is_empty())
+                .then(|| members.pick(&[], key))
+                .flatten()
+        });
+        let Some(index) = index else {
             break;
         };
         tried.push(index);
@@ -324,7 +375,7 @@ async fn try_endpoints(
                 outcome,
             })
             .inc();
-        match result {
+        let failure = match result {
             Ok(success) => {
                 endpoint.ok.fetch_add(1, Ordering::Relaxed);
                 endpoint.record_success();
@@ -334,20 +385,54 @@ async fn try_endpoints(
                 exchange.ttfb = Some(exchange.started.elapsed());
                 return Ok(success);
             }
-            Err(failure) => {
-                endpoint.failed.fetch_add(1, Ordering::Relaxed);
-                endpoint.record_failure(failure.cause, now_ms());
-                exchange.delivery = exchange.delivery.max(failure.delivery);
-                if failure.connect.is_some() {
-                    exchange.connect = failure.connect;
-                }
-                // Only a request none of which was sent comes back to go elsewhere.
-                if exchange.attempts < route.attempts {
-                    request = failure.request;
-                }
-                last_failure = Some(failure.cause);
-            }
+            Err(failure) => failure,
+        };
+        endpoint.failed.fetch_add(1, Ordering::Relaxed);
+        endpoint.record_failure(failure.cause, now_ms());
+        exchange.delivery = exchange.delivery.max(failure.delivery);
+        if failure.connect.is_some() {
+            exchange.connect = failure.connect;
         }
+        last_failure = Some(failure.cause);
+
+        let retryable = may_retry(
+            failure.cause,
+            failure.delivery,
+            &method,
+            policy,
+            resend.is_some(),
+        );
+        if !retryable || exchange.attempts >= policy.attempts {
+            break;
+        }
+        let next = match failure.request {
+            Some(unsent) => unsent,
+            None => match &resend {
+                Some(resend) => resend.request(),
+                None => break,
+            },
+        };
+        if !stats.retry_budget.try_spend(policy) {
+            tracing::debug!(route = %route.name, "retry budget spent; answering with the error");
+            break;
+        }
+        let wait = backoff(policy, exchange.attempts - 1);
+        if deadline.is_some_and(|d| Instant::now() + wait >= d) {
+            break;
+        }
+        exchange.failed_attempts.push(FailedAttempt {
+            endpoint: endpoint.label.clone(),
+            cause: failure.cause.code(),
+            delivery: failure.delivery.as_str(),
+        });
+        metrics
+            .retries
+            .get_or_create(&RouteLabel {
+                route: stats.label.clone(),
+            })
+            .inc();
+        tokio::time::sleep(wait).await;
+        request = Some(next);
     }
     Err(match last_failure {
         Some(cause) => ProxyError {
@@ -364,6 +449,16 @@ async fn try_endpoints(
             ..ProxyError::from(Cause::NoHealthyUpstream)
         },
     })
+}
+
+/// A copy of a request's head (hyper's `Parts` cannot be cloned as a whole).
+fn clone_parts(request: &Request<RequestBody>) -> http::request::Parts {
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = request.method().clone();
+    parts.uri = request.uri().clone();
+    parts.version = request.version();
+    parts.headers = request.headers().clone();
+    parts
 }
 
 /// Joins an upgraded client connection to the upgraded upstream connection and copies

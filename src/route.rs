@@ -89,7 +89,14 @@ mod tests {
                 idle: None,
                 total: None,
             },
-            attempts: 1,
+            retry: crate::config::runtime::Retry {
+                attempts: 1,
+                non_idempotent: false,
+                budget_percent: 0,
+                min_per_second: 0,
+                backoff: Duration::ZERO,
+                max_backoff: Duration::ZERO,
+            },
             buffer_bytes: 0,
         }
     }

@@ -133,7 +133,11 @@ async fn garbage_is_502_invalid_response() {
     let response = json_get(&baton, "/").await;
     assert_generated(&response, 502, "upstream-invalid-response", "sent");
     assert_no_address(&response, &upstream);
-    assert_eq!(upstream.requests(), 1);
+    assert_eq!(
+        upstream.requests(),
+        3,
+        "a GET is tried retry.attempts times"
+    );
     baton.stop().await;
 }
 
@@ -142,7 +146,7 @@ async fn no_head_in_time_is_504_response_timeout() {
     let upstream = Upstream::hang().await;
     let baton = Baton::in_front_of(
         &[upstream.addr],
-        r#"timeouts = { response_header = "300ms" }"#,
+        "timeouts = { response_header = \"300ms\" }\nretry = { attempts = 1 }",
         "",
     )
     .await;

@@ -100,7 +100,9 @@ mod tests {
         );
         assert_eq!(route.timeouts.idle, Some(Duration::from_secs(60)));
         assert_eq!(route.timeouts.total, None);
-        assert_eq!(route.attempts, 2);
+        assert_eq!(route.retry.attempts, 2);
+        assert_eq!(route.retry.budget_percent, 20);
+        assert_eq!(route.retry.backoff, Duration::from_millis(25));
         assert_eq!(route.buffer_bytes, 64 << 10);
         assert_eq!(route.max_body_bytes, 16 << 20);
         assert!(route.preserve_host);

@@ -97,11 +97,11 @@ pub struct RawTimeouts {
 pub struct RawRetry {
     pub attempts: Option<Spanned<u32>>,
     pub buffer_bytes: Option<Size>,
-    pub non_idempotent: Unsupported,
-    pub budget_percent: Unsupported,
-    pub min_per_second: Unsupported,
-    pub backoff: Unsupported,
-    pub max_backoff: Unsupported,
+    pub non_idempotent: Option<bool>,
+    pub budget_percent: Option<Spanned<u32>>,
+    pub min_per_second: Option<u32>,
+    pub backoff: Option<Dur>,
+    pub max_backoff: Option<Spanned<Dur>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

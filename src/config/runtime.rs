@@ -25,6 +25,10 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_RESPONSE_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_ATTEMPTS: u32 = 3;
+pub const DEFAULT_BUDGET_PERCENT: u32 = 20;
+pub const DEFAULT_MIN_RETRIES_PER_SECOND: u32 = 3;
+pub const DEFAULT_BACKOFF: Duration = Duration::from_millis(25);
+pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_millis(250);
 pub const DEFAULT_BUFFER_BYTES: u64 = 64 << 10;
 pub const DEFAULT_KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
 pub const DEFAULT_MAX_IDLE_PER_ENDPOINT: usize = 64;
@@ -121,10 +125,26 @@ pub struct Route {
     pub maintenance: bool,
     pub maintenance_retry_after: Duration,
     pub timeouts: Timeouts,
-    /// Tries per request, the first included; failures before sending move to the next endpoint.
-    pub attempts: u32,
-    /// How much of a request body baton reads before it forwards the request.
+    pub retry: Retry,
+    /// How much of a request body baton reads before it forwards the request; a body that
+    /// fits is kept, so that a request can be sent again.
     pub buffer_bytes: usize,
+}
+
+/// The retry policy of a route (SPEC §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    /// Tries per request, the first included.
+    pub attempts: u32,
+    /// Retry requests of any method after they were sent (for upstreams that deduplicate).
+    pub non_idempotent: bool,
+    /// Retries allowed as a share of the route's recent requests ...
+    pub budget_percent: u32,
+    /// ... plus this many per second.
+    pub min_per_second: u32,
+    /// The n-th retry waits a random time up to `backoff` × 2^n, at most `max_backoff`.
+    pub backoff: Duration,
+    pub max_backoff: Duration,
 }
 
 /// Route timeouts; `None` where the file says `"0s"` (no limit).
@@ -487,11 +507,6 @@ fn build_route(
     v.unsupported("cache", &route.cache);
     v.unsupported("idempotency", &route.idempotency);
     v.unsupported("rate_limit", &route.rate_limit);
-    v.unsupported("retry.non_idempotent", &route.retry.non_idempotent);
-    v.unsupported("retry.budget_percent", &route.retry.budget_percent);
-    v.unsupported("retry.min_per_second", &route.retry.min_per_second);
-    v.unsupported("retry.backoff", &route.retry.backoff);
-    v.unsupported("retry.max_backoff", &route.retry.max_backoff);
 
     let host = build_host(v, route.host.as_ref());
     let path_prefix = match &route.path_prefix {
@@ -574,7 +589,7 @@ fn build_route(
             idle: limit(timeouts.idle.map_or(DEFAULT_IDLE_TIMEOUT, |d| d.0)),
             total: timeouts.total.and_then(|d| limit(d.0)),
         },
-        attempts,
+        retry: build_retry(v, &route.retry, attempts),
         buffer_bytes: usize::try_from(
             route
                 .retry
@@ -583,6 +598,39 @@ fn build_route(
         )
         .unwrap_or(usize::MAX),
     })
+}
+
+fn build_retry(v: &mut Validator, raw: &super::raw::RawRetry, attempts: u32) -> Retry {
+    let budget_percent = match &raw.budget_percent {
+        Some(percent) if *percent.get_ref() > 100 => {
+            v.error(
+                Some(percent.span()),
+                "`retry.budget_percent` is a percentage, 0 to 100",
+            );
+            DEFAULT_BUDGET_PERCENT
+        }
+        Some(percent) => *percent.get_ref(),
+        None => DEFAULT_BUDGET_PERCENT,
+    };
+    let backoff = raw.backoff.map_or(DEFAULT_BACKOFF, |d| d.0);
+    let max_backoff = raw
+        .max_backoff
+        .as_ref()
+        .map_or(DEFAULT_MAX_BACKOFF, |d| d.get_ref().0);
+    if max_backoff < backoff {
+        v.error(
+            raw.max_backoff.as_ref().map(|d| d.span()),
+            "`retry.max_backoff` must be at least `retry.backoff`",
+        );
+    }
+    Retry {
+        attempts,
+        non_idempotent: raw.non_idempotent.unwrap_or(false),
+        budget_percent,
+        min_per_second: raw.min_per_second.unwrap_or(DEFAULT_MIN_RETRIES_PER_SECOND),
+        backoff,
+        max_backoff,
+    }
 }
 
 fn build_upstream(

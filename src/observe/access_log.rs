@@ -27,6 +27,8 @@ pub struct AccessRecord {
     pub upstream: Option<Arc<str>>,
     pub endpoint: Option<Arc<str>>,
     pub attempts: u32,
+    /// The attempts that failed before the last one, in order.
+    pub failed_attempts: Vec<FailedAttempt>,
     pub delivery: &'static str,
     pub cache: Option<&'static str>,
     pub bytes_in: u64,
@@ -42,6 +44,13 @@ pub struct AccessRecord {
 const QUEUE_LINES: usize = 64 * 1024;
 /// Warn on the first dropped record and then once per this many.
 const DROP_WARNING_EVERY: u64 = 10_000;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FailedAttempt {
+    pub endpoint: Arc<str>,
+    pub cause: &'static str,
+    pub delivery: &'static str,
+}
 
 /// Where access records go: a bounded channel to one writer thread. An empty line tells
 /// the writer to flush and stop.

@@ -67,6 +67,7 @@ pub struct Metrics {
     pub errors: Family<ErrorLabels, Counter>,
     pub duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
     pub attempts: Family<AttemptLabels, Counter>,
+    pub retries: Family<RouteLabel, Counter>,
     pub connections_open: Family<ListenerLabel, Gauge>,
     /// 1 when the endpoint takes new requests; set when metrics are read.
     pub endpoint_up: Family<EndpointLabels, Gauge>,
@@ -103,6 +104,12 @@ impl Default for Metrics {
             "Tries against an endpoint, by outcome (ok or a cause code)",
             attempts.clone(),
         );
+        let retries = Family::<RouteLabel, Counter>::default();
+        registry.register(
+            "retries",
+            "Requests tried again after a failed attempt",
+            retries.clone(),
+        );
         let connections_open = Family::<ListenerLabel, Gauge>::default();
         registry.register(
             "connections_open",
@@ -130,6 +137,7 @@ impl Default for Metrics {
             errors,
             duration,
             attempts,
+            retries,
             connections_open,
         }
     }

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use crate::cause::{Cause, Delivery};
 use crate::gate::InFlight;
 use crate::gateway::Gateway;
-use access_log::{AccessLog, AccessRecord};
+use access_log::{AccessLog, AccessRecord, FailedAttempt};
 use metrics::{ErrorLabels, Metrics, RouteCode, RouteLabel};
 
 pub struct Observer {
@@ -40,6 +40,8 @@ pub struct Exchange {
     /// The endpoint of the last attempt.
     pub endpoint: Option<Arc<str>>,
     pub attempts: u32,
+    /// Attempts that failed before the last one (empty, and unallocated, for most).
+    pub failed_attempts: Vec<FailedAttempt>,
     pub delivery: Delivery,
     pub status: u16,
     /// The cause of a response baton generated itself.
@@ -76,6 +78,7 @@ impl Exchange {
             upstream: None,
             endpoint: None,
             attempts: 0,
+            failed_attempts: Vec::new(),
             delivery: Delivery::None,
             status: 0,
             cause: None,
@@ -149,6 +152,7 @@ impl Exchange {
             upstream: upstream.map(|u| u.name.clone()),
             endpoint: self.endpoint,
             attempts: self.attempts,
+            failed_attempts: self.failed_attempts,
             delivery: self.delivery.as_str(),
             cache: None,
             bytes_in: self.bytes_in.map_or(0, |b| b.load(Ordering::Relaxed)),

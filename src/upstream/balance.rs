@@ -39,6 +39,11 @@ pub(super) fn random() -> u64 {
     })
 }
 
+/// A random number in [0, 1).
+pub fn unit_random() -> f64 {
+    (random() >> 11) as f64 / (1u64 << 53) as f64
+}
+
 /// A stable 64-bit hash (FNV-1a, then the splitmix64 finalizer to spread its bits), the
 /// same in every baton process, so instances agree on where a key goes.
 pub fn stable_hash(bytes: &[u8]) -> u64 {

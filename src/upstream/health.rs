@@ -12,6 +12,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use super::balance::unit_random;
 use super::endpoint::{now_ms, Endpoint};
 use crate::config::HealthCheck;
 use crate::gateway::stop_requested;
@@ -37,10 +38,6 @@ pub async fn run(endpoint: Arc<Endpoint>, check: HealthCheck, mut stopped: watch
             .interval
             .mul_f64(1.0 + JITTER * (2.0 * unit_random() - 1.0));
     }
-}
-
-fn unit_random() -> f64 {
-    (super::balance::random() % 10_000) as f64 / 10_000.0
 }
 
 /// One check: a status in `expect` within `timeout`.

@@ -1,0 +1,143 @@
+//! Retries (SPEC §6) on real sockets: what is retried, what is not, and the budget.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{get, request, Baton, Upstream};
+
+const ROUND_ROBIN: &str = "balance = \"round-robin\"";
+
+#[tokio::test]
+async fn a_get_reset_after_send_succeeds_on_another_endpoint() {
+    let resetting = Upstream::reset_before_head().await;
+    let ok = Upstream::ok("from b").await;
+    let baton = Baton::in_front_of(&[resetting.addr, ok.addr], "", ROUND_ROBIN).await;
+    let response = get(baton.addr, "/").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text(), "from b");
+    assert_eq!((resetting.requests(), ok.requests()), (1, 1));
+    let metrics = support::admin_get(&baton, "/metrics").await.text();
+    assert!(
+        metrics.contains("baton_retries_total{route=\"main\"} 1"),
+        "{metrics}"
+    );
+    baton.stop().await;
+}
+
+#[tokio::test]
+async fn a_post_reset_after_send_is_not_retried() {
+    let resetting = Upstream::reset_before_head().await;
+    let ok = Upstream::ok("from b").await;
+    let baton = Baton::in_front_of(&[resetting.addr, ok.addr], "", ROUND_ROBIN).await;
+    let response = request(baton.addr, "POST", "/pay", &[], b"amount=1").await;
+    assert_eq!(response.status(), 502);
+    assert_eq!(response.header("baton-error"), Some("upstream-reset"));
+    assert_eq!(response.header("baton-delivery"), Some("sent"));
+    assert_eq!(
+        (resetting.requests(), ok.requests()),
+        (1, 0),
+        "sent once, never again"
+    );
+    baton.stop().await;
+}
+
+#[tokio::test]
+async fn non_idempotent_retries_post_when_asked_to() {
+    let resetting = Upstream::reset_before_head().await;
+    let ok = Upstream::sink().await;
+    let baton = Baton::in_front_of(
+        &[resetting.addr, ok.addr],
+        "retry = { non_idempotent = true }",
+        ROUND_ROBIN,
+    )
+    .await;
+    let response = request(baton.addr, "POST", "/", &[], b"12345").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text(), "5", "the whole body was sent again");
+    baton.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_larger_than_buffer_bytes_is_not_retried_after_send() {
+    let resetting = Upstream::reset_before_head().await;
+    let ok = Upstream::sink().await;
+    let baton = Baton::in_front_of(
+        &[resetting.addr, ok.addr],
+        "retry = { buffer_bytes = \"1KiB\" }",
+        ROUND_ROBIN,
+    )
+    .await;
+    let response = request(baton.addr, "PUT", "/file", &[], &[b'x'; 4096]).await;
+    assert_eq!(response.status(), 502);
+    assert_eq!(response.header("baton-delivery"), Some("sent"));
+    assert_eq!(ok.requests(), 0, "a streamed body cannot be sent twice");
+    let small = request(baton.addr, "PUT", "/file", &[], &[b'x'; 512]).await;
+    assert_eq!(
+        small.status(),
+        200,
+        "a body that fits the buffer is retried"
+    );
+    baton.stop().await;
+}
+
+#[tokio::test]
+async fn the_last_cause_and_the_strongest_delivery_are_reported() {
+    let refusing = Upstream::refusing().await;
+    let resetting = Upstream::reset_before_head().await;
+    let baton = Baton::in_front_of(
+        &[resetting.addr, refusing.addr],
+        "retry = { attempts = 2 }",
+        ROUND_ROBIN,
+    )
+    .await;
+    let response = get(baton.addr, "/").await;
+    assert_eq!(response.status(), 502);
+    assert_eq!(
+        response.header("baton-error"),
+        Some("upstream-connect-refused")
+    );
+    assert_eq!(
+        response.header("baton-delivery"),
+        Some("sent"),
+        "one try was sent"
+    );
+    baton.stop().await;
+}
+
+/// Every endpoint fails after send; over 10 s the attempts stay within the requests plus
+/// the budget (20% of them, plus 3 a second).
+#[tokio::test]
+async fn retries_stay_within_the_budget() {
+    let a = Upstream::reset_before_head().await;
+    let b = Upstream::reset_before_head().await;
+    let baton = Baton::in_front_of(
+        &[a.addr, b.addr],
+        "",
+        "balance = \"round-robin\"\noutlier = { consecutive_failures = 0 }",
+    )
+    .await;
+    let started = Instant::now();
+    let mut requests = 0u64;
+    while started.elapsed() < Duration::from_secs(10) {
+        let response = get(baton.addr, "/").await;
+        assert_eq!(response.status(), 502);
+        requests += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let attempts = (a.requests() + b.requests()) as u64;
+    // The budget counts in whole seconds: allow the second the run spills into.
+    let seconds = started.elapsed().as_secs() + 1;
+    let budget = requests * 20 / 100 + 3 * seconds;
+    eprintln!("{requests} requests, {attempts} attempts, budget {budget} retries");
+    assert!(attempts > requests, "some retries were made");
+    assert!(
+        attempts <= requests + budget,
+        "{attempts} attempts for {requests} requests exceed the budget of {budget}"
+    );
+    assert!(
+        attempts < requests * 3,
+        "without a budget, every request would try 3 times"
+    );
+    baton.stop().await;
+}
