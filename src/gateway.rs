@@ -128,14 +128,6 @@ pub async fn start(config: Config) -> io::Result<Running> {
     let gateway = Arc::new(Gateway::new(config)?);
     let (stop, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    for (index, socket) in bound.into_iter().enumerate() {
-        tasks.spawn(listener::serve(
-            socket,
-            index,
-            gateway.clone(),
-            stopped.clone(),
-        ));
-    }
     tasks.spawn(admin::serve(admin_socket, gateway.clone(), stopped.clone()));
     let named: Vec<usize> = (0..gateway.upstreams.len())
         .filter(|&i| !gateway.config.upstreams[i].names.is_empty())
@@ -168,7 +160,16 @@ pub async fn start(config: Config) -> io::Result<Running> {
             }
         }
     }
-    tasks.spawn(upkeep(gateway.clone(), stopped));
+    tasks.spawn(upkeep(gateway.clone(), stopped.clone()));
+    // Names are resolved by now; connections that arrived meanwhile waited in the backlog.
+    for (index, socket) in bound.into_iter().enumerate() {
+        tasks.spawn(listener::serve(
+            socket,
+            index,
+            gateway.clone(),
+            stopped.clone(),
+        ));
+    }
     gateway.ready.store(true, Ordering::Release);
     for (listener, addr) in gateway.config.listeners.iter().zip(&listeners) {
         tracing::info!(listener = %listener.name, %addr, "listening");
