@@ -23,7 +23,9 @@ use tokio::time::{Instant, Sleep};
 
 use crate::cause::Cause;
 use crate::classify;
+use crate::idempotency::{BodyHash, StoredResponse, MAX_STORED_BODY};
 use crate::observe::Exchange;
+use crate::upstream::balance::StableHasher;
 use crate::upstream::pool::Lease;
 
 /// Why a body stream stopped early, as a cause code.
@@ -45,6 +47,8 @@ pub struct RequestBody {
     read: Option<Arc<AtomicU64>>,
     /// The most of the body baton keeps for sending it again (`retry.buffer_bytes`).
     keep: u64,
+    /// The body's hash as it streams, for an idempotency key's fingerprint.
+    hash: Option<(StableHasher, Arc<BodyHash>)>,
 }
 
 impl RequestBody {
@@ -58,6 +62,16 @@ impl RequestBody {
             timer: None,
             read: None,
             keep: 0,
+            hash: None,
+        }
+    }
+
+    /// Hashes the body as it streams into `cell`, which is set when the last byte is out.
+    pub fn hash_into(&mut self, cell: Arc<BodyHash>) {
+        if self.is_end_stream() {
+            cell.set(StableHasher::default().finish());
+        } else {
+            self.hash = Some((StableHasher::default(), cell));
         }
     }
 
@@ -107,6 +121,7 @@ impl RequestBody {
             timer: None,
             read: Some(read),
             keep: buffer_bytes as u64,
+            hash: None,
         })
     }
 }
@@ -135,6 +150,7 @@ impl BodyCopy {
             timer: None,
             read: None,
             keep: u64::MAX,
+            hash: None,
         }
     }
 }
@@ -169,7 +185,48 @@ impl Body for RequestBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let this = &mut *self;
+        let polled = self.next_frame(cx);
+        if self.hash.is_some() {
+            let ended = matches!(polled, Poll::Ready(None)) || self.is_end_stream();
+            if let Some((hasher, cell)) = self.hash.as_mut() {
+                if let Poll::Ready(Some(Ok(frame))) = &polled {
+                    if let Some(data) = frame.data_ref() {
+                        hasher.update(data);
+                    }
+                }
+                if ended {
+                    cell.set(hasher.finish());
+                }
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.buffered.is_empty() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        // An exact hint lets hyper send Content-Length instead of chunked framing.
+        let rest = self
+            .rest
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |r| r.size_hint());
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + self.buffered_len);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + self.buffered_len);
+        }
+        hint
+    }
+}
+
+impl RequestBody {
+    fn next_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self;
         if let Some(frame) = this.buffered.pop_front() {
             if let Some(data) = frame.data_ref() {
                 this.buffered_len -= data.len() as u64;
@@ -217,23 +274,48 @@ impl Body for RequestBody {
             }
         }
     }
+}
 
-    fn is_end_stream(&self) -> bool {
-        self.buffered.is_empty() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+/// An upstream's answer kept for an idempotency key as it streams to the client.
+pub struct Capture {
+    status: http::StatusCode,
+    headers: http::HeaderMap,
+    chunks: Vec<Bytes>,
+    size: usize,
+    overflow: bool,
+}
+
+impl Capture {
+    pub fn new(status: http::StatusCode, headers: http::HeaderMap) -> Capture {
+        Capture {
+            status,
+            headers,
+            chunks: Vec::new(),
+            size: 0,
+            overflow: false,
+        }
     }
 
-    fn size_hint(&self) -> SizeHint {
-        // An exact hint lets hyper send Content-Length instead of chunked framing.
-        let rest = self
-            .rest
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), |r| r.size_hint());
-        let mut hint = SizeHint::new();
-        hint.set_lower(rest.lower() + self.buffered_len);
-        if let Some(upper) = rest.upper() {
-            hint.set_upper(upper + self.buffered_len);
+    fn push(&mut self, data: &Bytes) {
+        self.size += data.len();
+        if self.size > MAX_STORED_BODY {
+            self.overflow = true;
+            self.chunks.clear();
+        } else if !self.overflow {
+            self.chunks.push(data.clone());
         }
-        hint
+    }
+
+    /// The stored answer; `None` when the body was too large to keep.
+    fn into_stored(self) -> Option<StoredResponse> {
+        if self.overflow {
+            return None;
+        }
+        Some(StoredResponse {
+            status: self.status,
+            headers: self.headers,
+            body: self.chunks.concat().into(),
+        })
     }
 }
 
@@ -276,6 +358,7 @@ impl ResponseBody {
         deadline: Option<Instant>,
         lease: Lease,
         exchange: Exchange,
+        capture: Option<Capture>,
     ) -> ResponseBody {
         let timer_at = next_timer(idle, deadline);
         let mut body = UpstreamBody {
@@ -285,6 +368,7 @@ impl ResponseBody {
             timer: timer_at.map(|at| Box::pin(tokio::time::sleep_until(at))),
             lease: Some(lease),
             exchange: Some(exchange),
+            capture,
             bytes: 0,
         };
         if body.inner.is_end_stream() {
@@ -311,6 +395,8 @@ struct UpstreamBody {
     timer: Option<Pin<Box<Sleep>>>,
     lease: Option<Lease>,
     exchange: Option<Exchange>,
+    /// The answer being kept for an idempotency key, if the request has one.
+    capture: Option<Capture>,
     bytes: u64,
 }
 
@@ -324,7 +410,11 @@ impl UpstreamBody {
                 Some(cause) => lease.record_failure(cause),
             }
         }
-        if let Some(exchange) = self.exchange.take() {
+        if let Some(mut exchange) = self.exchange.take() {
+            // A whole answer settles the key; an aborted one leaves the outcome unknown.
+            if let (None, Some(claim)) = (abort, exchange.claim.take()) {
+                claim.complete(self.capture.take().and_then(Capture::into_stored));
+            }
             exchange.finish(self.bytes, abort);
         }
         self.timer = None;
@@ -350,6 +440,9 @@ impl UpstreamBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     self.bytes += data.len() as u64;
+                    if let Some(capture) = self.capture.as_mut() {
+                        capture.push(data);
+                    }
                 }
                 if self.inner.is_end_stream() {
                     self.finish(None);

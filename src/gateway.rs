@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::Config;
+use crate::idempotency::Keys;
 use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::Metrics;
 use crate::observe::Observer;
@@ -36,6 +37,8 @@ pub struct Gateway {
     /// Upstreams in the order of `config.upstreams`.
     pub upstreams: Vec<Upstream>,
     pub observer: Observer,
+    /// Idempotency keys of every route.
+    pub keys: Keys,
     /// Set once every listener is bound (`/readyz`).
     pub ready: AtomicBool,
 }
@@ -67,6 +70,7 @@ impl Gateway {
                 metrics: Metrics::default(),
                 access_log,
             },
+            keys: Keys::default(),
             ready: AtomicBool::new(false),
             config,
         })
@@ -205,6 +209,7 @@ async fn upkeep(gateway: Arc<Gateway>, mut stopped: watch::Receiver<bool>) {
             _ = ticks.tick() => {}
             () = stop_requested(&mut stopped) => return,
         }
+        gateway.keys.purge();
         for upstream in &gateway.upstreams {
             let now = crate::upstream::endpoint::now_ms();
             for endpoint in &upstream.members().endpoints {

@@ -33,6 +33,7 @@ pub mod config;
 pub mod forward;
 pub mod gate;
 pub mod gateway;
+pub mod idempotency;
 pub mod listener;
 pub mod observe;
 pub mod proxy;

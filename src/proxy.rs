@@ -15,19 +15,21 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::attempt::{attempt, Success};
-use crate::body::{BodyCopy, RequestBody, ResponseBody};
+use crate::body::{BodyCopy, Capture, RequestBody, ResponseBody};
 use crate::cause::{is_idempotent, Cause, Delivery};
 use crate::config::Route;
 use crate::forward::{self, Peer};
 use crate::gate::InFlight;
 use crate::gateway::Gateway;
+use crate::idempotency::{Decision, Refused, StoredResponse};
 use crate::listener::ClientConn;
 use crate::observe::access_log::FailedAttempt;
-use crate::observe::metrics::{AttemptLabels, RouteLabel};
+use crate::observe::metrics::{AttemptLabels, RouteLabel, RouteResult};
 use crate::observe::Exchange;
 use crate::respond::{self, ErrorReply, DEFAULT_RETRY_AFTER};
 use crate::retry::{backoff, may_retry};
 use crate::route;
+use crate::upstream::balance::StableHasher;
 use crate::upstream::endpoint::now_ms;
 use crate::upstream::pool::Lease;
 
@@ -70,6 +72,13 @@ pub struct Proxied {
     deadline: Option<Instant>,
 }
 
+/// What a request is answered with, when it is not an error.
+pub enum Answer {
+    Proxied(Proxied),
+    /// The stored answer to an idempotency key.
+    Replay(StoredResponse),
+}
+
 /// Answers one client request. `in_flight` counts it on its connection until the exchange
 /// ends.
 pub async fn handle(
@@ -93,21 +102,49 @@ pub async fn handle(
     );
     exchange.in_flight = Some(in_flight);
     match handle_inner(&gateway, conn, request, &mut exchange).await {
-        Ok(proxied) => {
+        Ok(Answer::Proxied(proxied)) => {
             let (mut parts, body) = proxied.response.into_parts();
             // The client gets its own protocol version, whatever the upstream spoke.
             parts.version = client_version;
             exchange.status = parts.status.as_u16();
+            let capture = exchange
+                .claim
+                .as_ref()
+                .map(|_| Capture::new(parts.status, parts.headers.clone()));
             let body = ResponseBody::upstream(
                 body,
                 proxied.idle,
                 proxied.deadline,
                 proxied.lease,
                 exchange,
+                capture,
             );
             Response::from_parts(parts, body)
         }
+        Ok(Answer::Replay(stored)) => {
+            let mut response = Response::new(ResponseBody::full(stored.body));
+            *response.status_mut() = stored.status;
+            *response.headers_mut() = stored.headers;
+            response
+                .headers_mut()
+                .insert(respond::X_REQUEST_ID, exchange.request_id.clone());
+            response
+                .headers_mut()
+                .insert(BATON_IDEMPOTENT_REPLAY, HeaderValue::from_static("true"));
+            exchange.status = stored.status.as_u16();
+            let bytes_out = http_body::Body::size_hint(response.body())
+                .exact()
+                .unwrap_or(0);
+            exchange.finish(bytes_out, None);
+            response
+        }
         Err(error) => {
+            // A key whose request reached no upstream is free again; otherwise dropping
+            // the claim with the exchange records the outcome as unknown.
+            if let (Delivery::None, Some(claim)) = (exchange.delivery, exchange.claim.take()) {
+                claim.release();
+                count_key(&gateway, &exchange, "released");
+            }
             let retry_after = match error.cause.status() {
                 StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => {
                     Some(error.retry_after.unwrap_or(DEFAULT_RETRY_AFTER))
@@ -150,12 +187,29 @@ fn declared_length(request: &Request<Incoming>) -> Option<u64> {
         .ok()
 }
 
+/// The header that marks a replayed answer (SPEC §8).
+const BATON_IDEMPOTENT_REPLAY: &str = "baton-idempotent-replay";
+
+fn count_key(gateway: &Gateway, exchange: &Exchange, result: &'static str) {
+    if let Some(route) = exchange.route {
+        gateway
+            .observer
+            .metrics
+            .idempotency
+            .get_or_create(&RouteResult {
+                route: gateway.route_stats[route].label.clone(),
+                result,
+            })
+            .inc();
+    }
+}
+
 async fn handle_inner(
     gateway: &Gateway,
     conn: &ClientConn,
     mut request: Request<Incoming>,
     exchange: &mut Exchange,
-) -> Result<Proxied, ProxyError> {
+) -> Result<Answer, ProxyError> {
     let host = request_host(&request)?;
     exchange.host = host.clone();
     let host_name = host
@@ -177,6 +231,48 @@ async fn handle_inner(
     if declared_length(&request).is_some_and(|length| length > route.max_body_bytes) {
         return Err(ProxyError::closing(Cause::RequestTooLarge));
     }
+    let decision = route.idempotency.as_ref().and_then(|policy| {
+        gateway.keys.check(
+            policy,
+            &route.name,
+            request.method(),
+            &host_name,
+            request.uri().path(),
+            request.headers(),
+        )
+    });
+    let body_hash = match decision {
+        None => None,
+        Some(Err(Refused(cause))) => {
+            count_key(gateway, exchange, cause.code());
+            return Err(cause.into());
+        }
+        Some(Ok(Decision::Replay {
+            body_hash,
+            response,
+        })) => {
+            // The same key and head: the body must be the same too.
+            let hash = hash_body(
+                request.into_body(),
+                route.max_body_bytes,
+                route.timeouts.idle,
+            )
+            .await
+            .map_err(ProxyError::closing)?;
+            if body_hash.is_some_and(|stored| stored != hash) {
+                count_key(gateway, exchange, Cause::IdempotencyKeyReused.code());
+                return Err(Cause::IdempotencyKeyReused.into());
+            }
+            count_key(gateway, exchange, "replayed");
+            return Ok(Answer::Replay(response));
+        }
+        Some(Ok(Decision::Forward(claim))) => {
+            count_key(gateway, exchange, "forwarded");
+            let cell = claim.body_hash.clone();
+            exchange.claim = Some(claim);
+            Some(cell)
+        }
+    };
 
     let upgrade = forward::is_upgrade(request.version(), request.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
@@ -197,6 +293,10 @@ async fn handle_inner(
         .await
         .map_err(ProxyError::closing)?
     };
+    let mut body = body;
+    if let Some(cell) = body_hash {
+        body.hash_into(cell);
+    }
 
     let listener = conn.listener.config(gateway);
     let peer = Peer {
@@ -265,12 +365,45 @@ async fn handle_inner(
             .headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
     }
-    Ok(Proxied {
+    Ok(Answer::Proxied(Proxied {
         response,
         lease: success.lease,
         idle: route.timeouts.idle,
         deadline,
-    })
+    }))
+}
+
+/// Reads a whole request body only to hash it (a repeat of a keyed request), holding no
+/// more than one frame at a time.
+async fn hash_body(
+    mut incoming: Incoming,
+    limit: u64,
+    idle: Option<Duration>,
+) -> Result<u64, Cause> {
+    let mut hasher = StableHasher::default();
+    let mut read = 0u64;
+    loop {
+        let frame = http_body_util::BodyExt::frame(&mut incoming);
+        let frame = match idle {
+            Some(idle) => tokio::time::timeout(idle, frame)
+                .await
+                .map_err(|_| Cause::ClientTimeout)?,
+            None => frame.await,
+        };
+        match frame {
+            None => return Ok(hasher.finish()),
+            Some(Err(err)) => return Err(crate::classify::client_body_error(&err)),
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    read += data.len() as u64;
+                    if read > limit {
+                        return Err(Cause::RequestTooLarge);
+                    }
+                    hasher.update(data);
+                }
+            }
+        }
+    }
 }
 
 /// The host the client asked for: the authority of an absolute-form or HTTP/2 URI, which

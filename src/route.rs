@@ -89,6 +89,7 @@ mod tests {
                 idle: None,
                 total: None,
             },
+            idempotency: None,
             retry: crate::config::runtime::Retry {
                 attempts: 1,
                 non_idempotent: false,

@@ -79,8 +79,16 @@ pub struct RawRoute {
     pub timeouts: RawTimeouts,
     pub retry: RawRetry,
     pub cache: Unsupported,
-    pub idempotency: Unsupported,
+    pub idempotency: Option<Spanned<RawIdempotency>>,
     pub rate_limit: Unsupported,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawIdempotency {
+    pub header: Option<Spanned<String>>,
+    pub ttl: Option<Dur>,
+    pub on_unknown: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

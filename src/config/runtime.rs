@@ -126,9 +126,22 @@ pub struct Route {
     pub maintenance_retry_after: Duration,
     pub timeouts: Timeouts,
     pub retry: Retry,
+    /// Idempotency keys, when the route has `idempotency`.
+    pub idempotency: Option<Idempotency>,
     /// How much of a request body baton reads before it forwards the request; a body that
     /// fits is kept, so that a request can be sent again.
     pub buffer_bytes: usize,
+}
+
+/// Idempotency keys on a route (SPEC §8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idempotency {
+    pub header: http::HeaderName,
+    /// How long a key and its stored response are kept.
+    pub ttl: Duration,
+    /// What a repeat gets when an earlier request with the key was sent and never answered:
+    /// `true` forwards it again (the upstream deduplicates), `false` answers 409.
+    pub forward_unknown: bool,
 }
 
 /// The retry policy of a route (SPEC §6).
@@ -505,7 +518,10 @@ fn build_route(
 ) -> Option<Route> {
     let route = raw.get_ref();
     v.unsupported("cache", &route.cache);
-    v.unsupported("idempotency", &route.idempotency);
+    let idempotency = route
+        .idempotency
+        .as_ref()
+        .and_then(|i| build_idempotency(v, i));
     v.unsupported("rate_limit", &route.rate_limit);
 
     let host = build_host(v, route.host.as_ref());
@@ -590,6 +606,7 @@ fn build_route(
             total: timeouts.total.and_then(|d| limit(d.0)),
         },
         retry: build_retry(v, &route.retry, attempts),
+        idempotency,
         buffer_bytes: usize::try_from(
             route
                 .retry
@@ -597,6 +614,47 @@ fn build_route(
                 .map_or(DEFAULT_BUFFER_BYTES, |s| s.0),
         )
         .unwrap_or(usize::MAX),
+    })
+}
+
+pub const DEFAULT_IDEMPOTENCY_HEADER: &str = "idempotency-key";
+pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
+
+fn build_idempotency(
+    v: &mut Validator,
+    raw: &Spanned<super::raw::RawIdempotency>,
+) -> Option<Idempotency> {
+    let raw = raw.get_ref();
+    let header = match &raw.header {
+        None => http::HeaderName::from_static(DEFAULT_IDEMPOTENCY_HEADER),
+        Some(name) => match http::HeaderName::from_bytes(name.get_ref().as_bytes()) {
+            Ok(header) => header,
+            Err(_) => {
+                v.error(
+                    Some(name.span()),
+                    format!("{:?} is not a header name", name.get_ref()),
+                );
+                return None;
+            }
+        },
+    };
+    let forward_unknown = match raw.on_unknown.as_ref().map(|o| (o, o.get_ref().as_str())) {
+        None | Some((_, "reject")) => false,
+        Some((_, "forward")) => true,
+        Some((spanned, other)) => {
+            v.error(
+                Some(spanned.span()),
+                format!(
+                    "`idempotency.on_unknown` must be \"reject\" or \"forward\", not {other:?}"
+                ),
+            );
+            return None;
+        }
+    };
+    Some(Idempotency {
+        header,
+        ttl: raw.ttl.map_or(DEFAULT_IDEMPOTENCY_TTL, |d| d.0),
+        forward_unknown,
     })
 }
 

@@ -28,6 +28,12 @@ pub struct RouteLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteResult {
+    pub route: Arc<str>,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AttemptLabels {
     pub upstream: Arc<str>,
     pub endpoint: Arc<str>,
@@ -68,6 +74,7 @@ pub struct Metrics {
     pub duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
     pub attempts: Family<AttemptLabels, Counter>,
     pub retries: Family<RouteLabel, Counter>,
+    pub idempotency: Family<RouteResult, Counter>,
     pub connections_open: Family<ListenerLabel, Gauge>,
     /// 1 when the endpoint takes new requests; set when metrics are read.
     pub endpoint_up: Family<EndpointLabels, Gauge>,
@@ -110,6 +117,12 @@ impl Default for Metrics {
             "Requests tried again after a failed attempt",
             retries.clone(),
         );
+        let idempotency = Family::<RouteResult, Counter>::default();
+        registry.register(
+            "idempotency",
+            "Keyed requests by what became of them: forwarded, replayed, or a cause code",
+            idempotency.clone(),
+        );
         let connections_open = Family::<ListenerLabel, Gauge>::default();
         registry.register(
             "connections_open",
@@ -138,6 +151,7 @@ impl Default for Metrics {
             duration,
             attempts,
             retries,
+            idempotency,
             connections_open,
         }
     }

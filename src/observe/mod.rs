@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use crate::cause::{Cause, Delivery};
 use crate::gate::InFlight;
 use crate::gateway::Gateway;
+use crate::idempotency::Claim;
 use access_log::{AccessLog, AccessRecord, FailedAttempt};
 use metrics::{ErrorLabels, Metrics, RouteCode, RouteLabel};
 
@@ -51,6 +52,8 @@ pub struct Exchange {
     pub ttfb: Option<Duration>,
     /// Counts this request on its connection until the exchange ends.
     pub in_flight: Option<InFlight>,
+    /// The idempotency key this request holds, settled when the exchange ends.
+    pub claim: Option<Claim>,
 }
 
 fn millis(duration: Duration) -> f64 {
@@ -86,6 +89,7 @@ impl Exchange {
             connect: None,
             ttfb: None,
             in_flight: None,
+            claim: None,
         }
     }
 

@@ -45,16 +45,38 @@ pub fn unit_random() -> f64 {
 }
 
 /// A stable 64-bit hash (FNV-1a, then the splitmix64 finalizer to spread its bits), the
-/// same in every baton process, so instances agree on where a key goes.
+/// same in every baton process and version, so instances agree on where a key goes and on
+/// what a request's fingerprint is.
 pub fn stable_hash(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    let mut hasher = StableHasher::default();
+    hasher.update(bytes);
+    hasher.finish()
+}
+
+/// [`stable_hash`] over bytes that arrive in pieces.
+#[derive(Clone, Copy)]
+pub struct StableHasher(u64);
+
+impl Default for StableHasher {
+    fn default() -> StableHasher {
+        StableHasher(0xcbf2_9ce4_8422_2325)
     }
-    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^ (h >> 31)
+}
+
+impl StableHasher {
+    pub fn update(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    pub fn finish(self) -> u64 {
+        let h = self.0;
+        let h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        let h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        h ^ (h >> 31)
+    }
 }
 
 pub(super) enum Balancer {
