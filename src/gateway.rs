@@ -10,7 +10,9 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::config::Config;
+use crate::config::{Config, StoreConfig};
+use crate::idempotency::redis::RedisStore;
+use crate::idempotency::store::{MemoryStore, Store};
 use crate::idempotency::Keys;
 use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::Metrics;
@@ -54,6 +56,13 @@ pub struct RouteStats {
 impl Gateway {
     pub fn new(config: Config) -> io::Result<Gateway> {
         let access_log = AccessLog::open(&config.log.access)?;
+        let store = match &config.store {
+            StoreConfig::Memory => Store::Memory(MemoryStore::default()),
+            StoreConfig::Redis { url } => Store::Redis(
+                RedisStore::new(url)
+                    .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?,
+            ),
+        };
         Ok(Gateway {
             route_stats: config
                 .routes
@@ -70,7 +79,7 @@ impl Gateway {
                 metrics: Metrics::default(),
                 access_log,
             },
-            keys: Keys::default(),
+            keys: Keys::new(store),
             ready: AtomicBool::new(false),
             config,
         })

@@ -231,16 +231,22 @@ async fn handle_inner(
     if declared_length(&request).is_some_and(|length| length > route.max_body_bytes) {
         return Err(ProxyError::closing(Cause::RequestTooLarge));
     }
-    let decision = route.idempotency.as_ref().and_then(|policy| {
-        gateway.keys.check(
-            policy,
-            &route.name,
-            request.method(),
-            &host_name,
-            request.uri().path(),
-            request.headers(),
-        )
-    });
+    let decision = match &route.idempotency {
+        Some(policy) => {
+            gateway
+                .keys
+                .check(
+                    policy,
+                    &route.name,
+                    request.method(),
+                    &host_name,
+                    request.uri().path(),
+                    request.headers(),
+                )
+                .await
+        }
+        None => None,
+    };
     let body_hash = match decision {
         None => None,
         Some(Err(Refused(cause))) => {

@@ -12,7 +12,7 @@ use std::path::Path;
 
 pub use runtime::{
     AccessLogTarget, Balance, Config, Dns, EndpointConfig, HashKey, HealthCheck, HostPattern,
-    Keepalive, Listener, NamedEndpoint, Outlier, Route, Timeouts, UpstreamConfig,
+    Keepalive, Listener, NamedEndpoint, Outlier, Route, StoreConfig, Timeouts, UpstreamConfig,
 };
 
 /// One problem in a config file, ready to print.

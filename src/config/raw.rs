@@ -22,13 +22,20 @@ pub type Unsupported = Option<Spanned<toml::Value>>;
 pub struct RawConfig {
     pub admin: RawAdmin,
     pub log: RawLog,
-    pub store: Unsupported,
+    pub store: RawStore,
     pub dns: RawDns,
     pub listeners: Vec<Spanned<RawListener>>,
     pub routes: Vec<Spanned<RawRoute>>,
     pub upstreams: BTreeMap<Spanned<String>, RawUpstream>,
     pub error_pages: BTreeMap<Spanned<String>, Spanned<String>>,
     pub status_page: Unsupported,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStore {
+    pub backend: Option<Spanned<String>>,
+    pub url: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -59,12 +59,22 @@ pub struct Problem {
 pub struct Config {
     pub admin: Admin,
     pub log: Log,
+    pub store: StoreConfig,
     pub dns: Dns,
     pub listeners: Vec<Listener>,
     pub routes: Vec<Route>,
     pub upstreams: Vec<UpstreamConfig>,
     /// Error page templates by status code ("502") or cause code, already read from disk.
     pub error_pages: HashMap<String, String>,
+}
+
+/// Where idempotency keys are kept (SPEC §2 `[store]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// In this process: one baton instance.
+    Memory,
+    /// In Redis, shared by several instances.
+    Redis { url: String },
 }
 
 /// How host names in endpoints are resolved (SPEC §2 `[dns]`).
@@ -334,7 +344,7 @@ impl Config {
             problems: Vec::new(),
             base_dir,
         };
-        v.unsupported("store", &raw.store);
+        let store = build_store(&mut v, &raw);
         let dns = build_dns(&mut v, &raw);
         v.unsupported("status_page", &raw.status_page);
         v.unsupported("admin.token", &raw.admin.token);
@@ -394,6 +404,7 @@ impl Config {
             (Some(listen), true) => Ok(Config {
                 admin: Admin { listen },
                 log,
+                store,
                 dns,
                 listeners,
                 routes,
@@ -962,6 +973,57 @@ fn host_port(text: &str) -> Option<(String, u16)> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
     valid.then(|| (host.to_ascii_lowercase(), port))
+}
+
+fn build_store(v: &mut Validator, raw: &RawConfig) -> StoreConfig {
+    let url = raw.store.url.as_ref();
+    match raw
+        .store
+        .backend
+        .as_ref()
+        .map(|b| (b, b.get_ref().as_str()))
+    {
+        None | Some((_, "memory")) => {
+            if let Some(url) = url {
+                v.error(
+                    Some(url.span()),
+                    "`store.url` only applies with backend = \"redis\"",
+                );
+            }
+            StoreConfig::Memory
+        }
+        Some((backend, "redis")) => match url {
+            Some(url) if redis::Client::open(url.get_ref().as_str()).is_ok() => {
+                StoreConfig::Redis {
+                    url: url.get_ref().clone(),
+                }
+            }
+            Some(url) => {
+                v.error(
+                    Some(url.span()),
+                    format!(
+                        "{:?} is not a Redis URL such as \"redis://127.0.0.1:6379/0\"",
+                        url.get_ref()
+                    ),
+                );
+                StoreConfig::Memory
+            }
+            None => {
+                v.error(
+                    Some(backend.span()),
+                    "backend = \"redis\" needs `store.url`, e.g. \"redis://127.0.0.1:6379/0\"",
+                );
+                StoreConfig::Memory
+            }
+        },
+        Some((backend, other)) => {
+            v.error(
+                Some(backend.span()),
+                format!("`store.backend` must be \"memory\" or \"redis\", not {other:?}"),
+            );
+            StoreConfig::Memory
+        }
+    }
 }
 
 fn build_dns(v: &mut Validator, raw: &RawConfig) -> Dns {

@@ -6,6 +6,7 @@
 //! hash of the body is taken as the body streams upstream, and checked on a repeat against
 //! the hash of the repeat's body, so no body needs to be held in memory.
 
+pub mod redis;
 pub mod store;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,7 +19,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use crate::cause::Cause;
 use crate::config::runtime::Idempotency;
 use crate::upstream::balance::StableHasher;
-use store::{MemoryStore, Unavailable};
+use store::{MemoryStore, Store, Unavailable};
 
 /// The most of a response body that is stored for replay.
 pub const MAX_STORED_BODY: usize = 1 << 20;
@@ -97,19 +98,30 @@ pub enum Decision {
 pub struct Refused(pub Cause);
 
 /// The store shared by every route.
-#[derive(Default)]
 pub struct Keys {
-    store: Arc<MemoryStore>,
+    store: Arc<Store>,
+}
+
+impl Default for Keys {
+    fn default() -> Keys {
+        Keys::new(Store::Memory(MemoryStore::default()))
+    }
 }
 
 impl Keys {
+    pub fn new(store: Store) -> Keys {
+        Keys {
+            store: Arc::new(store),
+        }
+    }
+
     pub fn purge(&self) {
         self.store.purge();
     }
 
     /// Checks a request against its key. `None` when the request carries no key or its
     /// method is not keyed (only POST and PATCH are).
-    pub fn check(
+    pub async fn check(
         &self,
         policy: &Idempotency,
         route: &str,
@@ -122,10 +134,10 @@ impl Keys {
             return None;
         }
         let key = headers.get(&policy.header)?;
-        Some(self.decide(policy, route, method, host, path, key))
+        Some(self.decide(policy, route, method, host, path, key).await)
     }
 
-    fn decide(
+    async fn decide(
         &self,
         policy: &Idempotency,
         route: &str,
@@ -157,11 +169,12 @@ impl Keys {
             body_hash: Arc::default(),
             settled: false,
         };
-        match self
+        let existing = self
             .store
             .claim(&store_key, fingerprint, policy.ttl)
-            .map_err(unavailable)?
-        {
+            .await
+            .map_err(unavailable)?;
+        match existing {
             None => Ok(Decision::Forward(claim(store_key))),
             Some(record) if record.fingerprint() != fingerprint => {
                 Err(Refused(Cause::IdempotencyKeyReused))
@@ -170,6 +183,7 @@ impl Keys {
             Some(Record::Unknown { .. }) if policy.forward_unknown => {
                 self.store
                     .put(&store_key, Record::InFlight { fingerprint }, policy.ttl)
+                    .await
                     .map_err(unavailable)?;
                 Ok(Decision::Forward(claim(store_key)))
             }
@@ -192,7 +206,7 @@ impl Keys {
 /// answer ([`Claim::complete`]), by releasing it when nothing was sent
 /// ([`Claim::release`]), or — when dropped unsettled — as an unknown outcome.
 pub struct Claim {
-    store: Arc<MemoryStore>,
+    store: Arc<Store>,
     key: String,
     fingerprint: u64,
     ttl: Duration,
@@ -204,22 +218,43 @@ pub struct Claim {
 impl Claim {
     /// The answer came back whole: store it (or, too large, only that it happened).
     pub fn complete(mut self, response: Option<StoredResponse>) {
-        self.settled = true;
         let record = Record::Done {
             fingerprint: self.fingerprint,
             body_hash: self.body_hash.get(),
             response,
         };
-        if let Err(err) = self.store.put(&self.key, record, self.ttl) {
-            tracing::warn!(error = %err, "could not store an idempotent answer");
-        }
+        self.settle(Some(record));
     }
 
     /// Nothing reached an upstream: a repeat may go ahead.
     pub fn release(mut self) {
+        self.settle(None);
+    }
+
+    /// Writes the outcome: at once in memory; for Redis in a task of its own, since the
+    /// exchange ends in code that cannot wait.
+    fn settle(&mut self, record: Option<Record>) {
         self.settled = true;
-        if let Err(err) = self.store.release(&self.key) {
-            tracing::warn!(error = %err, "could not release an idempotency key");
+        let (key, ttl) = (std::mem::take(&mut self.key), self.ttl);
+        let report = |result: Result<(), Unavailable>| {
+            if let Err(err) = result {
+                tracing::warn!(error = %err, "could not settle an idempotency key");
+            }
+        };
+        match &*self.store {
+            Store::Memory(memory) => report(match record {
+                Some(record) => memory.put(&key, record, ttl),
+                None => memory.release(&key),
+            }),
+            Store::Redis(_) => {
+                let store = self.store.clone();
+                tokio::spawn(async move {
+                    report(match record {
+                        Some(record) => store.put(&key, record, ttl).await,
+                        None => store.release(&key).await,
+                    });
+                });
+            }
         }
     }
 }
@@ -230,9 +265,7 @@ impl Drop for Claim {
             let record = Record::Unknown {
                 fingerprint: self.fingerprint,
             };
-            if let Err(err) = self.store.put(&self.key, record, self.ttl) {
-                tracing::warn!(error = %err, "could not record an unknown outcome");
-            }
+            self.settle(Some(record));
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Where idempotency keys live. `memory` serves one baton instance.
+//! Where idempotency keys live: `memory` serves one baton instance, `redis` several.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -12,6 +12,47 @@ use super::Record;
 #[derive(Debug, thiserror::Error)]
 #[error("the idempotency store is unavailable: {0}")]
 pub struct Unavailable(pub String);
+
+/// The configured store.
+pub enum Store {
+    Memory(MemoryStore),
+    Redis(super::redis::RedisStore),
+}
+
+impl Store {
+    /// Marks `key` in flight unless a live record exists; returns that record when there is.
+    pub async fn claim(
+        &self,
+        key: &str,
+        fingerprint: u64,
+        ttl: Duration,
+    ) -> Result<Option<Record>, Unavailable> {
+        match self {
+            Store::Memory(store) => store.claim(key, fingerprint, ttl),
+            Store::Redis(store) => store.claim(key, fingerprint, ttl).await,
+        }
+    }
+
+    pub async fn put(&self, key: &str, record: Record, ttl: Duration) -> Result<(), Unavailable> {
+        match self {
+            Store::Memory(store) => store.put(key, record, ttl),
+            Store::Redis(store) => store.put(key, &record, ttl).await,
+        }
+    }
+
+    pub async fn release(&self, key: &str) -> Result<(), Unavailable> {
+        match self {
+            Store::Memory(store) => store.release(key),
+            Store::Redis(store) => store.release(key).await,
+        }
+    }
+
+    pub fn purge(&self) {
+        if let Store::Memory(store) = self {
+            store.purge();
+        }
+    }
+}
 
 /// Each key's record and when it expires.
 type Records = HashMap<String, (Record, Instant)>;

@@ -5,6 +5,7 @@
 
 pub mod dns;
 pub mod http;
+pub mod redis;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
