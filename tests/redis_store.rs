@@ -27,31 +27,6 @@ async fn post(addr: std::net::SocketAddr, key: &str) -> support::Response {
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifty_concurrent_posts_with_one_key_reach_the_upstream_once() {
-    let redis = RedisServer::start();
-    let upstream = Upstream::slow_head(Duration::from_millis(300)).await;
-    let baton = Baton::start(&config(upstream.addr, &redis)).await;
-    let mut clients = Vec::new();
-    for _ in 0..50 {
-        let addr = baton.addr;
-        clients.push(tokio::spawn(async move { post(addr, "order-1").await }));
-    }
-    for client in clients {
-        let response = client.await.unwrap();
-        match response.status() {
-            200 => assert_eq!(response.text(), "slow"),
-            409 => assert_eq!(
-                response.header("baton-error"),
-                Some("idempotency-key-in-flight")
-            ),
-            other => panic!("unexpected {other}: {}", response.text()),
-        }
-    }
-    assert_eq!(upstream.requests(), 1);
-    baton.stop().await;
-}
-
 /// Polls until `key` is replayed (the first answer is written to Redis just after it is
 /// sent).
 async fn replayed(addr: std::net::SocketAddr, key: &str) -> support::Response {
