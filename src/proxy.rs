@@ -217,16 +217,19 @@ async fn handle_inner(
         .and_then(|h| h.to_str().ok())
         .map(route::normalize_host)
         .unwrap_or_default();
-    let (route_index, route) =
+    let Some((route_index, route)) =
         route::select(&gateway.config.routes, &host_name, request.uri().path())
-            .ok_or(Cause::NoRoute)?;
+    else {
+        return Err(answer_early(request, Cause::NoRoute.into()).await);
+    };
     exchange.route = Some(route_index);
     exchange.upstream = Some(route.upstream);
     if route.maintenance {
-        return Err(ProxyError {
+        let error = ProxyError {
             retry_after: Some(route.maintenance_retry_after),
             ..ProxyError::from(Cause::Maintenance)
-        });
+        };
+        return Err(answer_early(request, error).await);
     }
     if declared_length(&request).is_some_and(|length| length > route.max_body_bytes) {
         return Err(ProxyError::closing(Cause::RequestTooLarge));
@@ -251,7 +254,7 @@ async fn handle_inner(
         None => None,
         Some(Err(Refused(cause))) => {
             count_key(gateway, exchange, cause.code());
-            return Err(cause.into());
+            return Err(answer_early(request, cause.into()).await);
         }
         Some(Ok(Decision::Replay {
             body_hash,
@@ -410,6 +413,37 @@ async fn hash_body(
             }
         }
     }
+}
+
+/// How much of an unread request body baton reads and discards to answer early and keep
+/// the connection, and for how long; a longer or slower body closes the connection instead.
+const DISCARD_BYTES: u64 = 64 << 10;
+const DISCARD_TIME: Duration = Duration::from_secs(1);
+
+/// Prepares an answer given before the request body was read: the body is read and
+/// discarded (as nginx does), since a client still sending it would otherwise find the
+/// connection gone; if that takes too long or too much, the answer closes the connection.
+async fn answer_early(request: Request<Incoming>, mut error: ProxyError) -> ProxyError {
+    let mut body = request.into_body();
+    let drained = tokio::time::timeout(DISCARD_TIME, async {
+        let mut read = 0u64;
+        while !http_body::Body::is_end_stream(&body) {
+            match http_body_util::BodyExt::frame(&mut body).await {
+                Some(Ok(frame)) => {
+                    read += frame.data_ref().map_or(0, |d| d.len() as u64);
+                    if read > DISCARD_BYTES {
+                        return false;
+                    }
+                }
+                Some(Err(_)) => return false,
+                None => return true,
+            }
+        }
+        true
+    })
+    .await;
+    error.close |= !matches!(drained, Ok(true));
+    error
 }
 
 /// The host the client asked for: the authority of an absolute-form or HTTP/2 URI, which

@@ -422,3 +422,28 @@ async fn idle_upstream_connections_close_after_keepalive_idle() {
     assert_eq!(upstream.closed(), 1, "baton closed its idle connection");
     baton.stop().await;
 }
+
+/// An answer given before the body arrived (here 404) leaves the connection usable: the
+/// body is read and discarded, not left to break the client's next write.
+#[tokio::test]
+async fn an_early_answer_keeps_the_connection_for_the_next_request() {
+    let upstream = Upstream::ok("hi").await;
+    let baton = Baton::in_front_of(&[upstream.addr], r#"path_prefix = "/app""#, "").await;
+    let stream = TcpStream::connect(baton.addr).await.unwrap();
+    let mut client = Reader::new(stream);
+    client
+        .write_all(b"POST /elsewhere HTTP/1.1\r\nhost: a\r\ncontent-length: 8\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    client.write_all(b"amount=5").await.unwrap();
+    let early = read_response(&mut client, "POST").await;
+    assert_eq!(early.status(), 404);
+    assert_eq!(early.header("connection"), None, "kept alive");
+    client
+        .write_all(b"GET /app HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut client, "GET").await.text(), "hi");
+    baton.stop().await;
+}
