@@ -93,7 +93,27 @@ with_both_stores!(
     an_unknown_outcome_is_rejected,
     an_unknown_outcome_is_forwarded_when_asked,
     a_key_is_released_when_nothing_was_sent,
+    a_key_expires_after_its_ttl,
 );
+
+async fn a_key_expires_after_its_ttl(store: Store) {
+    let upstream = Upstream::sink().await;
+    let (baton, _redis) =
+        keyed_baton(store, &[upstream.addr], "idempotency = { ttl = \"500ms\" }").await;
+    assert_eq!(post(&baton, "/pay", "t", b"x").await.status(), 200);
+    let replay = post_until(&baton, "/pay", "t", b"x", |r| r.status() != 409).await;
+    assert_eq!(replay.header("baton-idempotent-replay"), Some("true"));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let after = post(&baton, "/pay", "t", b"x").await;
+    assert_eq!(after.status(), 200);
+    assert_eq!(
+        after.header("baton-idempotent-replay"),
+        None,
+        "forgotten after the TTL"
+    );
+    assert_eq!(upstream.requests(), 2);
+    baton.stop().await;
+}
 
 async fn fifty_concurrent_posts_with_one_key_reach_the_upstream_once(store: Store) {
     let upstream = Upstream::slow_head(Duration::from_millis(300)).await;
