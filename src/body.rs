@@ -89,17 +89,9 @@ impl RequestBody {
         let mut buffered_len = 0u64;
         let mut finished = incoming.is_end_stream();
         while !finished && buffered_len < buffer_bytes as u64 {
-            let frame = http_body_util::BodyExt::frame(&mut incoming);
-            let frame = match idle {
-                Some(idle) => tokio::time::timeout(idle, frame)
-                    .await
-                    .map_err(|_| Cause::ClientTimeout)?,
-                None => frame.await,
-            };
-            match frame {
+            match client_frame(&mut incoming, idle).await? {
                 None => finished = true,
-                Some(Err(err)) => return Err(classify::client_body_error(&err)),
-                Some(Ok(frame)) => {
+                Some(frame) => {
                     if let Some(data) = frame.data_ref() {
                         buffered_len += data.len() as u64;
                         if buffered_len > limit {
@@ -124,6 +116,24 @@ impl RequestBody {
             hash: None,
         })
     }
+}
+
+/// The next frame of a client's request body, waiting at most `idle` for it; errors are
+/// classified as the client's.
+pub async fn client_frame(
+    incoming: &mut Incoming,
+    idle: Option<Duration>,
+) -> Result<Option<Frame<Bytes>>, Cause> {
+    let frame = http_body_util::BodyExt::frame(incoming);
+    let frame = match idle {
+        Some(idle) => tokio::time::timeout(idle, frame)
+            .await
+            .map_err(|_| Cause::ClientTimeout)?,
+        None => frame.await,
+    };
+    frame
+        .transpose()
+        .map_err(|err| classify::client_body_error(&err))
 }
 
 /// A fully read request body, kept so that the request can be sent again.

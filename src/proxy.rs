@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::attempt::{attempt, Success};
-use crate::body::{BodyCopy, Capture, RequestBody, ResponseBody};
+use crate::body::{client_frame, BodyCopy, Capture, RequestBody, ResponseBody};
 use crate::cause::{is_idempotent, Cause, Delivery};
 use crate::config::Route;
 use crate::forward::{self, Peer};
@@ -391,28 +391,16 @@ async fn hash_body(
 ) -> Result<u64, Cause> {
     let mut hasher = StableHasher::default();
     let mut read = 0u64;
-    loop {
-        let frame = http_body_util::BodyExt::frame(&mut incoming);
-        let frame = match idle {
-            Some(idle) => tokio::time::timeout(idle, frame)
-                .await
-                .map_err(|_| Cause::ClientTimeout)?,
-            None => frame.await,
-        };
-        match frame {
-            None => return Ok(hasher.finish()),
-            Some(Err(err)) => return Err(crate::classify::client_body_error(&err)),
-            Some(Ok(frame)) => {
-                if let Some(data) = frame.data_ref() {
-                    read += data.len() as u64;
-                    if read > limit {
-                        return Err(Cause::RequestTooLarge);
-                    }
-                    hasher.update(data);
-                }
+    while let Some(frame) = client_frame(&mut incoming, idle).await? {
+        if let Some(data) = frame.data_ref() {
+            read += data.len() as u64;
+            if read > limit {
+                return Err(Cause::RequestTooLarge);
             }
+            hasher.update(data);
         }
     }
+    Ok(hasher.finish())
 }
 
 /// How much of an unread request body baton reads and discards to answer early and keep
@@ -428,15 +416,15 @@ async fn answer_early(request: Request<Incoming>, mut error: ProxyError) -> Prox
     let drained = tokio::time::timeout(DISCARD_TIME, async {
         let mut read = 0u64;
         while !http_body::Body::is_end_stream(&body) {
-            match http_body_util::BodyExt::frame(&mut body).await {
-                Some(Ok(frame)) => {
+            match client_frame(&mut body, None).await {
+                Ok(Some(frame)) => {
                     read += frame.data_ref().map_or(0, |d| d.len() as u64);
                     if read > DISCARD_BYTES {
                         return false;
                     }
                 }
-                Some(Err(_)) => return false,
-                None => return true,
+                Ok(None) => return true,
+                Err(_) => return false,
             }
         }
         true
