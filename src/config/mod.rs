@@ -5,6 +5,7 @@
 pub mod raw;
 pub mod runtime;
 pub mod units;
+mod validate;
 
 use std::fmt;
 use std::ops::Range;

@@ -1,0 +1,819 @@
+//! Turning the raw config into the runtime one: every default applied, every value checked.
+//!
+//! Validation collects every problem it finds rather than stopping at the first, each with
+//! the span of the key it is about, so `baton check` can list them all at once.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use toml::Spanned;
+
+use super::raw::{RawConfig, RawHealth, RawListener, RawRoute, RawUpstream, Unsupported};
+use super::runtime::*;
+use crate::cause::Cause;
+
+/// Collects problems while the raw config is turned into the runtime one.
+pub(super) struct Validator<'a> {
+    problems: Vec<Problem>,
+    base_dir: &'a Path,
+}
+
+impl Validator<'_> {
+    fn error(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            span,
+            message: message.into(),
+        });
+    }
+
+    fn unsupported(&mut self, key: &str, value: &Unsupported) {
+        if let Some(value) = value {
+            self.error(
+                Some(value.span()),
+                format!("`{key}` is not supported yet by this version of baton; remove it"),
+            );
+        }
+    }
+
+    fn socket_addr(&mut self, key: &str, value: &Spanned<String>) -> Option<SocketAddr> {
+        match value.get_ref().parse() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.error(
+                    Some(value.span()),
+                    format!(
+                        "`{key}` must be an IP address and port such as \"127.0.0.1:8080\" or \"[::1]:8080\", not {:?}",
+                        value.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+}
+
+/// Turns `0s` into "no limit".
+fn limit(duration: Duration) -> Option<Duration> {
+    (!duration.is_zero()).then_some(duration)
+}
+
+impl Config {
+    /// Validates a parsed file. `base_dir` resolves relative paths (error page templates).
+    pub fn from_raw(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<Problem>> {
+        let mut v = Validator {
+            problems: Vec::new(),
+            base_dir,
+        };
+        let store = build_store(&mut v, &raw);
+        let dns = build_dns(&mut v, &raw);
+        v.unsupported("status_page", &raw.status_page);
+        v.unsupported("admin.token", &raw.admin.token);
+
+        let admin_listen = match &raw.admin.listen {
+            Some(listen) => v.socket_addr("admin.listen", listen),
+            None => DEFAULT_ADMIN_LISTEN.parse().ok(),
+        };
+        let log = build_log(&mut v, &raw);
+
+        if raw.listeners.is_empty() {
+            v.error(
+                None,
+                "no [[listeners]]: add one, e.g. listen = \"0.0.0.0:8080\"",
+            );
+        }
+        let mut listeners = Vec::new();
+        let mut listener_names = HashSet::new();
+        for (index, listener) in raw.listeners.iter().enumerate() {
+            if let Some(built) = build_listener(&mut v, index, listener) {
+                if !listener_names.insert(built.name.clone()) {
+                    v.error(
+                        Some(listener.span()),
+                        format!("two listeners are named {:?}", built.name),
+                    );
+                }
+                listeners.push(built);
+            }
+        }
+
+        let mut upstreams = Vec::new();
+        let mut upstream_index = HashMap::new();
+        for (name, upstream) in &raw.upstreams {
+            if let Some(built) = build_upstream(&mut v, name, upstream) {
+                upstream_index.insert(built.name.clone(), upstreams.len());
+                upstreams.push(built);
+            }
+        }
+
+        let mut routes = Vec::new();
+        let mut route_names = HashSet::new();
+        for (index, route) in raw.routes.iter().enumerate() {
+            if let Some(built) = build_route(&mut v, index, route, &upstream_index) {
+                if !route_names.insert(built.name.clone()) {
+                    v.error(
+                        Some(route.span()),
+                        format!("two routes are named {:?}", built.name),
+                    );
+                }
+                routes.push(built);
+            }
+        }
+
+        let error_pages = build_error_pages(&mut v, &raw);
+
+        match (admin_listen, v.problems.is_empty()) {
+            (Some(listen), true) => Ok(Config {
+                admin: Admin { listen },
+                log,
+                store,
+                dns,
+                listeners,
+                routes,
+                upstreams,
+                error_pages,
+            }),
+            _ => Err(v.problems),
+        }
+    }
+}
+
+fn build_log(v: &mut Validator, raw: &RawConfig) -> Log {
+    let access = match raw.log.access.as_ref().map(|a| a.get_ref().as_str()) {
+        None | Some("stdout") => AccessLogTarget::Stdout,
+        Some("off") => AccessLogTarget::Off,
+        Some(path) => AccessLogTarget::File(v.base_dir.join(path)),
+    };
+    let level = match &raw.log.level {
+        None => tracing::Level::INFO,
+        Some(level) => match level.get_ref().parse() {
+            Ok(parsed) => parsed,
+            Err(_) => {
+                v.error(
+                    Some(level.span()),
+                    format!(
+                        "`log.level` must be one of error, warn, info, debug, trace, not {:?}",
+                        level.get_ref()
+                    ),
+                );
+                tracing::Level::INFO
+            }
+        },
+    };
+    Log { access, level }
+}
+
+fn build_listener(v: &mut Validator, index: usize, raw: &Spanned<RawListener>) -> Option<Listener> {
+    let listener = raw.get_ref();
+    v.unsupported("tls", &listener.tls);
+    v.unsupported("certs", &listener.certs);
+    let Some(listen) = &listener.listen else {
+        v.error(
+            Some(raw.span()),
+            "a listener needs `listen`, e.g. listen = \"0.0.0.0:8080\"",
+        );
+        return None;
+    };
+    let listen = v.socket_addr("listen", listen)?;
+    let mut trusted_proxies = Vec::new();
+    for cidr in &listener.trusted_proxies {
+        let text = cidr.get_ref();
+        let parsed = text
+            .parse::<IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from));
+        match parsed {
+            Ok(net) => trusted_proxies.push(net),
+            Err(_) => v.error(
+                Some(cidr.span()),
+                format!("{text:?} is not a CIDR such as \"10.0.0.0/8\" or an IP address"),
+            ),
+        }
+    }
+    let max_header_bytes = match &listener.max_header_bytes {
+        None => DEFAULT_MAX_HEADER_BYTES,
+        Some(size) if size.get_ref().0 < MIN_MAX_HEADER_BYTES => {
+            v.error(
+                Some(size.span()),
+                format!("`max_header_bytes` must be at least {MIN_MAX_HEADER_BYTES} bytes (8KiB)"),
+            );
+            return None;
+        }
+        Some(size) => size.get_ref().0,
+    };
+    Some(Listener {
+        name: listener
+            .name
+            .as_ref()
+            .map(|n| n.get_ref().clone())
+            .unwrap_or_else(|| format!("listener-{}", index + 1)),
+        listen,
+        trusted_proxies,
+        header_read_timeout: listener
+            .header_read_timeout
+            .map_or(DEFAULT_HEADER_READ_TIMEOUT, |d| d.0),
+        max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(usize::MAX),
+    })
+}
+
+fn build_host(v: &mut Validator, host: Option<&Spanned<String>>) -> HostPattern {
+    let Some(host) = host else {
+        return HostPattern::Any;
+    };
+    let text = host.get_ref().trim().to_ascii_lowercase();
+    if text == "*" {
+        return HostPattern::Any;
+    }
+    let (pattern, name) = match text.strip_prefix("*.") {
+        Some(rest) => (HostPattern::Suffix(format!(".{rest}")), rest.to_owned()),
+        None => (HostPattern::Exact(text.clone()), text.clone()),
+    };
+    let valid = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if !valid {
+        v.error(
+            Some(host.span()),
+            format!(
+                "`host` must be \"*\", a host name such as \"api.example.com\", or \"*.example.com\", not {:?}",
+                host.get_ref()
+            ),
+        );
+    }
+    pattern
+}
+
+fn build_route(
+    v: &mut Validator,
+    index: usize,
+    raw: &Spanned<RawRoute>,
+    upstream_index: &HashMap<String, usize>,
+) -> Option<Route> {
+    let route = raw.get_ref();
+    v.unsupported("cache", &route.cache);
+    let idempotency = route
+        .idempotency
+        .as_ref()
+        .and_then(|i| build_idempotency(v, i));
+    v.unsupported("rate_limit", &route.rate_limit);
+
+    let host = build_host(v, route.host.as_ref());
+    let path_prefix = match &route.path_prefix {
+        None => "/".to_owned(),
+        Some(prefix) if !prefix.get_ref().starts_with('/') => {
+            v.error(
+                Some(prefix.span()),
+                format!(
+                    "`path_prefix` must start with \"/\", not {:?}",
+                    prefix.get_ref()
+                ),
+            );
+            return None;
+        }
+        Some(prefix) => prefix.get_ref().clone(),
+    };
+    let upstream = match &route.upstream {
+        None => {
+            v.error(
+                Some(raw.span()),
+                "a route needs `upstream`, the name of an [upstreams.NAME] table",
+            );
+            return None;
+        }
+        Some(name) => match upstream_index.get(name.get_ref()) {
+            Some(&index) => index,
+            None => {
+                let mut known: Vec<&str> = upstream_index.keys().map(String::as_str).collect();
+                known.sort_unstable();
+                v.error(
+                    Some(name.span()),
+                    format!(
+                        "upstream {:?} is not defined (defined: {})",
+                        name.get_ref(),
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                );
+                return None;
+            }
+        },
+    };
+    let attempts = match &route.retry.attempts {
+        None => DEFAULT_ATTEMPTS,
+        Some(attempts) if *attempts.get_ref() == 0 => {
+            v.error(
+                Some(attempts.span()),
+                "`retry.attempts` counts the first try and must be at least 1",
+            );
+            return None;
+        }
+        Some(attempts) => *attempts.get_ref(),
+    };
+    let timeouts = &route.timeouts;
+    Some(Route {
+        name: route
+            .name
+            .as_ref()
+            .map(|n| n.get_ref().clone())
+            .unwrap_or_else(|| format!("route-{}", index + 1)),
+        host,
+        path_prefix,
+        upstream,
+        max_body_bytes: route.max_body_bytes.map_or(DEFAULT_MAX_BODY_BYTES, |s| s.0),
+        preserve_host: route.preserve_host.unwrap_or(true),
+        maintenance: route.maintenance.unwrap_or(false),
+        maintenance_retry_after: route
+            .maintenance_retry_after
+            .map_or(DEFAULT_MAINTENANCE_RETRY_AFTER, |d| d.0),
+        timeouts: Timeouts {
+            connect: limit(timeouts.connect.map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0)),
+            response_header: limit(
+                timeouts
+                    .response_header
+                    .map_or(DEFAULT_RESPONSE_HEADER_TIMEOUT, |d| d.0),
+            ),
+            idle: limit(timeouts.idle.map_or(DEFAULT_IDLE_TIMEOUT, |d| d.0)),
+            total: timeouts.total.and_then(|d| limit(d.0)),
+        },
+        retry: build_retry(v, &route.retry, attempts),
+        idempotency,
+        buffer_bytes: usize::try_from(
+            route
+                .retry
+                .buffer_bytes
+                .map_or(DEFAULT_BUFFER_BYTES, |s| s.0),
+        )
+        .unwrap_or(usize::MAX),
+    })
+}
+
+fn build_idempotency(
+    v: &mut Validator,
+    raw: &Spanned<super::raw::RawIdempotency>,
+) -> Option<Idempotency> {
+    let raw = raw.get_ref();
+    let header = match &raw.header {
+        None => http::HeaderName::from_static(DEFAULT_IDEMPOTENCY_HEADER),
+        Some(name) => match http::HeaderName::from_bytes(name.get_ref().as_bytes()) {
+            Ok(header) => header,
+            Err(_) => {
+                v.error(
+                    Some(name.span()),
+                    format!("{:?} is not a header name", name.get_ref()),
+                );
+                return None;
+            }
+        },
+    };
+    let forward_unknown = match raw.on_unknown.as_ref().map(|o| (o, o.get_ref().as_str())) {
+        None | Some((_, "reject")) => false,
+        Some((_, "forward")) => true,
+        Some((spanned, other)) => {
+            v.error(
+                Some(spanned.span()),
+                format!(
+                    "`idempotency.on_unknown` must be \"reject\" or \"forward\", not {other:?}"
+                ),
+            );
+            return None;
+        }
+    };
+    Some(Idempotency {
+        header,
+        ttl: raw.ttl.map_or(DEFAULT_IDEMPOTENCY_TTL, |d| d.0),
+        forward_unknown,
+    })
+}
+
+fn build_retry(v: &mut Validator, raw: &super::raw::RawRetry, attempts: u32) -> Retry {
+    let budget_percent = match &raw.budget_percent {
+        Some(percent) if *percent.get_ref() > 100 => {
+            v.error(
+                Some(percent.span()),
+                "`retry.budget_percent` is a percentage, 0 to 100",
+            );
+            DEFAULT_BUDGET_PERCENT
+        }
+        Some(percent) => *percent.get_ref(),
+        None => DEFAULT_BUDGET_PERCENT,
+    };
+    let backoff = raw.backoff.map_or(DEFAULT_BACKOFF, |d| d.0);
+    let max_backoff = raw
+        .max_backoff
+        .as_ref()
+        .map_or(DEFAULT_MAX_BACKOFF, |d| d.get_ref().0);
+    if max_backoff < backoff {
+        v.error(
+            raw.max_backoff.as_ref().map(|d| d.span()),
+            "`retry.max_backoff` must be at least `retry.backoff`",
+        );
+    }
+    Retry {
+        attempts,
+        non_idempotent: raw.non_idempotent.unwrap_or(false),
+        budget_percent,
+        min_per_second: raw.min_per_second.unwrap_or(DEFAULT_MIN_RETRIES_PER_SECOND),
+        backoff,
+        max_backoff,
+    }
+}
+
+fn build_upstream(
+    v: &mut Validator,
+    name: &Spanned<String>,
+    upstream: &RawUpstream,
+) -> Option<UpstreamConfig> {
+    v.unsupported("tls", &upstream.tls);
+    v.unsupported("queue", &upstream.queue);
+    let balance = build_balance(v, name, upstream);
+    let health = upstream.health.as_ref().and_then(|h| build_health(v, h));
+    if let Some(protocol) = &upstream.protocol {
+        match protocol.get_ref().as_str() {
+            "http1" => {}
+            "h2" | "h2c" => v.error(
+                Some(protocol.span()),
+                format!(
+                    "protocol {:?} to upstreams is not supported yet by this version of baton; use \"http1\"",
+                    protocol.get_ref()
+                ),
+            ),
+            other => v.error(
+                Some(protocol.span()),
+                format!("`protocol` must be \"http1\", \"h2\" or \"h2c\", not {other:?}"),
+            ),
+        }
+    }
+    if let Some(max_inflight) = &upstream.max_inflight {
+        if *max_inflight.get_ref() != 0 {
+            v.error(
+                Some(max_inflight.span()),
+                "`max_inflight` limits are not supported yet by this version of baton; remove it or set 0",
+            );
+        }
+    }
+    let Some(raw_endpoints) = &upstream.endpoints else {
+        v.error(
+            Some(name.span()),
+            format!("upstream {:?} needs `endpoints`", name.get_ref()),
+        );
+        return None;
+    };
+    if raw_endpoints.get_ref().is_empty() {
+        v.error(
+            Some(raw_endpoints.span()),
+            format!("upstream {:?} has no endpoints", name.get_ref()),
+        );
+    }
+    let mut endpoints = Vec::new();
+    let mut names: Vec<NamedEndpoint> = Vec::new();
+    for endpoint in raw_endpoints.get_ref() {
+        let raw = endpoint.get_ref();
+        let weight = raw.weight.unwrap_or(1);
+        if weight == 0 {
+            v.error(
+                Some(endpoint.span()),
+                "an endpoint's `weight` must be at least 1",
+            );
+            continue;
+        }
+        match raw.addr.parse::<SocketAddr>() {
+            Ok(addr) => {
+                if endpoints.iter().any(|e: &EndpointConfig| e.addr == addr) {
+                    v.error(Some(endpoint.span()), format!("endpoint {addr} is listed twice"));
+                }
+                endpoints.push(EndpointConfig { addr, weight });
+            }
+            Err(_) => match host_port(&raw.addr) {
+                Some((host, port)) => {
+                    if names.iter().any(|n| n.host == host && n.port == port) {
+                        v.error(
+                            Some(endpoint.span()),
+                            format!("endpoint {:?} is listed twice", raw.addr),
+                        );
+                    }
+                    names.push(NamedEndpoint { host, port, weight });
+                }
+                None => v.error(
+                    Some(endpoint.span()),
+                    format!(
+                        "endpoint {:?} must be an IP address and port such as \"127.0.0.1:3000\", or a host name and port such as \"backend.internal:3000\"",
+                        raw.addr
+                    ),
+                ),
+            },
+        }
+    }
+    let keepalive = Keepalive {
+        idle: upstream
+            .keepalive
+            .idle
+            .map_or(DEFAULT_KEEPALIVE_IDLE, |d| d.0),
+        max_idle_per_endpoint: upstream
+            .keepalive
+            .max_idle_per_endpoint
+            .unwrap_or(DEFAULT_MAX_IDLE_PER_ENDPOINT),
+    };
+    let raw_outlier = &upstream.outlier;
+    let max_ejected_percent = match &raw_outlier.max_ejected_percent {
+        None => DEFAULT_MAX_EJECTED_PERCENT,
+        Some(percent) if *percent.get_ref() > 100 => {
+            v.error(
+                Some(percent.span()),
+                "`outlier.max_ejected_percent` is a percentage, 0 to 100",
+            );
+            DEFAULT_MAX_EJECTED_PERCENT
+        }
+        Some(percent) => *percent.get_ref(),
+    };
+    let outlier = Outlier {
+        consecutive_failures: raw_outlier
+            .consecutive_failures
+            .unwrap_or(DEFAULT_CONSECUTIVE_FAILURES),
+        base_ejection: raw_outlier
+            .base_ejection
+            .map_or(DEFAULT_BASE_EJECTION, |d| d.0),
+        max_ejection: raw_outlier
+            .max_ejection
+            .map_or(DEFAULT_MAX_EJECTION, |d| d.0),
+        max_ejected_percent,
+    };
+    Some(UpstreamConfig {
+        name: name.get_ref().clone(),
+        endpoints,
+        names,
+        balance: balance?,
+        slow_start: upstream.slow_start.map_or(DEFAULT_SLOW_START, |d| d.0),
+        keepalive,
+        outlier,
+        health,
+    })
+}
+
+fn build_health(v: &mut Validator, raw: &Spanned<RawHealth>) -> Option<HealthCheck> {
+    let health = raw.get_ref();
+    let path_text = health
+        .path
+        .as_ref()
+        .map_or(DEFAULT_HEALTH_PATH, |p| p.get_ref().as_str());
+    let path = match path_text.parse::<http::uri::PathAndQuery>() {
+        Ok(path) if path_text.starts_with('/') => Some(path),
+        _ => {
+            v.error(
+                health.path.as_ref().map(|p| p.span()),
+                format!("`health.path` must be a path such as \"/healthz\", not {path_text:?}"),
+            );
+            None
+        }
+    };
+    let positive =
+        |v: &mut Validator, key: &str, value: &Option<Spanned<u32>>, default: u32| match value {
+            Some(n) if *n.get_ref() == 0 => {
+                v.error(Some(n.span()), format!("`health.{key}` must be at least 1"));
+                default
+            }
+            Some(n) => *n.get_ref(),
+            None => default,
+        };
+    let healthy = positive(v, "healthy", &health.healthy, DEFAULT_HEALTHY);
+    let unhealthy = positive(v, "unhealthy", &health.unhealthy, DEFAULT_UNHEALTHY);
+    let interval = health
+        .interval
+        .as_ref()
+        .map_or(DEFAULT_HEALTH_INTERVAL, |d| d.get_ref().0);
+    let timeout = health
+        .timeout
+        .as_ref()
+        .map_or(DEFAULT_HEALTH_TIMEOUT, |d| d.get_ref().0);
+    if interval.is_zero() {
+        v.error(
+            health.interval.as_ref().map(|d| d.span()),
+            "`health.interval` must be more than 0s",
+        );
+    }
+    if timeout.is_zero() {
+        v.error(
+            health.timeout.as_ref().map(|d| d.span()),
+            "`health.timeout` must be more than 0s",
+        );
+    }
+    let expect_text = health
+        .expect
+        .as_ref()
+        .map_or(DEFAULT_HEALTH_EXPECT, |e| e.get_ref().as_str());
+    let expect = parse_expect(expect_text);
+    if expect.is_none() {
+        v.error(
+            health.expect.as_ref().map(|e| e.span()),
+            format!("`health.expect` must be statuses or ranges such as \"200-399\" or \"200,204\", not {expect_text:?}"),
+        );
+    }
+    Some(HealthCheck {
+        path: path?,
+        interval,
+        timeout,
+        healthy,
+        unhealthy,
+        expect: expect?,
+    })
+}
+
+fn build_balance(
+    v: &mut Validator,
+    name: &Spanned<String>,
+    upstream: &RawUpstream,
+) -> Option<Balance> {
+    let balance = match upstream.balance.as_ref().map(|b| b.get_ref().as_str()) {
+        None | Some("ewma") => Balance::Ewma,
+        Some("round-robin") => Balance::RoundRobin,
+        Some("least-request") => Balance::LeastRequest,
+        Some("hash") => {
+            let Some(key) = &upstream.hash_key else {
+                v.error(
+                    upstream.balance.as_ref().map(|b| b.span()),
+                    format!(
+                        "upstream {:?} balances by hash but has no `hash_key` (\"header:NAME\", \"cookie:NAME\", \"client-ip\" or \"path\")",
+                        name.get_ref()
+                    ),
+                );
+                return None;
+            };
+            return build_hash_key(v, key).map(Balance::Hash);
+        }
+        Some(other) => {
+            v.error(
+                upstream.balance.as_ref().map(|b| b.span()),
+                format!("`balance` must be \"round-robin\", \"least-request\", \"ewma\" or \"hash\", not {other:?}"),
+            );
+            return None;
+        }
+    };
+    if let Some(key) = &upstream.hash_key {
+        v.error(
+            Some(key.span()),
+            "`hash_key` only applies with balance = \"hash\"",
+        );
+    }
+    Some(balance)
+}
+
+fn build_hash_key(v: &mut Validator, key: &Spanned<String>) -> Option<HashKey> {
+    let text = key.get_ref().as_str();
+    let parsed = match text.split_once(':') {
+        _ if text == "client-ip" => Some(HashKey::ClientIp),
+        _ if text == "path" => Some(HashKey::Path),
+        Some(("header", name)) => http::HeaderName::from_bytes(name.trim().as_bytes())
+            .ok()
+            .map(HashKey::Header),
+        Some(("cookie", name)) if !name.trim().is_empty() => {
+            Some(HashKey::Cookie(name.trim().to_owned()))
+        }
+        _ => None,
+    };
+    if parsed.is_none() {
+        v.error(
+            Some(key.span()),
+            format!("`hash_key` must be \"header:NAME\", \"cookie:NAME\", \"client-ip\" or \"path\", not {text:?}"),
+        );
+    }
+    parsed
+}
+
+/// `host:port` with a host name of letters, digits, `-` and `.` (lowercased).
+fn host_port(text: &str) -> Option<(String, u16)> {
+    let (host, port) = text.rsplit_once(':')?;
+    let port = port.parse::<u16>().ok().filter(|&p| p > 0)?;
+    let valid = !host.is_empty()
+        && host.len() <= 253
+        && !host.starts_with(['.', '-'])
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    valid.then(|| (host.to_ascii_lowercase(), port))
+}
+
+fn build_store(v: &mut Validator, raw: &RawConfig) -> StoreConfig {
+    let url = raw.store.url.as_ref();
+    match raw
+        .store
+        .backend
+        .as_ref()
+        .map(|b| (b, b.get_ref().as_str()))
+    {
+        None | Some((_, "memory")) => {
+            if let Some(url) = url {
+                v.error(
+                    Some(url.span()),
+                    "`store.url` only applies with backend = \"redis\"",
+                );
+            }
+            StoreConfig::Memory
+        }
+        Some((backend, "redis")) => match url {
+            Some(url) if redis::Client::open(url.get_ref().as_str()).is_ok() => {
+                StoreConfig::Redis {
+                    url: url.get_ref().clone(),
+                }
+            }
+            Some(url) => {
+                v.error(
+                    Some(url.span()),
+                    format!(
+                        "{:?} is not a Redis URL such as \"redis://127.0.0.1:6379/0\"",
+                        url.get_ref()
+                    ),
+                );
+                StoreConfig::Memory
+            }
+            None => {
+                v.error(
+                    Some(backend.span()),
+                    "backend = \"redis\" needs `store.url`, e.g. \"redis://127.0.0.1:6379/0\"",
+                );
+                StoreConfig::Memory
+            }
+        },
+        Some((backend, other)) => {
+            v.error(
+                Some(backend.span()),
+                format!("`store.backend` must be \"memory\" or \"redis\", not {other:?}"),
+            );
+            StoreConfig::Memory
+        }
+    }
+}
+
+fn build_dns(v: &mut Validator, raw: &RawConfig) -> Dns {
+    let mut servers = Vec::new();
+    for server in raw.dns.servers.iter().flatten() {
+        let text = server.get_ref();
+        let parsed = text.parse::<SocketAddr>().or_else(|_| {
+            text.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 53))
+        });
+        match parsed {
+            Ok(addr) => servers.push(addr),
+            Err(_) => v.error(
+                Some(server.span()),
+                format!("a DNS server is an IP address with an optional port, such as \"10.0.0.2\" or \"127.0.0.1:5353\", not {text:?}"),
+            ),
+        }
+    }
+    if raw.dns.servers.as_ref().is_some_and(Vec::is_empty) {
+        v.error(
+            None,
+            "`dns.servers` is empty: list at least one server, or leave it out for the system's",
+        );
+    }
+    let min_ttl = raw.dns.min_ttl.map_or(DEFAULT_MIN_TTL, |d| d.0);
+    let max_ttl = raw
+        .dns
+        .max_ttl
+        .as_ref()
+        .map_or(DEFAULT_MAX_TTL, |d| d.get_ref().0);
+    if max_ttl < min_ttl || max_ttl.is_zero() {
+        v.error(
+            raw.dns.max_ttl.as_ref().map(|d| d.span()),
+            "`dns.max_ttl` must be more than 0s and at least `dns.min_ttl`",
+        );
+    }
+    Dns {
+        servers,
+        min_ttl,
+        max_ttl,
+    }
+}
+
+fn build_error_pages(v: &mut Validator, raw: &RawConfig) -> HashMap<String, String> {
+    let mut pages = HashMap::new();
+    for (key, path) in &raw.error_pages {
+        let name = key.get_ref();
+        let known_status = name
+            .parse::<u16>()
+            .is_ok_and(|code| Cause::ALL.iter().any(|c| c.status().as_u16() == code));
+        if !known_status && Cause::from_code(name).is_none() {
+            v.error(
+                Some(key.span()),
+                format!(
+                    "error page key {name:?} is neither a status baton generates nor a cause code (see `baton explain`)"
+                ),
+            );
+            continue;
+        }
+        let file = v.base_dir.join(path.get_ref());
+        match std::fs::read_to_string(&file) {
+            Ok(template) => {
+                pages.insert(name.clone(), template);
+            }
+            Err(err) => v.error(
+                Some(path.span()),
+                format!("cannot read error page {}: {err}", file.display()),
+            ),
+        }
+    }
+    pages
+}
