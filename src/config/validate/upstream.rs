@@ -1,0 +1,283 @@
+//! Validating `[upstreams.NAME]`: endpoints (addresses or host names), balancing, health
+//! checks, outlier detection and keep-alive.
+
+use std::net::SocketAddr;
+
+use toml::Spanned;
+
+use super::Validator;
+use crate::config::raw::{RawHealth, RawUpstream};
+use crate::config::runtime::*;
+
+pub(super) fn build_upstream(
+    v: &mut Validator,
+    name: &Spanned<String>,
+    upstream: &RawUpstream,
+) -> Option<UpstreamConfig> {
+    v.unsupported("tls", &upstream.tls);
+    v.unsupported("queue", &upstream.queue);
+    let balance = build_balance(v, name, upstream);
+    let health = upstream.health.as_ref().and_then(|h| build_health(v, h));
+    if let Some(protocol) = &upstream.protocol {
+        match protocol.get_ref().as_str() {
+            "http1" => {}
+            "h2" | "h2c" => v.error(
+                Some(protocol.span()),
+                format!(
+                    "protocol {:?} to upstreams is not supported yet by this version of baton; use \"http1\"",
+                    protocol.get_ref()
+                ),
+            ),
+            other => v.error(
+                Some(protocol.span()),
+                format!("`protocol` must be \"http1\", \"h2\" or \"h2c\", not {other:?}"),
+            ),
+        }
+    }
+    if let Some(max_inflight) = &upstream.max_inflight {
+        if *max_inflight.get_ref() != 0 {
+            v.error(
+                Some(max_inflight.span()),
+                "`max_inflight` limits are not supported yet by this version of baton; remove it or set 0",
+            );
+        }
+    }
+    let Some(raw_endpoints) = &upstream.endpoints else {
+        v.error(
+            Some(name.span()),
+            format!("upstream {:?} needs `endpoints`", name.get_ref()),
+        );
+        return None;
+    };
+    if raw_endpoints.get_ref().is_empty() {
+        v.error(
+            Some(raw_endpoints.span()),
+            format!("upstream {:?} has no endpoints", name.get_ref()),
+        );
+    }
+    let mut endpoints = Vec::new();
+    let mut names: Vec<NamedEndpoint> = Vec::new();
+    for endpoint in raw_endpoints.get_ref() {
+        let raw = endpoint.get_ref();
+        let weight = raw.weight.unwrap_or(1);
+        if weight == 0 {
+            v.error(
+                Some(endpoint.span()),
+                "an endpoint's `weight` must be at least 1",
+            );
+            continue;
+        }
+        match raw.addr.parse::<SocketAddr>() {
+            Ok(addr) => {
+                if endpoints.iter().any(|e: &EndpointConfig| e.addr == addr) {
+                    v.error(Some(endpoint.span()), format!("endpoint {addr} is listed twice"));
+                }
+                endpoints.push(EndpointConfig { addr, weight });
+            }
+            Err(_) => match host_port(&raw.addr) {
+                Some((host, port)) => {
+                    if names.iter().any(|n| n.host == host && n.port == port) {
+                        v.error(
+                            Some(endpoint.span()),
+                            format!("endpoint {:?} is listed twice", raw.addr),
+                        );
+                    }
+                    names.push(NamedEndpoint { host, port, weight });
+                }
+                None => v.error(
+                    Some(endpoint.span()),
+                    format!(
+                        "endpoint {:?} must be an IP address and port such as \"127.0.0.1:3000\", or a host name and port such as \"backend.internal:3000\"",
+                        raw.addr
+                    ),
+                ),
+            },
+        }
+    }
+    let keepalive = Keepalive {
+        idle: upstream
+            .keepalive
+            .idle
+            .map_or(DEFAULT_KEEPALIVE_IDLE, |d| d.0),
+        max_idle_per_endpoint: upstream
+            .keepalive
+            .max_idle_per_endpoint
+            .unwrap_or(DEFAULT_MAX_IDLE_PER_ENDPOINT),
+    };
+    let raw_outlier = &upstream.outlier;
+    let max_ejected_percent = match &raw_outlier.max_ejected_percent {
+        None => DEFAULT_MAX_EJECTED_PERCENT,
+        Some(percent) if *percent.get_ref() > 100 => {
+            v.error(
+                Some(percent.span()),
+                "`outlier.max_ejected_percent` is a percentage, 0 to 100",
+            );
+            DEFAULT_MAX_EJECTED_PERCENT
+        }
+        Some(percent) => *percent.get_ref(),
+    };
+    let outlier = Outlier {
+        consecutive_failures: raw_outlier
+            .consecutive_failures
+            .unwrap_or(DEFAULT_CONSECUTIVE_FAILURES),
+        base_ejection: raw_outlier
+            .base_ejection
+            .map_or(DEFAULT_BASE_EJECTION, |d| d.0),
+        max_ejection: raw_outlier
+            .max_ejection
+            .map_or(DEFAULT_MAX_EJECTION, |d| d.0),
+        max_ejected_percent,
+    };
+    Some(UpstreamConfig {
+        name: name.get_ref().clone(),
+        endpoints,
+        names,
+        balance: balance?,
+        slow_start: upstream.slow_start.map_or(DEFAULT_SLOW_START, |d| d.0),
+        keepalive,
+        outlier,
+        health,
+    })
+}
+
+fn build_health(v: &mut Validator, raw: &Spanned<RawHealth>) -> Option<HealthCheck> {
+    let health = raw.get_ref();
+    let path_text = health
+        .path
+        .as_ref()
+        .map_or(DEFAULT_HEALTH_PATH, |p| p.get_ref().as_str());
+    let path = match path_text.parse::<http::uri::PathAndQuery>() {
+        Ok(path) if path_text.starts_with('/') => Some(path),
+        _ => {
+            v.error(
+                health.path.as_ref().map(|p| p.span()),
+                format!("`health.path` must be a path such as \"/healthz\", not {path_text:?}"),
+            );
+            None
+        }
+    };
+    let positive =
+        |v: &mut Validator, key: &str, value: &Option<Spanned<u32>>, default: u32| match value {
+            Some(n) if *n.get_ref() == 0 => {
+                v.error(Some(n.span()), format!("`health.{key}` must be at least 1"));
+                default
+            }
+            Some(n) => *n.get_ref(),
+            None => default,
+        };
+    let healthy = positive(v, "healthy", &health.healthy, DEFAULT_HEALTHY);
+    let unhealthy = positive(v, "unhealthy", &health.unhealthy, DEFAULT_UNHEALTHY);
+    let interval = health
+        .interval
+        .as_ref()
+        .map_or(DEFAULT_HEALTH_INTERVAL, |d| d.get_ref().0);
+    let timeout = health
+        .timeout
+        .as_ref()
+        .map_or(DEFAULT_HEALTH_TIMEOUT, |d| d.get_ref().0);
+    if interval.is_zero() {
+        v.error(
+            health.interval.as_ref().map(|d| d.span()),
+            "`health.interval` must be more than 0s",
+        );
+    }
+    if timeout.is_zero() {
+        v.error(
+            health.timeout.as_ref().map(|d| d.span()),
+            "`health.timeout` must be more than 0s",
+        );
+    }
+    let expect_text = health
+        .expect
+        .as_ref()
+        .map_or(DEFAULT_HEALTH_EXPECT, |e| e.get_ref().as_str());
+    let expect = parse_expect(expect_text);
+    if expect.is_none() {
+        v.error(
+            health.expect.as_ref().map(|e| e.span()),
+            format!("`health.expect` must be statuses or ranges such as \"200-399\" or \"200,204\", not {expect_text:?}"),
+        );
+    }
+    Some(HealthCheck {
+        path: path?,
+        interval,
+        timeout,
+        healthy,
+        unhealthy,
+        expect: expect?,
+    })
+}
+
+fn build_balance(
+    v: &mut Validator,
+    name: &Spanned<String>,
+    upstream: &RawUpstream,
+) -> Option<Balance> {
+    let balance = match upstream.balance.as_ref().map(|b| b.get_ref().as_str()) {
+        None | Some("ewma") => Balance::Ewma,
+        Some("round-robin") => Balance::RoundRobin,
+        Some("least-request") => Balance::LeastRequest,
+        Some("hash") => {
+            let Some(key) = &upstream.hash_key else {
+                v.error(
+                    upstream.balance.as_ref().map(|b| b.span()),
+                    format!(
+                        "upstream {:?} balances by hash but has no `hash_key` (\"header:NAME\", \"cookie:NAME\", \"client-ip\" or \"path\")",
+                        name.get_ref()
+                    ),
+                );
+                return None;
+            };
+            return build_hash_key(v, key).map(Balance::Hash);
+        }
+        Some(other) => {
+            v.error(
+                upstream.balance.as_ref().map(|b| b.span()),
+                format!("`balance` must be \"round-robin\", \"least-request\", \"ewma\" or \"hash\", not {other:?}"),
+            );
+            return None;
+        }
+    };
+    if let Some(key) = &upstream.hash_key {
+        v.error(
+            Some(key.span()),
+            "`hash_key` only applies with balance = \"hash\"",
+        );
+    }
+    Some(balance)
+}
+
+fn build_hash_key(v: &mut Validator, key: &Spanned<String>) -> Option<HashKey> {
+    let text = key.get_ref().as_str();
+    let parsed = match text.split_once(':') {
+        _ if text == "client-ip" => Some(HashKey::ClientIp),
+        _ if text == "path" => Some(HashKey::Path),
+        Some(("header", name)) => http::HeaderName::from_bytes(name.trim().as_bytes())
+            .ok()
+            .map(HashKey::Header),
+        Some(("cookie", name)) if !name.trim().is_empty() => {
+            Some(HashKey::Cookie(name.trim().to_owned()))
+        }
+        _ => None,
+    };
+    if parsed.is_none() {
+        v.error(
+            Some(key.span()),
+            format!("`hash_key` must be \"header:NAME\", \"cookie:NAME\", \"client-ip\" or \"path\", not {text:?}"),
+        );
+    }
+    parsed
+}
+
+/// `host:port` with a host name of letters, digits, `-` and `.` (lowercased).
+fn host_port(text: &str) -> Option<(String, u16)> {
+    let (host, port) = text.rsplit_once(':')?;
+    let port = port.parse::<u16>().ok().filter(|&p| p > 0)?;
+    let valid = !host.is_empty()
+        && host.len() <= 253
+        && !host.starts_with(['.', '-'])
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    valid.then(|| (host.to_ascii_lowercase(), port))
+}
