@@ -3,10 +3,11 @@
 //! A request travels through one module per stage, in this order:
 //!
 //! ```text
-//! listener ──▶ route ──▶ maintenance ──▶ read body ahead ──▶ balance ──▶ attempt ──▶ respond
-//! (listener)   (route)   (proxy)         (body)              (upstream)  (attempt)   (body, respond)
-//!                                                               ▲            │
-//!                                                               └── not sent: next endpoint
+//! listener ─▶ route ─▶ maintenance ─▶ idempotency ─▶ read body ─▶ balance ─▶ attempt ─▶ respond
+//! (listener,  (route)  (proxy)        (idempotency)  ahead        (upstream) (attempt)  (body,
+//!  gate)                                             (body)          ▲          │        respond)
+//!                                                                    └─ retry ◀─┘
+//!                                                                       (retry)
 //! ```
 //!
 //! - [`listener`] accepts connections and serves HTTP/1.1 and h2c on them (the shell),
@@ -15,7 +16,12 @@
 //!   one place that turns a result into a response;
 //! - [`route`] picks the route by host and longest path prefix;
 //! - [`forward`] applies the header rules on the way in and out;
-//! - [`upstream`] holds endpoints, their balancer and their keep-alive [`upstream::pool`];
+//! - [`idempotency`] keys POSTs and PATCHes so that each is executed once, in memory or
+//!   in Redis;
+//! - [`upstream`] holds endpoints and their health ([`upstream::endpoint`],
+//!   [`upstream::health`], [`upstream::dns`]), the balancers ([`upstream::balance`]) and
+//!   the keep-alive [`upstream::pool`];
+//! - [`retry`] decides what may be tried again, when, and within what budget;
 //! - [`attempt`] tries one endpoint; [`classify`] turns io and hyper errors into a
 //!   [`cause::Cause`];
 //! - [`body`] streams bodies both ways and ends the exchange; [`respond`] builds every
