@@ -1,7 +1,7 @@
 //! The request path (SPEC §3) for one request: route, maintenance, read the body ahead,
 //! then try endpoints until one answers, and stream the answer back.
 //!
-//! [`handle_inner`] does the work and returns either the upstream's response or a
+//! `handle_inner` does the work and returns either the upstream's response or a
 //! [`ProxyError`]; [`handle`] is the one place that turns either into the client's
 //! response, and hands the [`Exchange`] to the body so it is logged when the body ends.
 

@@ -50,7 +50,7 @@ struct Bucket {
     retries: AtomicU64,
 }
 
-/// Requests and retries of one route over the last [`WINDOW_SECONDS`]: retries may be at
+/// Requests and retries of one route over the last `WINDOW_SECONDS` (10 s): retries may be at
 /// most `budget_percent` of the requests, plus `min_per_second`.
 #[derive(Default)]
 pub struct RetryBudget {

@@ -1,6 +1,6 @@
-//! The validated runtime config, built from [`RawConfig`] with every default applied.
+//! The validated runtime config, built from `RawConfig` with every default applied.
 //!
-//! The types here are what the rest of baton uses; [`super::validate`] builds them from the
+//! The types here are what the rest of baton uses; `validate` builds them from the
 //! file.
 
 use std::collections::HashMap;

@@ -267,7 +267,7 @@ impl Endpoint {
     }
 
     /// The share of its weight the endpoint gets at `now`: below 1 while it ramps up over
-    /// `slow_start` after coming back, never below [`MIN_RAMP`].
+    /// `slow_start` after coming back, never below `MIN_RAMP` (a tenth).
     pub fn ramp(&self, now: u64, slow_start: Duration) -> f64 {
         let from = self.ramp_from.load(Ordering::Relaxed);
         if from == 0 || slow_start.is_zero() {
