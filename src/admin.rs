@@ -251,6 +251,7 @@ pub fn status(gateway: &Gateway) -> serde_json::Value {
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "ready": gateway.ready.load(Ordering::Acquire),
+        "access_log_dropped": gateway.observer.access_log.dropped(),
         "listeners": listeners,
         "routes": routes,
         "upstreams": upstreams,

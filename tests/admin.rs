@@ -53,6 +53,7 @@ async fn health_readiness_metrics_and_status() {
     assert_eq!(status.status(), 200);
     let json: serde_json::Value = serde_json::from_slice(&status.body).unwrap();
     assert_eq!(json["routes"][0]["name"], "main");
+    assert_eq!(json["access_log_dropped"], 0);
     assert_eq!(json["routes"][0]["requests"], 4);
     let endpoints = json["upstreams"][0]["endpoints"].as_array().unwrap();
     assert_eq!(endpoints.len(), 2);
