@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use http::{HeaderMap, Method, StatusCode};
 
 use crate::cause::Cause;
 use crate::config::runtime::Idempotency;
@@ -133,30 +133,26 @@ impl Keys {
         if *method != Method::POST && *method != Method::PATCH {
             return None;
         }
-        let key = headers.get(&policy.header)?;
-        Some(self.decide(policy, route, method, host, path, key).await)
-    }
-
-    async fn decide(
-        &self,
-        policy: &Idempotency,
-        route: &str,
-        method: &Method,
-        host: &str,
-        path: &str,
-        key: &HeaderValue,
-    ) -> Result<Decision, Refused> {
-        let bytes = key.as_bytes();
+        let bytes = headers.get(&policy.header)?.as_bytes();
         if bytes.is_empty() || bytes.len() > MAX_KEY_LEN || !bytes.iter().all(u8::is_ascii_graphic)
         {
-            return Err(Refused(Cause::BadRequest));
+            return Some(Err(Refused(Cause::BadRequest)));
         }
         let store_key = format!("{route}\u{0}{}", String::from_utf8_lossy(bytes));
         let mut head = StableHasher::default();
         for part in [method.as_str(), "\u{0}", host, "\u{0}", path] {
             head.update(part.as_bytes());
         }
-        let fingerprint = head.finish();
+        Some(self.decide(policy, store_key, head.finish()).await)
+    }
+
+    /// Claims `store_key` for a request with this head `fingerprint`, or says why not.
+    async fn decide(
+        &self,
+        policy: &Idempotency,
+        store_key: String,
+        fingerprint: u64,
+    ) -> Result<Decision, Refused> {
         let unavailable = |err: Unavailable| {
             tracing::warn!(error = %err, "idempotency store unavailable; refusing keyed request");
             Refused(Cause::IdempotencyStoreUnavailable)
