@@ -1,12 +1,20 @@
-//! The admin server (SPEC §11): health, readiness, metrics and status, on its own listener.
+//! The admin server (SPEC §11): the status page, health, readiness, metrics, status and
+//! the write API (reload, drain, maintenance), on its own listener.
+//!
+//! With `admin.token` set, every POST must carry `Authorization: Bearer TOKEN`; off
+//! loopback every request must (the status page may also use Basic authentication with the
+//! token as password, so that a browser can ask for it). A POST that a browser sends from
+//! another site (its `Origin` is not the admin server) is refused, so that a web page
+//! cannot toggle maintenance on an operator's machine.
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use http::header::{
+    HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HOST, ORIGIN, WWW_AUTHENTICATE,
+};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -18,10 +26,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::body::ResponseBody;
-use crate::config::HostPattern;
 use crate::gateway::{stop_requested, Gateway};
 use crate::observe::metrics::EndpointLabels;
+use crate::status;
 use crate::upstream::endpoint::now_ms;
+
+/// The status page: one file, no external assets.
+const STATUS_PAGE: &str = include_str!("status.html");
 
 /// Serves the admin API until `stopped` turns true.
 pub async fn serve(socket: TcpListener, gateway: Arc<Gateway>, mut stopped: watch::Receiver<bool>) {
@@ -33,6 +44,7 @@ pub async fn serve(socket: TcpListener, gateway: Arc<Gateway>, mut stopped: watc
                 Ok((stream, _)) => stream,
                 Err(err) => {
                     tracing::warn!(error = %err, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     continue;
                 }
             },
@@ -41,7 +53,7 @@ pub async fn serve(socket: TcpListener, gateway: Arc<Gateway>, mut stopped: watc
         let gateway = gateway.clone();
         let service = service_fn(move |request| {
             let gateway = gateway.clone();
-            async move { Ok::<_, Infallible>(route(&gateway, &request)) }
+            async move { Ok::<_, Infallible>(route(&gateway, request).await) }
         });
         let connection = graceful.watch(
             builder
@@ -71,21 +83,43 @@ fn reply(
     response
 }
 
+fn reply_json(status: StatusCode, value: &serde_json::Value) -> Response<ResponseBody> {
+    reply(status, JSON, format!("{value}\n"))
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response<ResponseBody> {
+    reply_json(status, &json!({ "error": message.into() }))
+}
+
 const TEXT: &str = "text/plain; charset=utf-8";
 const JSON: &str = "application/json";
+const HTML: &str = "text/html; charset=utf-8";
 
-fn route(gateway: &Gateway, request: &Request<Incoming>) -> Response<ResponseBody> {
+async fn route(gateway: &Arc<Gateway>, request: Request<Incoming>) -> Response<ResponseBody> {
+    if let Some(refusal) = refuse(gateway, &request) {
+        return refusal;
+    }
     let path = request.uri().path();
     if request.method() == Method::POST {
-        return match endpoint_action(path) {
-            Some((upstream, endpoint, drain)) => drain_endpoint(gateway, upstream, endpoint, drain),
-            None => reply(StatusCode::NOT_FOUND, TEXT, "not found\n"),
-        };
+        if path == "/reload" {
+            return reload(gateway).await;
+        }
+        if let Some((upstream, endpoint, drain)) = endpoint_action(path) {
+            return drain_endpoint(gateway, upstream, endpoint, drain);
+        }
+        if let Some(route) = path
+            .strip_prefix("/routes/")
+            .and_then(|rest| rest.strip_suffix("/maintenance"))
+        {
+            return maintenance(gateway, route, request.uri().query());
+        }
+        return error(StatusCode::NOT_FOUND, format!("no admin action at {path}"));
     }
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n");
     }
     match path {
+        "/" => reply(StatusCode::OK, HTML, STATUS_PAGE),
         "/healthz" => reply(StatusCode::OK, TEXT, "ok\n"),
         "/readyz" if gateway.ready.load(Ordering::Acquire) => {
             reply(StatusCode::OK, TEXT, "ready\n")
@@ -99,13 +133,146 @@ fn route(gateway: &Gateway, request: &Request<Incoming>) -> Response<ResponseBod
                 gateway.observer.metrics.encode(),
             )
         }
-        "/status.json" => reply(StatusCode::OK, JSON, status(gateway).to_string()),
+        "/status.json" => reply_json(StatusCode::OK, &status::admin(gateway)),
         _ => reply(
             StatusCode::NOT_FOUND,
             TEXT,
-            "not found: try /healthz, /readyz, /metrics or /status.json\n",
+            "not found: try /, /healthz, /readyz, /metrics or /status.json\n",
         ),
     }
+}
+
+/// Checks the token and the origin of a request: the refusal to answer with, if any.
+fn refuse(gateway: &Gateway, request: &Request<Incoming>) -> Option<Response<ResponseBody>> {
+    let snapshot = gateway.current();
+    let admin = &snapshot.config.admin;
+    let write = request.method() == Method::POST;
+    if write && crossed_site(request) {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "admin actions from a web page of another site are refused",
+        ));
+    }
+    let token = admin.token.as_deref()?;
+    if !write && admin.listen.ip().is_loopback() {
+        return None;
+    }
+    let presented = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| presented_token(value, !write));
+    if presented.is_some_and(|p| same_secret(p.as_bytes(), token.as_bytes())) {
+        return None;
+    }
+    let mut refusal = error(
+        StatusCode::UNAUTHORIZED,
+        "this admin request needs the admin token: Authorization: Bearer TOKEN",
+    );
+    refusal.headers_mut().insert(
+        WWW_AUTHENTICATE,
+        HeaderValue::from_static(if write {
+            "Bearer realm=\"baton admin\""
+        } else {
+            "Basic realm=\"baton admin\", charset=\"UTF-8\""
+        }),
+    );
+    Some(refusal)
+}
+
+/// The token in an `Authorization` value: Bearer, or (when `basic` is allowed) the password
+/// of Basic authentication.
+fn presented_token(value: &str, basic: bool) -> Option<String> {
+    let (scheme, credentials) = value.trim().split_once(' ')?;
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Some(credentials.trim().to_owned());
+    }
+    if basic && scheme.eq_ignore_ascii_case("basic") {
+        let decoded = decode_base64(credentials.trim())?;
+        let text = String::from_utf8(decoded).ok()?;
+        let (_, password) = text.split_once(':')?;
+        return Some(password.to_owned());
+    }
+    None
+}
+
+/// Compares two secrets in time that depends only on their lengths.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Standard base64 (RFC 4648 §4), with or without padding.
+fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() / 4 * 3);
+    let mut buffer = 0u32;
+    let mut bits = 0;
+    for byte in text.trim_end_matches('=').bytes() {
+        let value = match byte {
+            b'A'..=b'Z' => byte - b'A',
+            b'a'..=b'z' => byte - b'a' + 26,
+            b'0'..=b'9' => byte - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        buffer = (buffer << 6) | u32::from(value);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buffer >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
+/// A browser's request from a page of another site: its `Origin` names another host.
+fn crossed_site(request: &Request<Incoming>) -> bool {
+    let Some(origin) = request.headers().get(ORIGIN) else {
+        return false;
+    };
+    let host = request.headers().get(HOST).and_then(|h| h.to_str().ok());
+    let origin_host = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, host)| host);
+    origin_host.is_none() || origin_host != host
+}
+
+async fn reload(gateway: &Arc<Gateway>) -> Response<ResponseBody> {
+    match gateway.reload().await {
+        Ok(changes) => reply_json(
+            StatusCode::OK,
+            &json!({ "result": "ok", "changes": changes }),
+        ),
+        Err(errors) => reply_json(
+            StatusCode::BAD_REQUEST,
+            &json!({ "result": "refused", "errors": errors }),
+        ),
+    }
+}
+
+/// `POST /routes/{name}/maintenance?on=true|false`.
+fn maintenance(gateway: &Gateway, route: &str, query: Option<&str>) -> Response<ResponseBody> {
+    let on = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix("on="));
+    let on = match on {
+        Some("true") => true,
+        Some("false") => false,
+        _ => return error(StatusCode::BAD_REQUEST, "say ?on=true or ?on=false"),
+    };
+    let snapshot = gateway.current();
+    let Some(index) = snapshot.config.routes.iter().position(|r| r.name == route) else {
+        return error(StatusCode::NOT_FOUND, format!("no route {route}"));
+    };
+    snapshot.routes[index].set_maintenance(on);
+    tracing::info!(%route, on, "maintenance changed by the admin API");
+    reply_json(
+        StatusCode::OK,
+        &json!({ "route": route, "maintenance": on }),
+    )
 }
 
 /// `/upstreams/{name}/endpoints/{addr}/drain` or `.../undrain`: (name, addr, drain).
@@ -128,34 +295,31 @@ fn drain_endpoint(
     endpoint: &str,
     drain: bool,
 ) -> Response<ResponseBody> {
-    let found = gateway
-        .upstreams
-        .iter()
-        .find(|u| &*u.name == upstream)
-        .and_then(|u| u.find(endpoint));
+    let snapshot = gateway.current();
+    let found = snapshot.upstream(upstream).and_then(|u| u.find(endpoint));
     let Some(found) = found else {
-        let error = format!("no endpoint {endpoint} in upstream {upstream}");
-        return reply(
+        return error(
             StatusCode::NOT_FOUND,
-            JSON,
-            json!({ "error": error }).to_string(),
+            format!("no endpoint {endpoint} in upstream {upstream}"),
         );
     };
     found.set_draining(drain);
     tracing::info!(%upstream, %endpoint, drain, "endpoint drain changed by the admin API");
-    let state = json!({
-        "upstream": upstream,
-        "endpoint": endpoint,
-        "state": found.state(now_ms()).as_str(),
-        "inflight": found.inflight.load(Ordering::Relaxed),
-    });
-    reply(StatusCode::OK, JSON, state.to_string())
+    reply_json(
+        StatusCode::OK,
+        &json!({
+            "upstream": upstream,
+            "endpoint": endpoint,
+            "state": found.state(now_ms()).as_str(),
+            "inflight": found.inflight.load(Ordering::Relaxed),
+        }),
+    )
 }
 
 fn refresh_endpoint_gauges(gateway: &Gateway) {
     let metrics = &gateway.observer.metrics;
     let now = now_ms();
-    for upstream in &gateway.upstreams {
+    for upstream in &gateway.current().upstreams {
         for endpoint in &upstream.members().endpoints {
             let labels = EndpointLabels {
                 upstream: upstream.name.clone(),
@@ -174,86 +338,25 @@ fn refresh_endpoint_gauges(gateway: &Gateway) {
     }
 }
 
-fn host_pattern(host: &HostPattern) -> String {
-    match host {
-        HostPattern::Any => "*".to_owned(),
-        HostPattern::Suffix(suffix) => format!("*{suffix}"),
-        HostPattern::Exact(name) => name.clone(),
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The data of `/status.json`.
-pub fn status(gateway: &Gateway) -> serde_json::Value {
-    let config = &gateway.config;
-    let now = now_ms();
-    let routes: Vec<_> = config
-        .routes
-        .iter()
-        .zip(&gateway.route_stats)
-        .map(|(route, stats)| {
-            json!({
-                "name": route.name,
-                "host": host_pattern(&route.host),
-                "path_prefix": route.path_prefix,
-                "upstream": &*gateway.upstreams[route.upstream].name,
-                "maintenance": route.maintenance,
-                "requests": stats.requests.load(Ordering::Relaxed),
-                "errors": stats.errors.load(Ordering::Relaxed),
-            })
-        })
-        .collect();
-    let upstreams: Vec<_> = gateway
-        .upstreams
-        .iter()
-        .map(|upstream| {
-            let endpoints: Vec<_> = upstream
-                .members()
-                .endpoints
-                .iter()
-                .map(|endpoint| {
-                    let ejection = endpoint.ejection(now).map(|e| {
-                        json!({
-                            "until": humantime::format_rfc3339_seconds(SystemTime::now() + e.remaining).to_string(),
-                            "remaining_seconds": e.remaining.as_secs_f64(),
-                            "cause": e.cause.code(),
-                            "times": e.times,
-                        })
-                    });
-                    let (checks_passed, checks_failed) = endpoint.checks();
-                    json!({
-                        "addr": &*endpoint.label,
-                        "host": endpoint.host.as_deref(),
-                        "checks_passed": checks_passed,
-                        "checks_failed": checks_failed,
-                        "weight": endpoint.weight,
-                        "state": endpoint.state(now).as_str(),
-                        "ejection": ejection,
-                        "inflight": endpoint.inflight.load(Ordering::Relaxed),
-                        "attempts_ok": endpoint.ok.load(Ordering::Relaxed),
-                        "attempts_failed": endpoint.failed.load(Ordering::Relaxed),
-                        "idle_connections": endpoint.pool.idle_count(),
-                    })
-                })
-                .collect();
-            json!({
-                "name": &*upstream.name,
-                "balance": upstream.balance(),
-                "unresolved_names": upstream.members().unresolved,
-                "endpoints": endpoints,
-            })
-        })
-        .collect();
-    let listeners: Vec<_> = config
-        .listeners
-        .iter()
-        .map(|l| json!({ "name": l.name, "listen": l.listen.to_string() }))
-        .collect();
-    json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "ready": gateway.ready.load(Ordering::Acquire),
-        "access_log_dropped": gateway.observer.access_log.dropped(),
-        "listeners": listeners,
-        "routes": routes,
-        "upstreams": upstreams,
-    })
+    #[test]
+    fn tokens_are_read_from_bearer_and_basic() {
+        assert_eq!(
+            presented_token("Bearer s3cret", false).as_deref(),
+            Some("s3cret")
+        );
+        // "admin:s3cret"
+        assert_eq!(
+            presented_token("Basic YWRtaW46czNjcmV0", true).as_deref(),
+            Some("s3cret")
+        );
+        assert_eq!(presented_token("Basic YWRtaW46czNjcmV0", false), None);
+        assert_eq!(presented_token("Basic !!!", true), None);
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"abc", b"abcd"));
+    }
 }

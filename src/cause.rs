@@ -99,6 +99,11 @@ impl Cause {
     ];
 
     /// The cause code, as in `Baton-Error` and the access log.
+    /// The cause's place in [`Cause::ALL`], for tables indexed by cause.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn code(self) -> &'static str {
         match self {
             Cause::UpstreamConnectRefused => "upstream-connect-refused",
@@ -483,6 +488,13 @@ impl fmt::Display for Cause {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn index_is_the_place_in_all() {
+        for (i, cause) in Cause::ALL.iter().enumerate() {
+            assert_eq!(cause.index(), i, "{cause:?}");
+        }
+    }
 
     /// The table of SPEC §4, row by row.
     #[test]

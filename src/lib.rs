@@ -46,6 +46,7 @@ pub mod proxy;
 pub mod respond;
 pub mod retry;
 pub mod route;
+pub mod status;
 pub mod upstream;
 
 pub use gateway::{start, Running};

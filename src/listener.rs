@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -18,7 +19,7 @@ use crate::config::Listener;
 use crate::forward;
 use crate::gate::{ConnState, Gate, InFlight, Limits, Refusal, Refuse, MAX_HEADERS};
 use crate::gateway::{stop_requested, Gateway, SHUTDOWN_GRACE};
-use crate::observe::metrics::ListenerLabel;
+use crate::observe::metrics::{ListenerLabel, Metrics};
 use crate::observe::Exchange;
 use crate::proxy;
 use crate::respond::{self, ErrorReply};
@@ -38,14 +39,26 @@ pub struct ClientConn {
     pub state: Arc<ConnState>,
 }
 
+/// A listener while it runs; a reload that keeps it swaps in its new settings.
 pub struct ListenerState {
-    pub index: usize,
+    pub name: String,
+    pub config: ArcSwap<Listener>,
     open: Gauge,
 }
 
 impl ListenerState {
-    pub fn config<'a>(&self, gateway: &'a Gateway) -> &'a Listener {
-        &gateway.config.listeners[self.index]
+    pub fn new(config: Listener, metrics: &Metrics) -> ListenerState {
+        let open = metrics
+            .connections_open
+            .get_or_create(&ListenerLabel {
+                listener: config.name.clone(),
+            })
+            .clone();
+        ListenerState {
+            name: config.name.clone(),
+            config: ArcSwap::from_pointee(config),
+            open,
+        }
     }
 }
 
@@ -66,34 +79,24 @@ fn connection_builder(config: &Listener) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Serves listener number `index` of the config until `stopped` turns true, then waits up
-/// to [`SHUTDOWN_GRACE`] for its connections to finish their requests.
+/// Serves a listener until `stopped` turns true (shutdown, or a reload removed it), then
+/// waits up to [`SHUTDOWN_GRACE`] for its connections to finish their requests. Each
+/// connection takes the listener's settings as they are when it is accepted.
 pub async fn serve(
     socket: TcpListener,
-    index: usize,
+    state: Arc<ListenerState>,
     gateway: Arc<Gateway>,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let config = &gateway.config.listeners[index];
-    let state = Arc::new(ListenerState {
-        index,
-        open: gateway
-            .observer
-            .metrics
-            .connections_open
-            .get_or_create(&ListenerLabel {
-                listener: config.name.clone(),
-            })
-            .clone(),
-    });
-    let builder = connection_builder(config);
     let graceful = GracefulShutdown::new();
+    let mut builder = connection_builder(&state.config.load());
+    let mut built_for = state.config.load_full();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = socket.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(err) => {
-                    tracing::warn!(listener = %config.name, error = %err, "accept failed");
+                    tracing::warn!(listener = %state.name, error = %err, "accept failed");
                     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                     continue;
                 }
@@ -101,6 +104,11 @@ pub async fn serve(
             () = stop_requested(&mut stopped) => break,
         };
         let _ = stream.set_nodelay(true);
+        let config = state.config.load_full();
+        if !Arc::ptr_eq(&config, &built_for) {
+            builder = connection_builder(&config);
+            built_for = config.clone();
+        }
         let conn = Arc::new(ClientConn {
             peer,
             listener: state.clone(),
@@ -142,7 +150,7 @@ pub async fn serve(
         .await
         .is_err()
     {
-        tracing::warn!(listener = %config.name, "connections still open after the shutdown grace period; closing them");
+        tracing::warn!(listener = %state.name, "connections still open after the shutdown grace period; closing them");
     }
 }
 
@@ -177,7 +185,7 @@ fn refuser(gateway: Arc<Gateway>, peer: SocketAddr) -> Refuse {
                 retry_after: None,
                 close: true,
             },
-            &gateway.config.error_pages,
+            &gateway.current().config.error_pages,
         );
         let bytes = respond::to_http1(&response);
         exchange.status = response.status().as_u16();

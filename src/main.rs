@@ -121,7 +121,7 @@ fn run(path: &Path) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        if let Err(err) = shutdown_signal().await {
+        if let Err(err) = serve_signals(&running.gateway).await {
             tracing::error!("cannot listen for signals: {err}");
             return ExitCode::FAILURE;
         }
@@ -132,15 +132,23 @@ fn run(path: &Path) -> ExitCode {
     })
 }
 
-async fn shutdown_signal() -> std::io::Result<()> {
+/// Reloads the config on SIGHUP; returns on SIGTERM or SIGINT.
+async fn serve_signals(gateway: &std::sync::Arc<baton::gateway::Gateway>) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
+    let mut hangup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => return Ok(()),
+            _ = interrupt.recv() => return Ok(()),
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP: reloading the config");
+                // The outcome is logged, counted and shown on the status page.
+                let _ = gateway.reload().await;
+            }
+        }
     }
-    Ok(())
 }
 
 fn explain(code: Option<&str>) -> ExitCode {

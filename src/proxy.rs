@@ -9,8 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{HeaderValue, ACCEPT, CONNECTION, CONTENT_LENGTH, EXPECT, HOST};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::header::{
+    HeaderValue, ACCEPT, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HOST,
+};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -20,7 +22,7 @@ use crate::cause::{is_idempotent, Cause, Delivery};
 use crate::config::Route;
 use crate::forward::{self, Peer};
 use crate::gate::InFlight;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, RouteState, Snapshot};
 use crate::idempotency::{Decision, Refused, StoredResponse};
 use crate::listener::ClientConn;
 use crate::observe::access_log::FailedAttempt;
@@ -29,9 +31,11 @@ use crate::observe::Exchange;
 use crate::respond::{self, ErrorReply, DEFAULT_RETRY_AFTER};
 use crate::retry::{backoff, may_retry};
 use crate::route;
+use crate::status;
 use crate::upstream::balance::StableHasher;
 use crate::upstream::endpoint::now_ms;
 use crate::upstream::pool::Lease;
+use crate::upstream::Upstream;
 
 /// Why baton answers a request itself.
 #[derive(Debug)]
@@ -77,6 +81,8 @@ pub enum Answer {
     Proxied(Proxied),
     /// The stored answer to an idempotency key.
     Replay(StoredResponse),
+    /// The public status page.
+    Page(Response<ResponseBody>),
 }
 
 /// Answers one client request. `in_flight` counts it on its connection until the exchange
@@ -101,7 +107,8 @@ pub async fn handle(
         request_id,
     );
     exchange.in_flight = Some(in_flight);
-    match handle_inner(&gateway, conn, request, &mut exchange).await {
+    let snapshot = gateway.current();
+    match handle_inner(&gateway, &snapshot, conn, request, &mut exchange).await {
         Ok(Answer::Proxied(proxied)) => {
             let (mut parts, body) = proxied.response.into_parts();
             // The client gets its own protocol version, whatever the upstream spoke.
@@ -120,6 +127,14 @@ pub async fn handle(
                 capture,
             );
             Response::from_parts(parts, body)
+        }
+        Ok(Answer::Page(response)) => {
+            exchange.status = response.status().as_u16();
+            let bytes_out = http_body::Body::size_hint(response.body())
+                .exact()
+                .unwrap_or(0);
+            exchange.finish(bytes_out, None);
+            response
         }
         Ok(Answer::Replay(stored)) => {
             let mut response = Response::new(ResponseBody::full(stored.body));
@@ -162,7 +177,7 @@ pub async fn handle(
                     retry_after,
                     close: error.close,
                 },
-                &gateway.config.error_pages,
+                &snapshot.config.error_pages,
             );
             exchange.status = response.status().as_u16();
             exchange.cause = Some(error.cause);
@@ -174,6 +189,25 @@ pub async fn handle(
             response
         }
     }
+}
+
+/// The public status page, as HTML or (when the client accepts it) JSON; never cached.
+fn status_page(snapshot: &Snapshot, request: &Request<Incoming>) -> Response<ResponseBody> {
+    let json = request
+        .headers()
+        .get(ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("application/json"));
+    let mut response = Response::new(ResponseBody::full(status::public(snapshot, json).into()));
+    let content_type = if json {
+        "application/json"
+    } else {
+        "text/html; charset=utf-8"
+    };
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 fn declared_length(request: &Request<Incoming>) -> Option<u64> {
@@ -191,13 +225,13 @@ fn declared_length(request: &Request<Incoming>) -> Option<u64> {
 const BATON_IDEMPOTENT_REPLAY: &str = "baton-idempotent-replay";
 
 fn count_key(gateway: &Gateway, exchange: &Exchange, result: &'static str) {
-    if let Some(route) = exchange.route {
+    if let Some(route) = &exchange.route {
         gateway
             .observer
             .metrics
             .idempotency
             .get_or_create(&RouteResult {
-                route: gateway.route_stats[route].label.clone(),
+                route: route.label.clone(),
                 result,
             })
             .inc();
@@ -206,25 +240,34 @@ fn count_key(gateway: &Gateway, exchange: &Exchange, result: &'static str) {
 
 async fn handle_inner(
     gateway: &Gateway,
+    snapshot: &Snapshot,
     conn: &ClientConn,
     mut request: Request<Incoming>,
     exchange: &mut Exchange,
 ) -> Result<Answer, ProxyError> {
     let host = request_host(&request)?;
     exchange.host = host.clone();
+    if let Some(page) = &snapshot.config.status_page {
+        let read = matches!(*request.method(), Method::GET | Method::HEAD);
+        if read && request.uri().path() == page.path {
+            return Ok(Answer::Page(status_page(snapshot, &request)));
+        }
+    }
     let host_name = host
         .as_ref()
         .and_then(|h| h.to_str().ok())
         .map(route::normalize_host)
         .unwrap_or_default();
     let Some((route_index, route)) =
-        route::select(&gateway.config.routes, &host_name, request.uri().path())
+        route::select(&snapshot.config.routes, &host_name, request.uri().path())
     else {
         return Err(answer_early(request, Cause::NoRoute.into()).await);
     };
-    exchange.route = Some(route_index);
-    exchange.upstream = Some(route.upstream);
-    if route.maintenance {
+    let route_state = &snapshot.routes[route_index];
+    let upstream = &snapshot.upstreams[route.upstream];
+    exchange.route = Some(route_state.clone());
+    exchange.upstream = Some(upstream.clone());
+    if route_state.maintenance(route.maintenance) {
         let error = ProxyError {
             retry_after: Some(route.maintenance_retry_after),
             ..ProxyError::from(Cause::Maintenance)
@@ -307,7 +350,7 @@ async fn handle_inner(
         body.hash_into(cell);
     }
 
-    let listener = conn.listener.config(gateway);
+    let listener = conn.listener.config.load();
     let peer = Peer {
         ip: conn.peer.ip(),
         trusted_proxies: &listener.trusted_proxies,
@@ -331,22 +374,19 @@ async fn handle_inner(
         .path_and_query()
         .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
     parts.version = Version::HTTP_11;
-    let upstream = &gateway.upstreams[route.upstream];
     let key = upstream
         .hash_key()
         .and_then(|key| key.of(&parts.headers, parts.uri.path(), conn.peer.ip()));
     let request = Request::from_parts(parts, body);
 
-    gateway.route_stats[route_index]
-        .retry_budget
-        .record_request();
+    route_state.retry_budget.record_request();
     let success = try_endpoints(
         gateway,
-        route_index,
+        upstream,
+        route_state,
         route,
         request,
         key,
-        deadline,
         exchange,
     )
     .await?;
@@ -469,17 +509,16 @@ impl Resend {
 /// every try failed, is the last one's cause with the strongest delivery seen.
 async fn try_endpoints(
     gateway: &Gateway,
-    route_index: usize,
+    upstream: &Upstream,
+    stats: &RouteState,
     route: &Route,
     request: Request<RequestBody>,
     key: Option<u64>,
-    deadline: Option<Instant>,
     exchange: &mut Exchange,
 ) -> Result<Success, ProxyError> {
-    let upstream = &gateway.upstreams[route.upstream];
+    let deadline = route.timeouts.total.map(|total| exchange.started + total);
     let members = upstream.members();
     let metrics = &gateway.observer.metrics;
-    let stats = &gateway.route_stats[route_index];
     let policy = &route.retry;
     let method = request.method().clone();
     let resend = (policy.attempts > 1 && (policy.non_idempotent || is_idempotent(&method)))
@@ -538,9 +577,11 @@ async fn try_endpoints(
             .inc();
         let failure = match result {
             Ok(success) => {
+                let (latency, now) = (sent_at.elapsed(), now_ms());
                 endpoint.ok.fetch_add(1, Ordering::Relaxed);
                 endpoint.record_success();
-                endpoint.observe_latency(sent_at.elapsed(), now_ms());
+                endpoint.observe_latency(latency, now);
+                endpoint.recent.record(now, latency, None);
                 exchange.delivery = Delivery::Sent;
                 exchange.connect = success.connect;
                 exchange.ttfb = Some(exchange.started.elapsed());
@@ -548,8 +589,12 @@ async fn try_endpoints(
             }
             Err(failure) => failure,
         };
+        let now = now_ms();
         endpoint.failed.fetch_add(1, Ordering::Relaxed);
-        endpoint.record_failure(failure.cause, now_ms());
+        endpoint.record_failure(failure.cause, now);
+        endpoint
+            .recent
+            .record(now, sent_at.elapsed(), Some(failure.cause));
         exchange.delivery = exchange.delivery.max(failure.delivery);
         if failure.connect.is_some() {
             exchange.connect = failure.connect;

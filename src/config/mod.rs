@@ -13,7 +13,8 @@ use std::path::Path;
 
 pub use runtime::{
     AccessLogTarget, Balance, Config, Dns, EndpointConfig, HashKey, HealthCheck, HostPattern,
-    Keepalive, Listener, NamedEndpoint, Outlier, Route, StoreConfig, Timeouts, UpstreamConfig,
+    Keepalive, Listener, NamedEndpoint, Outlier, Route, StatusPage, StoreConfig, Timeouts,
+    UpstreamConfig,
 };
 
 /// One problem in a config file, ready to print.
@@ -45,7 +46,9 @@ pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
         }]
     })?;
     let base_dir = path.parent().unwrap_or(Path::new("."));
-    parse(&text, &file, base_dir)
+    let mut config = parse(&text, &file, base_dir)?;
+    config.source = Some(path.to_owned());
+    Ok(config)
 }
 
 /// Parses and validates config text; `file` names it in errors, `base_dir` resolves paths.

@@ -28,7 +28,13 @@ pub struct RawConfig {
     pub routes: Vec<Spanned<RawRoute>>,
     pub upstreams: BTreeMap<Spanned<String>, RawUpstream>,
     pub error_pages: BTreeMap<Spanned<String>, Spanned<String>>,
-    pub status_page: Unsupported,
+    pub status_page: Option<Spanned<RawStatusPage>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStatusPage {
+    pub path: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -50,7 +56,7 @@ pub struct RawDns {
 #[serde(deny_unknown_fields, default)]
 pub struct RawAdmin {
     pub listen: Option<Spanned<String>>,
-    pub token: Unsupported,
+    pub token: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -13,6 +13,7 @@ use ipnet::IpNet;
 
 /// Defaults of SPEC §2, named so that the reference in the README and the code agree.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+pub const DEFAULT_STATUS_PAGE_PATH: &str = "/.baton/status";
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_HEADER_BYTES: u64 = 64 << 10;
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 16 << 20;
@@ -64,6 +65,9 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     /// Error page templates by status code ("502") or cause code, already read from disk.
     pub error_pages: HashMap<String, String>,
+    pub status_page: Option<StatusPage>,
+    /// The file the config was read from, read again on reload; `None` for config text.
+    pub source: Option<PathBuf>,
 }
 
 /// Where idempotency keys are kept (SPEC §2 `[store]`).
@@ -85,9 +89,18 @@ pub struct Dns {
     pub max_ttl: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admin {
     pub listen: SocketAddr,
+    /// The secret every admin POST must present (and every request, off loopback), as
+    /// `Authorization: Bearer TOKEN` or as the password of Basic authentication.
+    pub token: Option<String>,
+}
+
+/// The public, sanitized status page (SPEC §2 `[status_page]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusPage {
+    pub path: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,13 +110,13 @@ pub enum AccessLogTarget {
     File(PathBuf),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Log {
     pub access: AccessLogTarget,
     pub level: tracing::Level,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
     pub name: String,
     pub listen: SocketAddr,
@@ -177,7 +190,7 @@ pub struct Timeouts {
     pub total: Option<Duration>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamConfig {
     pub name: String,
     /// Endpoints given as IP addresses.
@@ -284,7 +297,7 @@ pub struct EndpointConfig {
     pub weight: u32,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Keepalive {
     pub idle: Duration,
     pub max_idle_per_endpoint: usize,

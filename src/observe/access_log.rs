@@ -3,7 +3,7 @@
 
 use std::io::Write;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -55,50 +55,82 @@ pub struct FailedAttempt {
 /// Where access records go: a bounded channel to one writer thread. An empty line tells
 /// the writer to flush and stop.
 pub struct AccessLog {
-    sender: Option<mpsc::SyncSender<String>>,
+    sender: mpsc::SyncSender<Message>,
+    /// False while the target is `off`: records are not even formatted.
+    enabled: AtomicBool,
     dropped: AtomicU64,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
+/// What the writer thread is asked to do.
+enum Message {
+    Line(String),
+    /// Write to this from now on (a reload, or a log file rotated away).
+    Switch(Option<Box<dyn Write + Send>>),
+    /// Flush everything and stop.
+    Close,
+}
+
+/// Opens what records are written to; `None` for `off`.
+fn open_target(target: &AccessLogTarget) -> std::io::Result<Option<Box<dyn Write + Send>>> {
+    Ok(match target {
+        AccessLogTarget::Off => None,
+        AccessLogTarget::Stdout => Some(Box::new(std::io::stdout())),
+        AccessLogTarget::File(path) => Some(Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|err| {
+                    std::io::Error::new(
+                        err.kind(),
+                        format!("cannot open the access log {}: {err}", path.display()),
+                    )
+                })?,
+        )),
+    })
+}
+
 impl AccessLog {
-    /// Opens the target; a file is appended to.
     pub fn open(target: &AccessLogTarget) -> std::io::Result<AccessLog> {
-        let out: Box<dyn Write + Send> = match target {
-            AccessLogTarget::Off => {
-                return Ok(AccessLog {
-                    sender: None,
-                    dropped: AtomicU64::new(0),
-                    writer: Mutex::new(None),
-                })
-            }
-            AccessLogTarget::Stdout => Box::new(std::io::stdout()),
-            AccessLogTarget::File(path) => Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)?,
-            ),
-        };
-        let (sender, receiver) = mpsc::sync_channel::<String>(QUEUE_LINES);
+        let out = open_target(target)?;
+        let enabled = AtomicBool::new(out.is_some());
+        let (sender, receiver) = mpsc::sync_channel::<Message>(QUEUE_LINES);
         let writer = std::thread::Builder::new()
             .name("baton-access-log".into())
             .spawn(move || write_lines(out, receiver))?;
         Ok(AccessLog {
-            sender: Some(sender),
+            sender,
+            enabled,
             dropped: AtomicU64::new(0),
             writer: Mutex::new(Some(writer)),
         })
     }
 
-    pub fn enabled(&self) -> bool {
-        self.sender.is_some()
+    /// Writes to `target` from now on: a file is opened anew, so a reload also picks up a
+    /// log that was rotated away. Records already queued go to the old target.
+    pub fn reopen(&self, target: &AccessLogTarget) -> std::io::Result<()> {
+        let out = open_target(target)?;
+        let enabled = out.is_some();
+        // Blocks while the queue is full: the switch must not be dropped.
+        let _ = self.sender.send(Message::Switch(out));
+        self.enabled.store(enabled, Ordering::Relaxed);
+        Ok(())
     }
 
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    /// Queues one record; when the writer is too far behind, counts it as dropped instead
+    /// of making the request wait.
     pub fn write(&self, record: &AccessRecord) {
-        let Some(sender) = &self.sender else { return };
+        if !self.enabled() {
+            return;
+        }
         if let Ok(mut line) = serde_json::to_string(record) {
             line.push('\n');
-            if let Err(mpsc::TrySendError::Full(_)) = sender.try_send(line) {
+            if let Err(mpsc::TrySendError::Full(_)) = self.sender.try_send(Message::Line(line)) {
                 let dropped = self.dropped.fetch_add(1, Ordering::Relaxed);
                 if dropped.is_multiple_of(DROP_WARNING_EVERY) {
                     tracing::warn!(
@@ -110,38 +142,51 @@ impl AccessLog {
         }
     }
 
-    /// Records dropped because the writer fell behind.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
 
     /// Flushes every record logged so far and stops the writer.
     pub fn close(&self) {
-        if let Some(sender) = &self.sender {
-            // Blocks until the writer has room: everything before it gets written.
-            let _ = sender.send(String::new());
-        }
+        // Blocks until the writer has room: everything before it gets written.
+        let _ = self.sender.send(Message::Close);
         if let Some(writer) = self.writer.lock().ok().and_then(|mut w| w.take()) {
             let _ = writer.join();
         }
     }
 }
 
-fn write_lines(out: Box<dyn Write + Send>, receiver: mpsc::Receiver<String>) {
-    let mut out = std::io::BufWriter::new(out);
+fn write_lines(out: Option<Box<dyn Write + Send>>, receiver: mpsc::Receiver<Message>) {
+    let mut out = out.map(std::io::BufWriter::new);
     let mut closing = false;
     while !closing {
-        let Ok(line) = receiver.recv() else { break };
-        closing = line.is_empty();
-        let mut result = out.write_all(line.as_bytes());
+        let Ok(first) = receiver.recv() else { break };
+        let mut result = Ok(());
         // Batch whatever else is already queued, then flush once.
-        while let Ok(line) = receiver.try_recv() {
-            closing |= line.is_empty();
-            result = result.and_then(|()| out.write_all(line.as_bytes()));
+        for message in std::iter::once(first).chain(std::iter::from_fn(|| receiver.try_recv().ok()))
+        {
+            match message {
+                Message::Line(line) => {
+                    if let Some(out) = &mut out {
+                        result = result.and_then(|()| out.write_all(line.as_bytes()));
+                    }
+                }
+                Message::Switch(next) => {
+                    if let Some(out) = &mut out {
+                        result = result.and_then(|()| out.flush());
+                    }
+                    out = next.map(std::io::BufWriter::new);
+                }
+                Message::Close => {
+                    closing = true;
+                    break;
+                }
+            }
         }
-        if result.and_then(|()| out.flush()).is_err() {
-            tracing::warn!("cannot write the access log; records are being dropped");
+        if let Some(out) = &mut out {
+            if result.and_then(|()| out.flush()).is_err() {
+                tracing::warn!("cannot write the access log; records are being dropped");
+            }
         }
     }
-    let _ = out.flush();
 }

@@ -47,6 +47,11 @@ pub struct EndpointLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabel {
     pub listener: String,
 }
@@ -80,6 +85,7 @@ pub struct Metrics {
     pub endpoint_up: Family<EndpointLabels, Gauge>,
     /// Exchanges in progress per endpoint; set when metrics are read.
     pub endpoint_inflight: Family<EndpointLabels, Gauge>,
+    pub reloads: Family<ResultLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -141,8 +147,15 @@ impl Default for Metrics {
             "Exchanges in progress with the endpoint",
             endpoint_inflight.clone(),
         );
+        let reloads = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Config reloads, by result (success or failure)",
+            reloads.clone(),
+        );
         Metrics {
             registry,
+            reloads,
             endpoint_up,
             endpoint_inflight,
             no_route: Arc::from(""),

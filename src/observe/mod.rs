@@ -3,10 +3,12 @@
 
 pub mod access_log;
 pub mod metrics;
+pub mod window;
 
+use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderValue, Method, Uri};
@@ -14,14 +16,60 @@ use tokio::time::Instant;
 
 use crate::cause::{Cause, Delivery};
 use crate::gate::InFlight;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, RouteState};
 use crate::idempotency::Claim;
+use crate::upstream::endpoint::now_ms;
+use crate::upstream::Upstream;
 use access_log::{AccessLog, AccessRecord, FailedAttempt};
 use metrics::{ErrorLabels, Metrics, RouteCode, RouteLabel};
 
 pub struct Observer {
     pub metrics: Metrics,
     pub access_log: AccessLog,
+    /// The last [`RECENT_ERRORS`] responses baton generated, oldest first.
+    recent_errors: Mutex<VecDeque<RecentError>>,
+}
+
+/// How many generated errors the status page lists.
+pub const RECENT_ERRORS: usize = 50;
+
+/// A response baton generated, as the status page lists it.
+#[derive(Debug, Clone)]
+pub struct RecentError {
+    pub at: SystemTime,
+    pub request_id: String,
+    pub route: Option<Arc<str>>,
+    pub upstream: Option<Arc<str>>,
+    pub endpoint: Option<Arc<str>>,
+    pub status: u16,
+    pub cause: Cause,
+}
+
+impl Observer {
+    pub fn new(metrics: Metrics, access_log: AccessLog) -> Observer {
+        Observer {
+            metrics,
+            access_log,
+            recent_errors: Mutex::new(VecDeque::with_capacity(RECENT_ERRORS)),
+        }
+    }
+
+    /// The last generated errors, oldest first.
+    pub fn recent_errors(&self) -> Vec<RecentError> {
+        self.recent_errors
+            .lock()
+            .map(|errors| errors.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn push_error(&self, error: RecentError) {
+        if let Ok(mut errors) = self.recent_errors.lock() {
+            if errors.len() == RECENT_ERRORS {
+                errors.pop_front();
+            }
+            errors.push_back(error);
+        }
+    }
 }
 
 /// One request from head to the end of its response: what the access-log line and the
@@ -36,8 +84,8 @@ pub struct Exchange {
     uri: Uri,
     /// The host the client asked for, as it sent it.
     pub host: Option<HeaderValue>,
-    pub route: Option<usize>,
-    pub upstream: Option<usize>,
+    pub route: Option<Arc<RouteState>>,
+    pub upstream: Option<Arc<Upstream>>,
     /// The endpoint of the last attempt.
     pub endpoint: Option<Arc<str>>,
     pub attempts: u32,
@@ -99,10 +147,13 @@ impl Exchange {
         let gateway = &*self.gateway;
         let metrics = &gateway.observer.metrics;
         let cause = abort.or(self.cause);
-        let route_stats = self.route.map(|i| &gateway.route_stats[i]);
+        let route_stats = self.route.as_deref();
         let route_label = route_stats.map_or(&metrics.no_route, |r| &r.label);
-        let upstream = self.upstream.map(|i| &gateway.upstreams[i]);
+        let upstream = self.upstream.as_deref();
         let duration = self.started.elapsed();
+        if let Some(stats) = route_stats {
+            stats.recent.record(now_ms(), duration, cause);
+        }
 
         metrics
             .requests
@@ -132,6 +183,15 @@ impl Exchange {
             if let Some(stats) = route_stats {
                 stats.errors.fetch_add(1, Ordering::Relaxed);
             }
+            gateway.observer.push_error(RecentError {
+                at: self.started_at,
+                request_id: String::from_utf8_lossy(self.request_id.as_bytes()).into_owned(),
+                route: route_stats.map(|r| r.label.clone()),
+                upstream: upstream.map(|u| u.name.clone()),
+                endpoint: self.endpoint.clone(),
+                status: self.status,
+                cause,
+            });
         }
 
         let log = &gateway.observer.access_log;

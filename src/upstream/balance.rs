@@ -122,7 +122,7 @@ impl Pick<'_> {
         let better = |a: usize, b: usize| {
             let weighed = |i: usize| {
                 let e = &self.endpoints[i];
-                cost(e) / (f64::from(e.weight) * self.ramp(i))
+                cost(e) / (f64::from(e.weight()) * self.ramp(i))
             };
             if weighed(b) < weighed(a) {
                 b
@@ -195,7 +195,7 @@ fn gcd(a: u64, b: u64) -> u64 {
 
 impl RoundRobin {
     fn new(endpoints: &[Arc<Endpoint>]) -> RoundRobin {
-        let mut weights: Vec<u64> = endpoints.iter().map(|e| u64::from(e.weight)).collect();
+        let mut weights: Vec<u64> = endpoints.iter().map(|e| u64::from(e.weight())).collect();
         let common = weights.iter().copied().fold(0, gcd).max(1);
         weights.iter_mut().for_each(|w| *w /= common);
         let total: u64 = weights.iter().sum();
@@ -255,7 +255,7 @@ impl Ring {
     fn new(endpoints: &[Arc<Endpoint>]) -> Ring {
         let mut points = Vec::new();
         for (i, endpoint) in endpoints.iter().enumerate() {
-            for v in 0..POINTS_PER_WEIGHT * endpoint.weight {
+            for v in 0..POINTS_PER_WEIGHT * endpoint.weight() {
                 let point = stable_hash(format!("{}#{v}", endpoint.label).as_bytes());
                 points.push((point, i as u32));
             }

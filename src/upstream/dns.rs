@@ -13,13 +13,12 @@ use std::time::Duration;
 use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::TokioResolver;
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::endpoint::{now_ms, Endpoint};
 use super::{health, Upstream};
-use crate::config::{Dns, EndpointConfig, HealthCheck, NamedEndpoint, UpstreamConfig};
-use crate::gateway::{stop_requested, Gateway};
+use crate::config::{Dns, EndpointConfig, NamedEndpoint, UpstreamConfig};
+use crate::gateway::stop_requested;
 
 /// How long one query may take, and how often it is tried, before a lookup fails.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -72,15 +71,28 @@ pub struct Names {
 }
 
 impl Names {
-    pub fn new(config: &UpstreamConfig) -> Names {
+    /// The names of `config`, with the addresses `upstream` already has for them (taken
+    /// over from before a reload) as their last good ones; all are looked up at once.
+    pub fn new(config: &UpstreamConfig, upstream: &Upstream) -> Names {
+        let members = upstream.members();
         Names {
             names: config
                 .names
                 .iter()
-                .map(|endpoint| Name {
-                    endpoint: endpoint.clone(),
-                    addresses: None,
-                    next: Instant::now(),
+                .map(|endpoint| {
+                    let mut known: Vec<IpAddr> = members
+                        .endpoints
+                        .iter()
+                        .filter(|e| e.host.as_deref() == Some(endpoint.host.as_str()))
+                        .map(|e| e.addr.ip())
+                        .collect();
+                    known.sort_unstable();
+                    known.dedup();
+                    Name {
+                        endpoint: endpoint.clone(),
+                        addresses: (!known.is_empty()).then_some(known),
+                        next: Instant::now(),
+                    }
                 })
                 .collect(),
         }
@@ -203,46 +215,40 @@ fn apply(
     joined
 }
 
-/// Resolves the names of upstream `index` once, before baton serves.
-pub async fn start(gateway: &Gateway, index: usize, resolver: &TokioResolver, names: &mut Names) {
-    let config = &gateway.config.upstreams[index];
-    names.refresh(resolver, &gateway.config.dns).await;
-    apply(&gateway.upstreams[index], config, names, false);
+/// Resolves the names of an upstream once, before it serves.
+pub async fn start(
+    upstream: &Upstream,
+    config: &UpstreamConfig,
+    dns: &Dns,
+    resolver: &TokioResolver,
+    names: &mut Names,
+) {
+    names.refresh(resolver, dns).await;
+    apply(upstream, config, names, false);
 }
 
-/// Keeps the names of upstream `index` resolved until shutdown.
+/// Keeps the names of an upstream resolved until it is retired.
 pub async fn run(
-    gateway: Arc<Gateway>,
-    index: usize,
+    upstream: Arc<Upstream>,
+    config: UpstreamConfig,
+    dns: Dns,
     resolver: Arc<TokioResolver>,
     mut names: Names,
-    mut stopped: watch::Receiver<bool>,
 ) {
-    let config = &gateway.config.upstreams[index];
-    let upstream = &gateway.upstreams[index];
+    let mut retired = upstream.retired();
     loop {
-        let next = names
-            .next()
-            .unwrap_or_else(|| Instant::now() + gateway.config.dns.max_ttl);
+        let next = names.next().unwrap_or_else(|| Instant::now() + dns.max_ttl);
         tokio::select! {
             () = tokio::time::sleep_until(next) => {}
-            () = stop_requested(&mut stopped) => return,
+            () = stop_requested(&mut retired) => return,
         }
-        if names.refresh(&resolver, &gateway.config.dns).await {
-            let joined = apply(upstream, config, &names, true);
+        if names.refresh(&resolver, &dns).await {
+            let joined = apply(&upstream, &config, &names, true);
             if let Some(check) = &config.health {
-                start_checks(&joined, check, &stopped);
+                for endpoint in joined {
+                    tokio::spawn(health::run(endpoint, check.clone(), upstream.retired()));
+                }
             }
         }
-    }
-}
-
-fn start_checks(endpoints: &[Arc<Endpoint>], check: &HealthCheck, stopped: &watch::Receiver<bool>) {
-    for endpoint in endpoints {
-        tokio::spawn(health::run(
-            endpoint.clone(),
-            check.clone(),
-            stopped.clone(),
-        ));
     }
 }

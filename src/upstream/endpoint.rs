@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use super::pool::Pool;
 use crate::cause::Cause;
 use crate::config::{EndpointConfig, Keepalive, Outlier};
+use crate::observe::window::Window;
 
 /// Milliseconds on baton's monotonic clock (tokio's, so tests may pause it), from 1.
 pub fn now_ms() -> u64 {
@@ -109,7 +110,8 @@ pub struct Endpoint {
     /// preserve the client's.
     pub label: Arc<str>,
     pub host_header: HeaderValue,
-    pub weight: u32,
+    /// Changed by a reload; the balancer reads it when it is built.
+    weight: AtomicU32,
     pub pool: Pool,
     /// Exchanges in progress, from the first byte sent until the response body ended.
     pub inflight: AtomicU64,
@@ -117,6 +119,8 @@ pub struct Endpoint {
     pub ok: AtomicU64,
     /// Attempts that failed, by any cause.
     pub failed: AtomicU64,
+    /// Attempts of the last minute, for the status page.
+    pub recent: Window,
     outlier: Arc<OutlierPolicy>,
     draining: AtomicBool,
     unhealthy: AtomicBool,
@@ -163,11 +167,12 @@ impl Endpoint {
             host_header: HeaderValue::from_str(&label)
                 .unwrap_or(HeaderValue::from_static("localhost")),
             label: Arc::from(label),
-            weight: config.weight,
+            weight: AtomicU32::new(config.weight),
             pool: Pool::new(keepalive),
             inflight: AtomicU64::new(0),
             ok: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            recent: Window::default(),
             outlier,
             draining: AtomicBool::new(false),
             unhealthy: AtomicBool::new(false),
@@ -183,6 +188,14 @@ impl Endpoint {
             checks_failed: AtomicU32::new(0),
             retired: AtomicBool::new(false),
         }
+    }
+
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    pub fn set_weight(&self, weight: u32) {
+        self.weight.store(weight, Ordering::Relaxed);
     }
 
     /// The endpoint left its upstream: its health checks stop, and an ejection it was
@@ -374,7 +387,7 @@ impl Endpoint {
             .saturating_mul(times)
             .min(config.max_ejection);
         let until = now + millis(length).max(1);
-        let index = Cause::ALL.iter().position(|c| *c == cause).unwrap_or(0);
+        let index = cause.index();
         self.ejection_cause
             .store(u8::try_from(index).unwrap_or(0), Ordering::Relaxed);
         self.last_ejection_until.store(until, Ordering::Relaxed);

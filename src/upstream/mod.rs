@@ -6,10 +6,12 @@ pub mod endpoint;
 pub mod health;
 pub mod pool;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use tokio::sync::watch;
 
 use crate::config::{Balance, EndpointConfig, HashKey, Keepalive, UpstreamConfig};
 use balance::{Balancer, Pick};
@@ -22,6 +24,9 @@ use endpoint::{now_ms, OutlierPolicy};
 pub struct Upstream {
     pub name: Arc<str>,
     members: ArcSwap<Members>,
+    /// Turns true when the upstream leaves the config (reload) or baton stops: its health
+    /// checks and DNS lookups end.
+    retired: watch::Sender<bool>,
     balance: Balance,
     slow_start: Duration,
     keepalive: Keepalive,
@@ -39,25 +44,88 @@ pub struct Members {
 
 impl Upstream {
     pub fn new(config: &UpstreamConfig) -> Upstream {
-        let outlier = Arc::new(OutlierPolicy::new(config.outlier, config.endpoints.len()));
-        let endpoints = config
-            .endpoints
-            .iter()
-            .map(|e| Arc::new(Endpoint::new(e, config.keepalive, outlier.clone())))
-            .collect::<Vec<_>>();
+        Upstream::after(config, None)
+    }
+
+    /// The upstream `config` describes, taking over the endpoints of `old` (the upstream of
+    /// that name before a reload) that it still has, with their health: the same address
+    /// and, for an endpoint found by DNS, the same host name. Endpoints start afresh when
+    /// the outlier or keep-alive settings changed.
+    pub fn after(config: &UpstreamConfig, old: Option<(&Upstream, &UpstreamConfig)>) -> Upstream {
+        let old = old.filter(|(_, old_config)| {
+            old_config.outlier == config.outlier && old_config.keepalive == config.keepalive
+        });
+        let outlier = match old {
+            Some((old, _)) => old.outlier.clone(),
+            None => Arc::new(OutlierPolicy::new(config.outlier, config.endpoints.len())),
+        };
+        let previous = old.map(|(old, _)| old.members());
+        let kept = |addr: SocketAddr, host: Option<&str>| {
+            previous
+                .as_ref()
+                .and_then(|p| {
+                    p.endpoints
+                        .iter()
+                        .find(|e| e.addr == addr && e.host.as_deref() == host)
+                })
+                .cloned()
+        };
+        let mut endpoints = Vec::new();
+        for endpoint in &config.endpoints {
+            match kept(endpoint.addr, None) {
+                Some(existing) => {
+                    existing.set_weight(endpoint.weight);
+                    endpoints.push(existing);
+                }
+                None => endpoints.push(Arc::new(Endpoint::new(
+                    endpoint,
+                    config.keepalive,
+                    outlier.clone(),
+                ))),
+            }
+        }
+        // Addresses found by DNS stay until the names are looked up again.
+        for named in &config.names {
+            for existing in previous.iter().flat_map(|p| &p.endpoints) {
+                if existing.host.as_deref() == Some(named.host.as_str())
+                    && existing.addr.port() == named.port
+                {
+                    existing.set_weight(named.weight);
+                    endpoints.push(existing.clone());
+                }
+            }
+        }
+        outlier.set_endpoints(endpoints.len());
+        let unresolved = config.names.iter().any(|n| {
+            !endpoints
+                .iter()
+                .any(|e| e.host.as_deref() == Some(n.host.as_str()))
+        });
         Upstream {
             name: Arc::from(config.name.as_str()),
             members: ArcSwap::from_pointee(Members {
                 balancer: Balancer::new(&config.balance, &endpoints),
                 slow_start: config.slow_start,
-                unresolved: !config.names.is_empty(),
+                unresolved,
                 endpoints,
             }),
+            retired: watch::Sender::new(false),
             balance: config.balance.clone(),
             slow_start: config.slow_start,
             keepalive: config.keepalive,
             outlier,
         }
+    }
+
+    /// Resolves when the upstream is retired.
+    pub fn retired(&self) -> watch::Receiver<bool> {
+        self.retired.subscribe()
+    }
+
+    /// Ends the upstream's health checks and lookups; endpoints that no upstream took over
+    /// are retired by the caller.
+    pub fn retire(&self) {
+        self.retired.send_replace(true);
     }
 
     /// The endpoints now.

@@ -454,17 +454,21 @@ pub struct Baton {
 
 impl Baton {
     pub async fn start(config: &str) -> Baton {
-        let dir = TempDir::new();
-        let config = baton::config::parse(config, "test.toml", &dir.0)
+        Self::start_in(TempDir::new(), config).await
+    }
+
+    /// Starts with a config that may refer to files in `dir`; it is written there as
+    /// `baton.toml`, which a reload reads again.
+    pub async fn start_in(dir: TempDir, config: &str) -> Baton {
+        let path = dir.file("baton.toml", config);
+        let config = baton::config::load(&path)
             .unwrap_or_else(|errors| panic!("bad test config: {errors:?}"));
         Self::start_config(config, dir).await
     }
 
-    /// Starts with a config that may refer to files in `dir`.
-    pub async fn start_in(dir: TempDir, config: &str) -> Baton {
-        let config = baton::config::parse(config, "test.toml", &dir.0)
-            .unwrap_or_else(|errors| panic!("bad test config: {errors:?}"));
-        Self::start_config(config, dir).await
+    /// Replaces the config file (the next reload reads it).
+    pub fn write_config(&self, config: &str) {
+        self.dir.file("baton.toml", config);
     }
 
     async fn start_config(config: baton::config::Config, dir: TempDir) -> Baton {
@@ -495,7 +499,7 @@ impl Baton {
         self.dir
     }
 
-    pub fn gateway(&self) -> &baton::gateway::Gateway {
+    pub fn gateway(&self) -> &std::sync::Arc<baton::gateway::Gateway> {
         &self.running.as_ref().unwrap().gateway
     }
 }

@@ -74,13 +74,8 @@ impl Config {
         };
         let store = build_store(&mut v, &raw);
         let dns = build_dns(&mut v, &raw);
-        v.unsupported("status_page", &raw.status_page);
-        v.unsupported("admin.token", &raw.admin.token);
-
-        let admin_listen = match &raw.admin.listen {
-            Some(listen) => v.socket_addr("admin.listen", listen),
-            None => DEFAULT_ADMIN_LISTEN.parse().ok(),
-        };
+        let admin = build_admin(&mut v, &raw);
+        let status_page = build_status_page(&mut v, &raw);
         let log = build_log(&mut v, &raw);
 
         if raw.listeners.is_empty() {
@@ -128,9 +123,9 @@ impl Config {
 
         let error_pages = build_error_pages(&mut v, &raw);
 
-        match (admin_listen, v.problems.is_empty()) {
-            (Some(listen), true) => Ok(Config {
-                admin: Admin { listen },
+        match (admin, v.problems.is_empty()) {
+            (Some(admin), true) => Ok(Config {
+                admin,
                 log,
                 store,
                 dns,
@@ -138,10 +133,74 @@ impl Config {
                 routes,
                 upstreams,
                 error_pages,
+                status_page,
+                source: None,
             }),
             _ => Err(v.problems),
         }
     }
+}
+
+/// Where the token lives: `env:NAME` reads it from the environment when the config is
+/// loaded (so the file need not hold the secret); anything else is the token itself.
+const TOKEN_FROM_ENV: &str = "env:";
+
+fn build_admin(v: &mut Validator, raw: &RawConfig) -> Option<Admin> {
+    let listen = match &raw.admin.listen {
+        Some(listen) => v.socket_addr("admin.listen", listen)?,
+        None => DEFAULT_ADMIN_LISTEN.parse().ok()?,
+    };
+    let token = raw.admin.token.as_ref().and_then(|token| {
+        let text = token.get_ref();
+        let value = match text.strip_prefix(TOKEN_FROM_ENV) {
+            Some(name) => match std::env::var(name) {
+                Ok(value) => value,
+                Err(_) => {
+                    v.error(
+                        Some(token.span()),
+                        format!("`admin.token` names the environment variable {name:?}, which is not set"),
+                    );
+                    return None;
+                }
+            },
+            None => text.clone(),
+        };
+        if value.trim().is_empty() {
+            v.error(Some(token.span()), "`admin.token` is empty");
+            return None;
+        }
+        Some(value)
+    });
+    if token.is_none() && raw.admin.token.is_none() && !listen.ip().is_loopback() {
+        v.error(
+            raw.admin.listen.as_ref().map(Spanned::span),
+            format!(
+                "the admin server on {listen} is reachable from other hosts: set `admin.token` (e.g. token = \"env:BATON_ADMIN_TOKEN\") or listen on loopback"
+            ),
+        );
+    }
+    Some(Admin { listen, token })
+}
+
+fn build_status_page(v: &mut Validator, raw: &RawConfig) -> Option<StatusPage> {
+    let page = raw.status_page.as_ref()?;
+    let path = match &page.get_ref().path {
+        None => DEFAULT_STATUS_PAGE_PATH.to_owned(),
+        Some(path) if path.get_ref().starts_with('/') && !path.get_ref().contains(['?', '#']) => {
+            path.get_ref().clone()
+        }
+        Some(path) => {
+            v.error(
+                Some(path.span()),
+                format!(
+                    "`status_page.path` must be a path starting with \"/\", such as \"/.baton/status\", not {:?}",
+                    path.get_ref()
+                ),
+            );
+            return None;
+        }
+    };
+    Some(StatusPage { path })
 }
 
 fn build_log(v: &mut Validator, raw: &RawConfig) -> Log {
