@@ -610,6 +610,18 @@ pub async fn admin_get(baton: &Baton, path: &str) -> Response {
     get(baton.admin, path).await
 }
 
+/// POST to the admin server, with extra header lines.
+pub async fn admin_post(baton: &Baton, path: &str, headers: &[(&str, &str)]) -> Response {
+    request(baton.admin, "POST", path, headers, b"").await
+}
+
+/// The admin server's `/status.json`.
+pub async fn status_json(baton: &Baton) -> serde_json::Value {
+    let response = admin_get(baton, "/status.json").await;
+    assert_eq!(response.status(), 200);
+    serde_json::from_slice(&response.body).expect("status.json is JSON")
+}
+
 /// Baton as a separate process (the built binary), for what only a process shows: its
 /// memory, its exit code, its answer to signals.
 pub struct BatonProcess {
