@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod dns;
 pub mod http;
 pub mod redis;
@@ -28,6 +29,8 @@ enum Behavior {
     },
     Http10(Vec<u8>),
     Health(Vec<u8>, Arc<std::sync::atomic::AtomicBool>),
+    /// Answers 200 and the body until the switch is on, then garbage.
+    Breakable(Vec<u8>, Arc<std::sync::atomic::AtomicBool>),
     ResetBeforeHead,
     Garbage,
     SlowHead(Duration),
@@ -94,6 +97,18 @@ impl Upstream {
         let upstream =
             Self::start(Behavior::Health(body.as_bytes().to_vec(), healthy.clone())).await;
         (upstream, healthy)
+    }
+
+    /// Answers 200 and `body` until the returned switch is turned on, then bytes that are
+    /// not HTTP.
+    pub async fn breakable(body: &str) -> (Upstream, Arc<std::sync::atomic::AtomicBool>) {
+        let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let upstream = Self::start(Behavior::Breakable(
+            body.as_bytes().to_vec(),
+            broken.clone(),
+        ))
+        .await;
+        (upstream, broken)
     }
 
     /// Requests other than health checks.
@@ -344,6 +359,17 @@ async fn serve(
             Behavior::Garbage => {
                 let _ = reader.write_all(b"this is not HTTP at all\r\n\r\n").await;
                 return;
+            }
+            Behavior::Breakable(_, broken) if broken.load(Ordering::SeqCst) => {
+                let _ = reader.write_all(b"this is not HTTP at all\r\n\r\n").await;
+                return;
+            }
+            Behavior::Breakable(body, _) => {
+                let mut bytes =
+                    format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len())
+                        .into_bytes();
+                bytes.extend_from_slice(body);
+                reader.write_all(&bytes).await
             }
             Behavior::SlowHead(delay) => {
                 tokio::time::sleep(*delay).await;
