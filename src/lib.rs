@@ -42,6 +42,7 @@ pub mod gateway;
 pub mod idempotency;
 pub mod listener;
 pub mod observe;
+pub mod probe;
 pub mod proxy;
 pub mod respond;
 pub mod retry;

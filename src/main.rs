@@ -32,6 +32,10 @@ enum Command {
         /// The config file.
         #[arg(short, long, default_value = "baton.toml")]
         config: PathBuf,
+        /// Also resolve, connect to and health-check every upstream endpoint, print a
+        /// table, and exit 1 if an upstream has no reachable endpoint.
+        #[arg(long)]
+        probe: bool,
     },
     /// Explain a cause code (the `Baton-Error` header), or list them all.
     Explain {
@@ -44,7 +48,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => run(&config),
-        Command::Check { config } => check(&config),
+        Command::Check { config, probe } => check(&config, probe),
         Command::Explain { cause } => explain(cause.as_deref()),
     }
 }
@@ -67,8 +71,9 @@ fn load(path: &Path) -> Option<config::Config> {
     }
 }
 
-fn check(path: &Path) -> ExitCode {
+fn check(path: &Path, probe: bool) -> ExitCode {
     match load(path) {
+        Some(config) if probe => probe_endpoints(&config),
         Some(config) => {
             println!(
                 "{}: ok ({} listener{}, {} route{}, {} upstream{})",
@@ -83,6 +88,33 @@ fn check(path: &Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         None => ExitCode::FAILURE,
+    }
+}
+
+fn probe_endpoints(config: &config::Config) -> ExitCode {
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let probes = runtime.block_on(baton::probe::probe(config));
+    let (report, all_reachable) = baton::probe::report(config, &probes);
+    print!("{report}");
+    if all_reachable {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => Some(runtime),
+        Err(err) => {
+            eprintln!("baton: cannot start the runtime: {err}");
+            None
+        }
     }
 }
 
@@ -103,15 +135,8 @@ fn run(path: &Path) -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .with_max_level(config.log.level)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("baton: cannot start the runtime: {err}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     runtime.block_on(async {
         let running = match baton::start(config).await {

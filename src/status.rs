@@ -147,6 +147,8 @@ pub fn admin(gateway: &Gateway) -> Value {
                         "inflight": endpoint.inflight.load(Ordering::Relaxed),
                         "attempts_ok": endpoint.ok.load(Ordering::Relaxed),
                         "attempts_failed": endpoint.failed.load(Ordering::Relaxed),
+                        "ejections": endpoint.ejected_total.load(Ordering::Relaxed),
+                        "marked_unhealthy": endpoint.unhealthy_total.load(Ordering::Relaxed),
                         "idle_connections": endpoint.pool.idle_count(),
                         "recent": recent_json(&endpoint.recent.recent(now)),
                     })

@@ -141,3 +141,61 @@ fn version_help_and_usage_errors() {
     }
     assert_eq!(baton(&["frobnicate"]).status.code(), Some(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_probe_names_the_dead_endpoint_and_exits_1() {
+    let (live, _) = support::Upstream::with_health("hi").await;
+    let dead = support::Upstream::refusing().await;
+    let config = format!(
+        r#"
+[[listeners]]
+listen = "127.0.0.1:0"
+
+[[routes]]
+upstream = "app"
+
+[upstreams.app]
+endpoints = ["{live}"]
+health = {{ path = "/healthz" }}
+
+[upstreams.billing]
+endpoints = ["{dead}"]
+"#,
+        live = live.addr,
+        dead = dead.addr
+    );
+    let dir = TempDir::new();
+    let path = dir.file("baton.toml", &config);
+    let run = |path: std::path::PathBuf| {
+        tokio::task::spawn_blocking(move || {
+            baton(&["check", "--probe", "-c", path.to_str().unwrap()])
+        })
+    };
+    let output = run(path.clone()).await.unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("upstream app: 1 of 1 endpoints reachable"),
+        "{text}"
+    );
+    assert!(text.contains("200 on /healthz"), "{text}");
+    assert!(
+        text.contains("upstream billing: NO reachable endpoint"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("unreachable: {}: refused", dead.addr)),
+        "{text}"
+    );
+
+    // Without the dead upstream, every upstream is reachable.
+    let billing = config.find("[upstreams.billing]").unwrap();
+    let path = dir.file("ok.toml", &config[..billing]);
+    let output = run(path).await.unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+}

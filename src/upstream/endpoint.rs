@@ -121,6 +121,9 @@ pub struct Endpoint {
     pub failed: AtomicU64,
     /// Attempts of the last minute, for the status page.
     pub recent: Window,
+    /// Times ejected, and marked unhealthy by health checks, since start.
+    pub ejected_total: AtomicU64,
+    pub unhealthy_total: AtomicU64,
     outlier: Arc<OutlierPolicy>,
     draining: AtomicBool,
     unhealthy: AtomicBool,
@@ -173,6 +176,8 @@ impl Endpoint {
             ok: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             recent: Window::default(),
+            ejected_total: AtomicU64::new(0),
+            unhealthy_total: AtomicU64::new(0),
             outlier,
             draining: AtomicBool::new(false),
             unhealthy: AtomicBool::new(false),
@@ -226,6 +231,7 @@ impl Endpoint {
             self.checks_passed.store(0, Ordering::Relaxed);
             let failures = self.checks_failed.fetch_add(1, Ordering::Relaxed) + 1;
             if failures >= unhealthy && !self.unhealthy.swap(true, Ordering::AcqRel) {
+                self.unhealthy_total.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(endpoint = %self.addr, failures, "endpoint unhealthy: its health checks fail");
             }
         }
@@ -393,6 +399,7 @@ impl Endpoint {
         self.last_ejection_until.store(until, Ordering::Relaxed);
         self.consecutive_failures.store(0, Ordering::Relaxed);
         self.ejected_until.store(until, Ordering::Release);
+        self.ejected_total.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             endpoint = %self.addr,
             %cause,

@@ -2,6 +2,7 @@
 //! connection every `interval`, with jitter so that the checks of many baton instances do
 //! not arrive together, and marks the endpoint unhealthy or healthy again.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -42,15 +43,35 @@ pub async fn run(endpoint: Arc<Endpoint>, check: HealthCheck, mut stopped: watch
 
 /// One check: a status in `expect` within `timeout`.
 async fn probe(endpoint: &Endpoint, check: &HealthCheck) -> bool {
+    match request(endpoint.addr, &endpoint.host_header, check).await {
+        Ok(status) if check.expects(status) => true,
+        Ok(status) => {
+            tracing::debug!(endpoint = %endpoint.addr, status, "health check failed");
+            false
+        }
+        Err(err) => {
+            tracing::debug!(endpoint = %endpoint.addr, error = %err, "health check failed");
+            false
+        }
+    }
+}
+
+/// Sends `GET check.path` to `addr` on a fresh connection; the status, or why there is
+/// none within `check.timeout`.
+pub async fn request(
+    addr: SocketAddr,
+    host: &HeaderValue,
+    check: &HealthCheck,
+) -> Result<u16, String> {
     let outcome = tokio::time::timeout(check.timeout, async {
-        let stream = TcpStream::connect(endpoint.addr).await?;
+        let stream = TcpStream::connect(addr).await?;
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
                 .await
                 .map_err(std::io::Error::other)?;
         tokio::spawn(connection);
         let request = Request::get(check.path.as_str())
-            .header(HOST, endpoint.host_header.clone())
+            .header(HOST, host.clone())
             .header(CONNECTION, HeaderValue::from_static("close"))
             .header(USER_AGENT, HeaderValue::from_static("baton-health-check"))
             .body(Empty::new())
@@ -63,18 +84,11 @@ async fn probe(endpoint: &Endpoint, check: &HealthCheck) -> bool {
     })
     .await;
     match outcome {
-        Ok(Ok(status)) if check.expects(status) => true,
-        Ok(Ok(status)) => {
-            tracing::debug!(endpoint = %endpoint.addr, status, "health check failed");
-            false
-        }
-        Ok(Err(err)) => {
-            tracing::debug!(endpoint = %endpoint.addr, error = %err, "health check failed");
-            false
-        }
-        Err(_) => {
-            tracing::debug!(endpoint = %endpoint.addr, timeout = ?check.timeout, "health check timed out");
-            false
-        }
+        Ok(Ok(status)) => Ok(status),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err(format!(
+            "no answer within {}",
+            humantime::format_duration(check.timeout)
+        )),
     }
 }
