@@ -36,6 +36,7 @@ pub mod body;
 pub mod cause;
 pub mod classify;
 pub mod config;
+pub mod demo;
 pub mod forward;
 pub mod gate;
 pub mod gateway;

@@ -37,6 +37,18 @@ enum Command {
         #[arg(long)]
         probe: bool,
     },
+    /// Run a gateway in front of three built-in back-ends (steady, flaky, broken).
+    Demo {
+        /// Also drive a built-in load for this long (e.g. 20s), then print a summary and exit.
+        #[arg(long = "for", value_parser = humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
+        /// Where the gateway listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Where the admin server (status page, metrics) listens.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: std::net::SocketAddr,
+    },
     /// Explain a cause code (the `Baton-Error` header), or list them all.
     Explain {
         /// A cause code such as upstream-connect-refused.
@@ -49,6 +61,11 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { config } => run(&config),
         Command::Check { config, probe } => check(&config, probe),
+        Command::Demo {
+            duration,
+            listen,
+            admin,
+        } => demo(baton::demo::Options { listen, admin }, duration),
         Command::Explain { cause } => explain(cause.as_deref()),
     }
 }
@@ -153,6 +170,43 @@ fn run(path: &Path) -> ExitCode {
         tracing::info!("shutting down: no new connections, finishing requests in flight");
         running.shutdown().await;
         tracing::info!("stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+fn demo(options: baton::demo::Options, duration: Option<std::time::Duration>) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_max_level(tracing::Level::WARN)
+        .init();
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    runtime.block_on(async {
+        let demo = match baton::demo::start(&options).await {
+            Ok(demo) => demo,
+            Err(err) => {
+                eprintln!("baton demo: {err}");
+                eprintln!("(another address: baton demo --listen 127.0.0.1:18080 --admin 127.0.0.1:19901)");
+                return ExitCode::FAILURE;
+            }
+        };
+        println!("{}", demo.urls());
+        match duration {
+            Some(duration) => {
+                println!("Sending requests for {}…", humantime::format_duration(duration));
+                let summary = demo.load(duration).await;
+                println!("{summary}");
+            }
+            None => {
+                println!("Stop with Ctrl-C.");
+                if let Err(err) = serve_signals(&demo.running.gateway).await {
+                    eprintln!("baton demo: cannot listen for signals: {err}");
+                }
+            }
+        }
+        demo.shutdown().await;
         ExitCode::SUCCESS
     })
 }
