@@ -25,10 +25,14 @@
 //! - [`attempt`] tries one endpoint; [`classify`] turns io and hyper errors into a
 //!   [`cause::Cause`];
 //! - [`body`] streams bodies both ways and ends the exchange; [`respond`] builds every
-//!   error response; [`observe`] keeps metrics and the access log; [`admin`] serves them.
+//!   error response; [`observe`] keeps metrics, the access log and the one-minute figures;
+//!   [`admin`] serves them, with the status pages of [`status`].
 //!
 //! [`gateway::start`] is the entry point: it binds the listeners and the admin server from a
-//! validated [`config::Config`] and returns a handle to shut it down.
+//! validated [`config::Config`] and returns a handle to shut it down. Everything built from
+//! the config lives in a [`gateway::Snapshot`] that each request takes once; a reload
+//! ([`gateway::Gateway::reload`]) builds the next one beside it and swaps it in whole.
+//! [`probe`] is `baton check --probe`; [`demo`] is `baton demo`.
 
 pub mod admin;
 pub mod attempt;

@@ -4,7 +4,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{read_response, request, BatonProcess, Reader, Upstream};
+use support::{get, read_response, request, BatonProcess, Reader, Upstream};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -101,4 +101,49 @@ async fn sigterm_lets_a_slow_request_finish_then_exits_0() {
         .await
         .unwrap();
     assert_eq!(code, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_config_file() {
+    let first = Upstream::ok("first").await;
+    let second = Upstream::ok("second").await;
+    let config = support::simple_config(&[first.addr], "", "");
+    let baton = BatonProcess::start(&config);
+    assert_eq!(get(baton.addr, "/").await.text(), "first");
+
+    baton.dir.file(
+        "baton.toml",
+        &config.replace(&first.addr.to_string(), &second.addr.to_string()),
+    );
+    baton.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut body = String::new();
+    while Instant::now() < deadline {
+        body = get(baton.addr, "/").await.text();
+        if body == "second" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(body, "second", "the reload never took effect");
+    assert!(
+        baton.stderr().iter().any(|l| l.contains("config reloaded")),
+        "{:?}",
+        baton.stderr()
+    );
+
+    // A broken file is refused; the process keeps serving the last good config.
+    baton.dir.file("baton.toml", "[[listeners]\n");
+    baton.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && !baton.stderr().iter().any(|l| l.contains("reload refused"))
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        baton.stderr().iter().any(|l| l.contains("reload refused")),
+        "{:?}",
+        baton.stderr()
+    );
+    assert_eq!(get(baton.addr, "/").await.text(), "second");
 }
