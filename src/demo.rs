@@ -43,7 +43,8 @@ pub struct Options {
 pub struct Demo {
     pub running: Running,
     pub backends: Backends,
-    pub config: String,
+    /// The config file the demo runs, removed at shutdown.
+    pub config: std::path::PathBuf,
 }
 
 /// What the built-in back-ends did.
@@ -90,17 +91,25 @@ path = "/.baton/status"
         flaky = backends.flaky,
         broken = backends.broken,
     );
-    let parsed = crate::config::parse(&config, "demo.toml", std::path::Path::new(".")).map_err(
-        |errors| {
+    // A real file, so that the operator can edit it and reload.
+    let dir = std::env::temp_dir().join(format!("baton-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("baton.toml");
+    std::fs::write(&path, &config)?;
+    let started = match crate::config::load(&path) {
+        Ok(parsed) => gateway::start(parsed).await,
+        Err(errors) => {
             let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
-            std::io::Error::other(text.join("; "))
-        },
-    )?;
-    let running = gateway::start(parsed).await?;
+            Err(std::io::Error::other(text.join("; ")))
+        }
+    };
+    let running = started.inspect_err(|_| {
+        let _ = std::fs::remove_dir_all(&dir);
+    })?;
     Ok(Demo {
         running,
         backends,
-        config,
+        config: path,
     })
 }
 
@@ -118,12 +127,14 @@ impl Demo {
              \n\n  back-ends       steady  {} (always fine)\
              \n                  flaky   {} (down {} s of every {} s)\
              \n                  broken  {} (one answer in {BROKEN_EVERY} is malformed HTTP)\n\
+             \n  config          {} (edit it, then: curl -X POST http://{admin}/reload)\n\
              \nTry: curl -i http://{gateway}/\n",
             self.backends.steady,
             self.backends.flaky,
             FLAKY_DOWN.as_secs(),
             (FLAKY_UP + FLAKY_DOWN).as_secs(),
             self.backends.broken,
+            self.config.display(),
         )
     }
 
@@ -200,6 +211,9 @@ impl Demo {
     pub async fn shutdown(mut self) {
         self.running.shutdown().await;
         self.backends.tasks.shutdown().await;
+        if let Some(dir) = self.config.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
