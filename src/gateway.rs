@@ -343,7 +343,11 @@ impl Gateway {
                     .any(|u| Arc::ptr_eq(u, &snapshot.upstreams[i]))
             })
             .collect();
-        start_upstreams(&snapshot, &fresh, &mut control.tasks).await?;
+        if let Err(errors) = start_upstreams(&snapshot, &fresh, &mut control.tasks).await {
+            // Nothing else changed yet; the log goes back to where it was.
+            let _ = self.observer.access_log.reopen(&old.config.log.access);
+            return Err(errors);
+        }
 
         self.current.store(snapshot.clone());
         let mut messages = Vec::new();
