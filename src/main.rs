@@ -122,11 +122,17 @@ fn probe_endpoints(config: &config::Config) -> ExitCode {
     }
 }
 
+/// The async runtime: one thread when baton may use one core (as `taskset` or a container's
+/// CPU set decide), where a single-threaded scheduler does the same work for less; else one
+/// worker per core.
 fn runtime() -> Option<tokio::runtime::Runtime> {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let mut builder = if cores == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    match builder.enable_all().build() {
         Ok(runtime) => Some(runtime),
         Err(err) => {
             eprintln!("baton: cannot start the runtime: {err}");
