@@ -198,28 +198,33 @@ impl Exchange {
         if !log.enabled() {
             return;
         }
+        let request_id = String::from_utf8_lossy(self.request_id.as_bytes());
+        let host = self
+            .host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .map(crate::route::normalize_host)
+            .unwrap_or_default();
         log.write(&AccessRecord {
-            ts: humantime::format_rfc3339_millis(self.started_at).to_string(),
-            request_id: String::from_utf8_lossy(self.request_id.as_bytes()).into_owned(),
+            ts: humantime::format_rfc3339_millis(self.started_at),
+            request_id: &request_id,
             client: self.client,
-            method: self.method.to_string(),
-            host: self
-                .host
-                .as_ref()
-                .and_then(|h| h.to_str().ok())
-                .map(|h| crate::route::normalize_host(h).into_owned())
-                .unwrap_or_default(),
-            path: self.uri.path().to_owned(),
+            method: self.method.as_str(),
+            host: &host,
+            path: self.uri.path(),
             status: self.status,
             cause: cause.map(Cause::code),
-            route: route_stats.map(|r| r.label.clone()),
-            upstream: upstream.map(|u| u.name.clone()),
-            endpoint: self.endpoint,
+            route: route_stats.map(|r| &*r.label),
+            upstream: upstream.map(|u| &*u.name),
+            endpoint: self.endpoint.as_deref(),
             attempts: self.attempts,
-            failed_attempts: self.failed_attempts,
+            failed_attempts: &self.failed_attempts,
             delivery: self.delivery.as_str(),
             cache: None,
-            bytes_in: self.bytes_in.map_or(0, |b| b.load(Ordering::Relaxed)),
+            bytes_in: self
+                .bytes_in
+                .as_ref()
+                .map_or(0, |b| b.load(Ordering::Relaxed)),
             bytes_out,
             duration_ms: millis(duration),
             connect_ms: self.connect.map(millis),
