@@ -26,6 +26,7 @@ use crate::observe::metrics::{Metrics, ResultLabel};
 use crate::observe::window::Window;
 use crate::observe::Observer;
 use crate::retry::RetryBudget;
+use crate::route::RouteTable;
 use crate::upstream::{dns, health, Upstream};
 use crate::{admin, listener};
 
@@ -62,6 +63,8 @@ pub struct Snapshot {
     pub config: Config,
     /// In the order of `config.routes`.
     pub routes: Vec<Arc<RouteState>>,
+    /// `config.routes` indexed for [`RouteTable::select`].
+    pub route_table: RouteTable,
     /// In the order of `config.upstreams`.
     pub upstreams: Vec<Arc<Upstream>>,
 }
@@ -173,6 +176,7 @@ impl Snapshot {
             })
             .collect();
         Snapshot {
+            route_table: RouteTable::new(&config.routes),
             config,
             routes,
             upstreams,

@@ -259,7 +259,9 @@ async fn handle_inner(
         .map(route::normalize_host)
         .unwrap_or_default();
     let Some((route_index, route)) =
-        route::select(&snapshot.config.routes, &host_name, request.uri().path())
+        snapshot
+            .route_table
+            .select(&snapshot.config.routes, &host_name, request.uri().path())
     else {
         return Err(answer_early(request, Cause::NoRoute.into()).await);
     };
