@@ -3,6 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,8 @@ impl Browser {
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
+            // Its own process group: Chromium starts many processes, and all must end.
+            .process_group(0)
             .spawn()
             .expect("chromium runs (apt-get install chromium)");
         let stderr = child.stderr.take().unwrap();
@@ -51,8 +54,7 @@ impl Browser {
         let browser_url = match port.recv_timeout(Duration::from_secs(30)) {
             Ok(url) => url,
             Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
+                kill_group(&mut child);
                 panic!("chromium did not open its DevTools port");
             }
         };
@@ -149,9 +151,15 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_group(&mut self.child);
     }
+}
+
+/// Ends Chromium and every process it started (its process group).
+fn kill_group(child: &mut Child) {
+    let group = format!("-{}", child.id());
+    let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+    let _ = child.wait();
 }
 
 /// A plain HTTP/1.1 GET on loopback; the body.
