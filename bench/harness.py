@@ -1,0 +1,355 @@
+"""What the benchmarks share: tools, the back-end, proxies as processes, and measuring
+them through /proc. Imported by bench/compare and bench/scale."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PROXY_CORE = "0"
+LOAD_CORE = "1"
+TICKS = os.sysconf("SC_CLK_TCK")
+TOOLS = {"wrk": "wrk", "nginx": "nginx", "haproxy": "haproxy", "h2load": "nghttp2-client"}
+BODY_100 = "x" * 100
+
+
+def log(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+def ensure_tools():
+    missing = [package for tool, package in TOOLS.items() if shutil.which(tool) is None]
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        sys.exit(f"bench/compare needs: apt-get install {' '.join(missing)}")
+    log(f"installing {' '.join(missing)}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env)
+
+
+def build_baton():
+    log("building baton (release)")
+    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    return ROOT / "target" / "release" / "baton"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port, process, limit=10.0):
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def process_tree(pid):
+    """The pid and its descendants (nginx's workers)."""
+    found = [pid]
+    for child in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            for c in child.read_text().split():
+                found.extend(process_tree(int(c)))
+        except OSError:
+            pass
+    return found
+
+
+def cpu_ticks(pids):
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, IndexError):
+            pass
+    return total
+
+
+def peak_rss_kib(pids):
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def core_times():
+    """(busy, total) jiffies of each core."""
+    times = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("cpu") and line[3].isdigit():
+            name, *values = line.split()
+            values = [int(v) for v in values]
+            idle = values[3] + values[4]
+            times[name[3:]] = (sum(values) - idle, sum(values))
+    return times
+
+
+def busy_share(before, after, core):
+    busy = after[core][0] - before[core][0]
+    total = after[core][1] - before[core][1]
+    return busy / total if total else 0.0
+
+
+class Backend:
+    """nginx on the load core: `return 200` of 100 bytes for any path, a 64 KiB file at
+    /64k, and stub_status for its accept counter."""
+
+    def __init__(self, work, listen_all=False):
+        self.port = free_port()
+        # On every address, 127.0.0.0/8 included, for upstreams of many endpoints.
+        listen = f"{self.port}" if listen_all else f"127.0.0.1:{self.port}"
+        root = work / "www"
+        root.mkdir()
+        (root / "64k").write_bytes(b"x" * 65536)
+        conf = work / "backend.conf"
+        conf.write_text(f"""
+worker_processes 1;
+daemon off;
+error_log {work}/backend-error.log;
+pid {work}/backend.pid;
+worker_rlimit_nofile 65536;
+events {{ worker_connections 16384; }}
+http {{
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    server {{
+        listen {listen} backlog=4096;
+        location / {{ return 200 "{BODY_100}"; }}
+        location = /64k {{ root {root}; }}
+        location = /stub {{ stub_status; }}
+    }}
+}}
+""")
+        self.process = subprocess.Popen(
+            ["taskset", "-c", LOAD_CORE, "nginx", "-c", str(conf)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port, self.process)
+
+    def accepts(self):
+        with socket.create_connection(("127.0.0.1", self.port)) as s:
+            s.sendall(b"GET /stub HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+        # "Active connections: N \nserver accepts handled requests\n A H R \n..."
+        lines = data.split(b"\r\n\r\n", 1)[1].decode().splitlines()
+        return int(lines[2].split()[0])
+
+    def stop(self):
+        self.process.send_signal(signal.SIGQUIT)
+        self.process.wait(timeout=10)
+
+
+@dataclass
+class Proxy:
+    name: str
+    h1_port: int
+    h2_port: int
+    command: list
+    env: dict = field(default_factory=dict)
+    process: subprocess.Popen = None
+
+    def start(self):
+        self.process = subprocess.Popen(
+            ["taskset", "-c", PROXY_CORE, *self.command],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env=dict(os.environ, **self.env))
+        wait_for_port(self.h1_port, self.process)
+        if self.h2_port != self.h1_port:
+            wait_for_port(self.h2_port, self.process)
+
+    def pids(self):
+        return process_tree(self.process.pid)
+
+    def stop(self):
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def percentile(sorted_values, q):
+    if not sorted_values:
+        return None
+    index = min(len(sorted_values) - 1, max(0, int(round(q * len(sorted_values) + 0.5)) - 1))
+    return sorted_values[index]
+
+
+def run_wrk(port, path, connections, seconds):
+    out = subprocess.run(
+        ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
+         "--latency", f"http://127.0.0.1:{port}{path}"],
+        capture_output=True, text=True, check=True).stdout
+    result = {"requests": 0, "errors": 0, "p50": None, "p99": None}
+    unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+    def millis(text):
+        for suffix in ("us", "ms", "s"):
+            if text.endswith(suffix):
+                return float(text[: -len(suffix)]) * unit[suffix]
+        return float(text)
+
+    for line in out.splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0] == "50%":
+            result["p50"] = millis(words[1])
+        elif len(words) >= 2 and words[0] == "99%":
+            result["p99"] = millis(words[1])
+        elif "requests in" in line:
+            result["requests"] = int(words[0])
+        elif line.strip().startswith("Non-2xx"):
+            result["errors"] += int(words[-1])
+        elif line.strip().startswith("Socket errors"):
+            result["errors"] += sum(int(w.strip(",")) for w in words if w.strip(",").isdigit())
+    return result
+
+
+def run_h2load(port, path, connections, streams, seconds, work):
+    log_file = work / "h2load.log"
+    out = subprocess.run(
+        ["taskset", "-c", LOAD_CORE, "h2load", "-t1", f"-c{connections}", f"-m{streams}",
+         f"-D{seconds}", "--log-file", str(log_file), f"http://127.0.0.1:{port}{path}"],
+        capture_output=True, text=True).stdout
+    latencies = []
+    errors = 0
+    for line in log_file.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 3:
+            if parts[1] != "200":
+                errors += 1
+            latencies.append(int(parts[2]) / 1e3)
+    latencies.sort()
+    for line in out.splitlines():
+        if line.startswith("requests:") and "failed" in line:
+            words = line.replace(",", "").split()
+            errors = max(errors, int(words[words.index("failed") - 1]))
+    log_file.unlink(missing_ok=True)
+    return {"requests": len(latencies), "errors": errors,
+            "p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99)}
+
+
+
+
+def baton_config(work, name, backend_endpoints, pool, access="off", routes=None):
+    """A baton config file: one listener, the routes given as path prefixes (default one
+    catch-all), all to one upstream of `backend_endpoints`; returns (path, port)."""
+    port = free_port()
+    route_text = "".join(
+        f'[[routes]]\nname = "r{i}"\npath_prefix = "{prefix}"\nupstream = "backend"\n'
+        for i, prefix in enumerate(routes or ["/"]))
+    endpoints = ", ".join(f'"{e}"' for e in backend_endpoints)
+    conf = work / f"{name}.toml"
+    conf.write_text(f"""
+[admin]
+listen = "127.0.0.1:{free_port()}"
+[log]
+access = "{access}"
+level = "warn"
+[[listeners]]
+name = "bench"
+listen = "127.0.0.1:{port}"
+{route_text}
+[upstreams.backend]
+endpoints = [{endpoints}]
+keepalive = {{ idle = "60s", max_idle_per_endpoint = {pool} }}
+""")
+    return conf, port
+
+
+def baton_proxy(baton, work, name, backend_endpoints, pool, access="off", routes=None):
+    conf, port = baton_config(work, name, backend_endpoints, pool, access, routes)
+    return Proxy(name, port, port, [str(baton), "run", "-c", str(conf)])
+
+
+def nginx_proxy(work, backend_port, pool):
+    port, h2 = free_port(), free_port()
+    conf = work / "nginx.conf"
+    conf.write_text(f"""
+worker_processes 1;
+daemon off;
+error_log {work}/nginx-error.log;
+pid {work}/nginx.pid;
+worker_rlimit_nofile 65536;
+events {{ worker_connections 16384; }}
+http {{
+    access_log off;
+    keepalive_requests 100000000;
+    upstream backend {{ server 127.0.0.1:{backend_port}; keepalive {pool}; keepalive_requests 100000000; }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        listen 127.0.0.1:{h2} http2 backlog=4096;
+        location / {{ proxy_pass http://backend; proxy_http_version 1.1;
+                     proxy_set_header Connection ""; proxy_buffering on; }}
+    }}
+}}
+""")
+    return Proxy("nginx", port, h2, ["nginx", "-c", str(conf)])
+
+
+def haproxy_proxy(work, backend_port, pool):
+    port, h2 = free_port(), free_port()
+    conf = work / "haproxy.cfg"
+    conf.write_text(f"""
+global
+    nbthread 1
+    maxconn 9000
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 60s
+    timeout server 60s
+    option http-keep-alive
+    http-reuse always
+frontend bench
+    bind 127.0.0.1:{port} backlog 4096
+    bind 127.0.0.1:{h2} proto h2 backlog 4096
+    default_backend backend
+backend backend
+    server s1 127.0.0.1:{backend_port} pool-max-conn {pool}
+""")
+    return Proxy("haproxy", port, h2, ["haproxy", "-db", "-f", str(conf)])
+
+
+def raise_file_limit():
+    """Every process started from here may open as many files as the system allows."""
+    import resource
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def rss_kib(pids):
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
