@@ -124,6 +124,9 @@ class Backend:
         root = work / "www"
         root.mkdir()
         (root / "64k").write_bytes(b"x" * 65536)
+        # nginx's workers run as another user; the scratch directory is private.
+        for path in (work, root, root / "64k"):
+            path.chmod(0o755)
         conf = work / "backend.conf"
         conf.write_text(f"""
 worker_processes 1;

@@ -7,6 +7,7 @@
 //! closed is noticed by hyper and skipped; and [`crate::attempt`] retries a request that a
 //! pooled connection refused before writing it on a fresh connection.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -37,16 +38,18 @@ struct Idle {
     expires: Instant,
 }
 
-/// Idle connections of one endpoint, most recently used last.
+/// Idle connections of one endpoint, most recently used last. Requests take the most
+/// recent and give back to the end, in constant time; expired and closed ones are skipped
+/// when met and cleared by [`Pool::purge`] every second.
 pub struct Pool {
-    idle: Mutex<Vec<Idle>>,
+    idle: Mutex<VecDeque<Idle>>,
     keepalive: Keepalive,
 }
 
 impl Pool {
     pub fn new(keepalive: Keepalive) -> Pool {
         Pool {
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(VecDeque::new()),
             keepalive,
         }
     }
@@ -55,7 +58,7 @@ impl Pool {
     pub fn checkout(&self) -> Option<Sender> {
         let now = Instant::now();
         let mut idle = self.idle.lock().ok()?;
-        while let Some(candidate) = idle.pop() {
+        while let Some(candidate) = idle.pop_back() {
             if candidate.expires > now && !candidate.sender.is_closed() {
                 return Some(candidate.sender);
             }
@@ -81,11 +84,10 @@ impl Pool {
         let Ok(mut idle) = self.idle.lock() else {
             return;
         };
-        idle.retain(|c| c.expires > now && !c.sender.is_closed());
         if idle.len() >= self.keepalive.max_idle_per_endpoint {
-            idle.remove(0);
+            idle.pop_front();
         }
-        idle.push(Idle {
+        idle.push_back(Idle {
             sender,
             expires: now + keep,
         });
