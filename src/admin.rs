@@ -188,7 +188,9 @@ fn presented_token(value: &str, basic: bool) -> Option<String> {
         return Some(credentials.trim().to_owned());
     }
     if basic && scheme.eq_ignore_ascii_case("basic") {
-        let decoded = decode_base64(credentials.trim())?;
+        let decoded = data_encoding::BASE64
+            .decode(credentials.trim().as_bytes())
+            .ok()?;
         let text = String::from_utf8(decoded).ok()?;
         let (_, password) = text.split_once(':')?;
         return Some(password.to_owned());
@@ -199,30 +201,6 @@ fn presented_token(value: &str, basic: bool) -> Option<String> {
 /// Compares two secrets in time that depends only on their lengths.
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Standard base64 (RFC 4648 §4), with or without padding.
-fn decode_base64(text: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(text.len() / 4 * 3);
-    let mut buffer = 0u32;
-    let mut bits = 0;
-    for byte in text.trim_end_matches('=').bytes() {
-        let value = match byte {
-            b'A'..=b'Z' => byte - b'A',
-            b'a'..=b'z' => byte - b'a' + 26,
-            b'0'..=b'9' => byte - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        };
-        buffer = (buffer << 6) | u32::from(value);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((buffer >> bits) as u8);
-        }
-    }
-    Some(out)
 }
 
 /// A browser's request from a page of another site: its `Origin` names another host.

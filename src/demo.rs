@@ -334,9 +334,13 @@ struct ClientTally {
 
 impl ClientTally {
     fn error(&mut self, what: String) {
+        self.add_errors(what, 1);
+    }
+
+    fn add_errors(&mut self, what: String, count: u64) {
         match self.errors.iter_mut().find(|(w, _)| *w == what) {
-            Some((_, n)) => *n += 1,
-            None => self.errors.push((what, 1)),
+            Some((_, n)) => *n += count,
+            None => self.errors.push((what, count)),
         }
     }
 
@@ -344,9 +348,7 @@ impl ClientTally {
         self.requests += other.requests;
         self.latencies.extend(other.latencies);
         for (what, n) in other.errors {
-            for _ in 0..n {
-                self.error(what.clone());
-            }
+            self.add_errors(what, n);
         }
     }
 }

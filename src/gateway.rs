@@ -183,7 +183,7 @@ impl Snapshot {
         }
     }
 
-    /// The index of the upstream named `name`.
+    /// The upstream named `name`.
     pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
         self.upstreams.iter().find(|u| &*u.name == name)
     }

@@ -122,6 +122,15 @@ fn probe_endpoints(config: &config::Config) -> ExitCode {
     }
 }
 
+/// Logs to stderr, coloured only on a terminal.
+fn init_logging(level: tracing::Level) {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_max_level(level)
+        .init();
+}
+
 /// The async runtime: one thread when baton may use one core (as `taskset` or a container's
 /// CPU set decide), where a single-threaded scheduler does the same work for less; else one
 /// worker per core.
@@ -153,11 +162,7 @@ fn run(path: &Path) -> ExitCode {
     let Some(config) = load(path) else {
         return ExitCode::FAILURE;
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_max_level(config.log.level)
-        .init();
+    init_logging(config.log.level);
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };
@@ -181,11 +186,7 @@ fn run(path: &Path) -> ExitCode {
 }
 
 fn demo(options: baton::demo::Options, duration: Option<std::time::Duration>) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_max_level(tracing::Level::WARN)
-        .init();
+    init_logging(tracing::Level::WARN);
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };

@@ -8,34 +8,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use support::http::Reader;
-use support::{admin_get, admin_post, get, read_response, status_json, Baton, Upstream};
+use support::{
+    admin_get, admin_post, get, read_response, simple_config, status_json, Baton, Upstream,
+};
 use tokio::net::TcpStream;
 
-fn config(main: &[std::net::SocketAddr], extra: &str) -> String {
-    let endpoints: Vec<String> = main.iter().map(|a| format!("\"{a}\"")).collect();
-    format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-
-[log]
-access = "off"
-
-[[listeners]]
-name = "public"
-listen = "127.0.0.1:0"
-
-[[routes]]
-name = "main"
-upstream = "app"
-
-[upstreams.app]
-endpoints = [{}]
-balance = "round-robin"
-outlier = {{ consecutive_failures = 1, base_ejection = "60s" }}
-{extra}
-"#,
-        endpoints.join(", ")
+/// One route to upstream `app`, round robin, an endpoint out for a minute after a failure.
+fn config(main: &[std::net::SocketAddr]) -> String {
+    simple_config(
+        main,
+        "",
+        "balance = \"round-robin\"\noutlier = { consecutive_failures = 1, base_ejection = \"60s\" }",
     )
 }
 
@@ -55,7 +38,7 @@ async fn reload_swaps_routes_and_listeners_keeps_health_and_refuses_bad_files() 
     let ok = Upstream::ok("main").await;
     let refusing = Upstream::refusing().await;
     let other = Upstream::ok("other").await;
-    let v1 = config(&[ok.addr, refusing.addr], "");
+    let v1 = config(&[ok.addr, refusing.addr]);
     let baton = Baton::start(&v1).await;
     for _ in 0..4 {
         assert_eq!(get(baton.addr, "/").await.status(), 200);
@@ -218,9 +201,9 @@ async fn twenty_reloads_under_load_fail_no_request() {
     let a = Upstream::ok("a").await;
     let b = Upstream::ok("b").await;
     let c = Upstream::ok("c").await;
-    let first = config(&[a.addr, b.addr], "");
+    let first = config(&[a.addr, b.addr]);
     // Another endpoint list and weights, retries and a second route.
-    let second = config(&[a.addr, b.addr, c.addr], "")
+    let second = config(&[a.addr, b.addr, c.addr])
         .replace(
             &format!("\"{}\"", b.addr),
             &format!("{{ addr = \"{}\", weight = 3 }}", b.addr),

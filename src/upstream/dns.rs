@@ -98,10 +98,6 @@ impl Names {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
-    }
-
     /// Looks up every name whose time has come; true when an address set changed.
     async fn refresh(&mut self, resolver: &TokioResolver, dns: &Dns) -> bool {
         let now = Instant::now();
