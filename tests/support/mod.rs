@@ -53,6 +53,9 @@ pub struct Upstream {
     task: Option<tokio::task::JoinHandle<()>>,
     _held: Vec<TcpStream>,
     _listener: Option<std::net::TcpListener>,
+    /// A port bound but not listening: connections are refused, and no other server can
+    /// take the port while the test runs.
+    _reserved: Option<TcpSocket>,
 }
 
 impl Drop for Upstream {
@@ -123,10 +126,11 @@ impl Upstream {
 
     /// Nothing listens on the port: connections are refused.
     pub async fn refusing() -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        drop(listener);
-        Self::idle(addr)
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut upstream = Self::idle(socket.local_addr().unwrap());
+        upstream._reserved = Some(socket);
+        upstream
     }
 
     /// Reads the request, then resets the connection without answering.
@@ -208,6 +212,7 @@ impl Upstream {
             task: None,
             _held: Vec::new(),
             _listener: None,
+            _reserved: None,
         }
     }
 
