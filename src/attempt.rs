@@ -47,11 +47,14 @@ pub async fn attempt(
             Some(sender) => sender,
             None => {
                 let started = Instant::now();
+                // Boxed: most requests find a pooled connection, and the connect state
+                // inline would enlarge every request's future.
+                let connect = Box::pin(pool::connect(endpoint.addr));
                 let connected = match connect_timeout {
-                    Some(limit) => tokio::time::timeout(limit, pool::connect(endpoint.addr))
+                    Some(limit) => tokio::time::timeout(limit, connect)
                         .await
                         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
-                    None => pool::connect(endpoint.addr).await,
+                    None => connect.await,
                 };
                 connect_time = Some(started.elapsed());
                 match connected {

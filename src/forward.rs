@@ -42,32 +42,81 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
         .filter(|t| !t.is_empty())
 }
 
+/// The headers that only concern one connection (RFC 9110 §7.6.1), besides those that
+/// `Connection` names.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    TE,
+    TRANSFER_ENCODING,
+    UPGRADE,
+];
+
+/// Whether any of `names` is present. One pass over the header names, cheaper than a
+/// hash lookup per name when, as usual, none of them is there.
+pub fn any_present(headers: &HeaderMap, names: &[HeaderName]) -> bool {
+    headers.keys().any(|key| names.contains(key))
+}
+
 /// Removes hop-by-hop headers. With `upgrade`, `Upgrade` and `Connection: upgrade` stay.
+/// A `TE` that accepts `trailers` is sent on as `TE: trailers`.
+///
+/// Every request and response passes here, and most carry none of these headers or only
+/// `Connection: keep-alive`; so one pass over the names finds which are present, and only
+/// those are looked up and removed.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let named: Vec<HeaderName> = connection_tokens(headers)
-        .filter(|t| !(upgrade && t.eq_ignore_ascii_case("upgrade")))
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    let mut present = [false; 6];
+    for key in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|name| name == key) {
+            present[i] = true;
+        }
     }
-    headers.remove(CONNECTION);
-    headers.remove(KEEP_ALIVE);
-    headers.remove(PROXY_CONNECTION);
-    headers.remove(TRANSFER_ENCODING);
-    let keeps_trailers = headers
-        .get_all(TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
-    headers.remove(TE);
-    if keeps_trailers {
-        headers.insert(TE, HeaderValue::from_static("trailers"));
+    let [connection, keep_alive, proxy_connection, te, transfer_encoding, upgrade_header] = present;
+    if connection {
+        // Headers the client named as hop-by-hop, beyond the standard ones removed below.
+        let named: Vec<HeaderName> = connection_tokens(headers)
+            .filter(|token| {
+                !HOP_BY_HOP
+                    .iter()
+                    .any(|name| token.eq_ignore_ascii_case(name.as_str()))
+            })
+            .filter_map(|token| {
+                headers
+                    .keys()
+                    .find(|key| token.eq_ignore_ascii_case(key.as_str()))
+                    .cloned()
+            })
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+        headers.remove(CONNECTION);
+    }
+    if keep_alive {
+        headers.remove(KEEP_ALIVE);
+    }
+    if proxy_connection {
+        headers.remove(PROXY_CONNECTION);
+    }
+    if transfer_encoding {
+        headers.remove(TRANSFER_ENCODING);
+    }
+    if te {
+        let keeps_trailers = headers
+            .get_all(TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+        headers.remove(TE);
+        if keeps_trailers {
+            headers.insert(TE, HeaderValue::from_static("trailers"));
+        }
     }
     if upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if upgrade_header {
         headers.remove(UPGRADE);
     }
 }
@@ -87,6 +136,8 @@ pub fn valid_request_id(id: &HeaderValue) -> bool {
 /// Where a request came from, for the forwarding headers.
 pub struct Peer<'a> {
     pub ip: IpAddr,
+    /// `ip` as a header value, made once per connection.
+    pub ip_header: &'a HeaderValue,
     pub trusted_proxies: &'a [IpNet],
 }
 
@@ -98,8 +149,21 @@ impl Peer<'_> {
     }
 }
 
+/// An address as a header value (`X-Forwarded-For`).
+pub fn ip_header(ip: IpAddr) -> HeaderValue {
+    HeaderValue::try_from(ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+const FORWARDING: [HeaderName; 4] = [
+    FORWARDED,
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+];
+
 /// Sets the forwarding headers on a request going upstream. `host` is the host the client
 /// asked for (its `Host` header or URI authority), `version` the client's HTTP version.
+/// A client's own forwarding headers are kept only when it is a trusted proxy.
 pub fn set_forwarding_headers(
     headers: &mut HeaderMap,
     peer: &Peer<'_>,
@@ -107,33 +171,38 @@ pub fn set_forwarding_headers(
     version: Version,
     request_id: &HeaderValue,
 ) {
-    let trusted = peer.is_trusted();
-    let peer_ip =
-        HeaderValue::try_from(peer.ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"));
-    match headers.get(X_FORWARDED_FOR).filter(|_| trusted) {
-        Some(existing) => {
-            let mut chain = existing.as_bytes().to_vec();
-            chain.extend_from_slice(b", ");
-            chain.extend_from_slice(peer_ip.as_bytes());
-            let value = HeaderValue::from_bytes(&chain).unwrap_or(peer_ip);
-            headers.insert(X_FORWARDED_FOR, value);
+    let peer_ip = peer.ip_header.clone();
+    let (mut has_proto, mut has_host) = (false, false);
+    if any_present(headers, &FORWARDING) {
+        let trusted = peer.is_trusted();
+        match headers.get(X_FORWARDED_FOR).filter(|_| trusted) {
+            Some(existing) => {
+                let mut chain = existing.as_bytes().to_vec();
+                chain.extend_from_slice(b", ");
+                chain.extend_from_slice(peer_ip.as_bytes());
+                let value = HeaderValue::from_bytes(&chain).unwrap_or(peer_ip);
+                headers.insert(X_FORWARDED_FOR, value);
+            }
+            None => {
+                headers.insert(X_FORWARDED_FOR, peer_ip);
+            }
         }
-        None => {
-            headers.insert(X_FORWARDED_FOR, peer_ip);
+        if trusted {
+            has_proto = headers.contains_key(X_FORWARDED_PROTO);
+            has_host = headers.contains_key(X_FORWARDED_HOST);
+        } else {
+            headers.remove(FORWARDED);
+            headers.remove(X_FORWARDED_PROTO);
+            headers.remove(X_FORWARDED_HOST);
         }
+    } else {
+        headers.insert(X_FORWARDED_FOR, peer_ip);
     }
-    if !trusted {
-        headers.remove(FORWARDED);
-        headers.remove(X_FORWARDED_PROTO);
-        headers.remove(X_FORWARDED_HOST);
-    }
-    if !headers.contains_key(X_FORWARDED_PROTO) {
+    if !has_proto {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
-    if let Some(host) = host {
-        if !headers.contains_key(X_FORWARDED_HOST) {
-            headers.insert(X_FORWARDED_HOST, host.clone());
-        }
+    if let (Some(host), false) = (host, has_host) {
+        headers.insert(X_FORWARDED_HOST, host.clone());
     }
     append_via(headers, version);
     headers.insert(X_REQUEST_ID, request_id.clone());
@@ -217,6 +286,26 @@ mod tests {
     }
 
     #[test]
+    fn named_headers_go_whatever_their_case_and_te_may_be_named() {
+        let mut map = headers(&[
+            ("connection", "close, X-Secret, TE, x-absent"),
+            ("x-secret", "1"),
+            ("te", "trailers"),
+            ("x-kept", "yes"),
+        ]);
+        remove_hop_by_hop(&mut map, false);
+        let mut names: Vec<&str> = map.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["te", "x-kept"]);
+        assert_eq!(map["te"], "trailers");
+
+        // Nothing hop-by-hop: nothing changes.
+        let mut map = headers(&[("x-kept", "yes"), ("host", "a")]);
+        remove_hop_by_hop(&mut map, false);
+        assert_eq!(map.len(), 2);
+    }
+
+    #[test]
     fn upgrade_keeps_upgrade() {
         let mut map = headers(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
         assert!(is_upgrade(Version::HTTP_11, &map));
@@ -228,8 +317,11 @@ mod tests {
     #[test]
     fn forwarded_for_is_replaced_unless_trusted() {
         let id = HeaderValue::from_static("r1");
+        let ip = "10.0.0.9".parse().unwrap();
+        let ip_text = ip_header(ip);
         let untrusted = Peer {
-            ip: "10.0.0.9".parse().unwrap(),
+            ip,
+            ip_header: &ip_text,
             trusted_proxies: &[],
         };
         let mut map = headers(&[
@@ -242,7 +334,8 @@ mod tests {
 
         let nets = ["10.0.0.0/8".parse().unwrap()];
         let trusted = Peer {
-            ip: "10.0.0.9".parse().unwrap(),
+            ip,
+            ip_header: &ip_text,
             trusted_proxies: &nets,
         };
         let mut map = headers(&[

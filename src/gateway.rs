@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -22,7 +23,7 @@ use crate::idempotency::store::{MemoryStore, Store};
 use crate::idempotency::Keys;
 use crate::listener::ListenerState;
 use crate::observe::access_log::AccessLog;
-use crate::observe::metrics::{Metrics, ResultLabel};
+use crate::observe::metrics::{Cached, CodeCounters, Metrics, ResultLabel};
 use crate::observe::window::Window;
 use crate::observe::Observer;
 use crate::retry::RetryBudget;
@@ -78,6 +79,9 @@ pub struct RouteState {
     pub retry_budget: RetryBudget,
     /// Requests of the last minute, for the status pages.
     pub recent: Window,
+    /// The route's `requests` counters and `request_duration_seconds` histogram.
+    pub codes: CodeCounters,
+    pub duration: Cached<Histogram>,
     /// Maintenance as set by the admin API: [`FOLLOW_CONFIG`], [`ON`] or [`OFF`].
     maintenance: AtomicU8,
 }
@@ -94,6 +98,8 @@ impl RouteState {
             errors: AtomicU64::new(0),
             retry_budget: RetryBudget::default(),
             recent: Window::default(),
+            codes: CodeCounters::default(),
+            duration: Cached::default(),
             maintenance: AtomicU8::new(FOLLOW_CONFIG),
         }
     }

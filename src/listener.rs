@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::config::Listener;
 use crate::forward;
-use crate::gate::{ConnState, Gate, InFlight, Limits, Refusal, Refuse, MAX_HEADERS};
+use crate::gate::{ConnState, Gate, InFlight, Limits, Refusal, Refuse};
 use crate::gateway::{stop_requested, Gateway, SHUTDOWN_GRACE};
 use crate::observe::metrics::{ListenerLabel, Metrics};
 use crate::observe::Exchange;
@@ -34,6 +34,8 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// What a request handler knows about the connection it came on.
 pub struct ClientConn {
     pub peer: SocketAddr,
+    /// The peer's address as a header value, for `X-Forwarded-For`.
+    pub peer_ip: http::HeaderValue,
     pub listener: Arc<ListenerState>,
     /// Shared with the connection's [`Gate`].
     pub state: Arc<ConnState>,
@@ -68,9 +70,10 @@ fn connection_builder(config: &Listener) -> auto::Builder<TokioExecutor> {
         .http1()
         .timer(TokioTimer::new())
         // The gate enforces the head timeout and size, with a proper answer; hyper's own
-        // limits stay out of its way.
+        // limits stay out of its way. The gate's header count limit is hyper's default
+        // (`gate::MAX_HEADERS`): setting it explicitly would make hyper allocate and fill a
+        // header index per request instead of using its array on the stack.
         .header_read_timeout(None)
-        .max_headers(MAX_HEADERS)
         .max_buf_size(config.max_header_bytes.saturating_mul(2).max(HYPER_MIN_BUF));
     builder
         .http2()
@@ -111,6 +114,7 @@ pub async fn serve(
         }
         let conn = Arc::new(ClientConn {
             peer,
+            peer_ip: forward::ip_header(peer.ip()),
             listener: state.clone(),
             state: Arc::default(),
         });

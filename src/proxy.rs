@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{
-    HeaderValue, ACCEPT, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HOST,
+    HeaderName, HeaderValue, ACCEPT, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE,
+    EXPECT, HOST,
 };
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
@@ -222,7 +223,7 @@ fn declared_length(request: &Request<Incoming>) -> Option<u64> {
 }
 
 /// The header that marks a replayed answer (SPEC §8).
-const BATON_IDEMPOTENT_REPLAY: &str = "baton-idempotent-replay";
+const BATON_IDEMPOTENT_REPLAY: HeaderName = HeaderName::from_static("baton-idempotent-replay");
 
 fn count_key(gateway: &Gateway, exchange: &Exchange, result: &'static str) {
     if let Some(route) = &exchange.route {
@@ -263,7 +264,7 @@ async fn handle_inner(
             .route_table
             .select(&snapshot.config.routes, &host_name, request.uri().path())
     else {
-        return Err(answer_early(request, Cause::NoRoute.into()).await);
+        return Err(Box::pin(answer_early(request, Cause::NoRoute.into())).await);
     };
     let route_state = &snapshot.routes[route_index];
     let upstream = &snapshot.upstreams[route.upstream];
@@ -274,24 +275,24 @@ async fn handle_inner(
             retry_after: Some(route.maintenance_retry_after),
             ..ProxyError::from(Cause::Maintenance)
         };
-        return Err(answer_early(request, error).await);
+        return Err(Box::pin(answer_early(request, error)).await);
     }
     if declared_length(&request).is_some_and(|length| length > route.max_body_bytes) {
         return Err(ProxyError::closing(Cause::RequestTooLarge));
     }
     let decision = match &route.idempotency {
         Some(policy) => {
-            gateway
-                .keys
-                .check(
-                    policy,
-                    &route.name,
-                    request.method(),
-                    &host_name,
-                    request.uri().path(),
-                    request.headers(),
-                )
-                .await
+            // Boxed, as are the other futures off the common path: inline, their state
+            // would make every request's future larger, and it is moved as a whole.
+            Box::pin(gateway.keys.check(
+                policy,
+                &route.name,
+                request.method(),
+                &host_name,
+                request.uri().path(),
+                request.headers(),
+            ))
+            .await
         }
         None => None,
     };
@@ -299,18 +300,18 @@ async fn handle_inner(
         None => None,
         Some(Err(Refused(cause))) => {
             count_key(gateway, exchange, cause.code());
-            return Err(answer_early(request, cause.into()).await);
+            return Err(Box::pin(answer_early(request, cause.into())).await);
         }
         Some(Ok(Decision::Replay {
             body_hash,
             response,
         })) => {
             // The same key and head: the body must be the same too.
-            let hash = hash_body(
+            let hash = Box::pin(hash_body(
                 request.into_body(),
                 route.max_body_bytes,
                 route.timeouts.idle,
-            )
+            ))
             .await
             .map_err(ProxyError::closing)?;
             if body_hash.is_some_and(|stored| stored != hash) {
@@ -355,12 +356,15 @@ async fn handle_inner(
     let listener = conn.listener.config.load();
     let peer = Peer {
         ip: conn.peer.ip(),
+        ip_header: &conn.peer_ip,
         trusted_proxies: &listener.trusted_proxies,
     };
     forward::remove_hop_by_hop(&mut parts.headers, upgrade);
     // hyper answered `Expect: 100-continue` when the body was first read; the upstream
     // gets the body without having to ask for it.
-    parts.headers.remove(EXPECT);
+    if forward::any_present(&parts.headers, &[EXPECT]) {
+        parts.headers.remove(EXPECT);
+    }
     forward::set_forwarding_headers(
         &mut parts.headers,
         &peer,
@@ -565,18 +569,24 @@ async fn try_endpoints(
             .min();
         let sent_at = Instant::now();
         let result = attempt(endpoint, pending, route.timeouts.connect, head_deadline).await;
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(failure) => failure.cause.code(),
+        match &result {
+            Ok(_) => endpoint
+                .ok_attempts
+                .get(&metrics.attempts, || AttemptLabels {
+                    upstream: upstream.name.clone(),
+                    endpoint: endpoint.label.clone(),
+                    outcome: "ok",
+                })
+                .inc(),
+            Err(failure) => metrics
+                .attempts
+                .get_or_create(&AttemptLabels {
+                    upstream: upstream.name.clone(),
+                    endpoint: endpoint.label.clone(),
+                    outcome: failure.cause.code(),
+                })
+                .inc(),
         };
-        metrics
-            .attempts
-            .get_or_create(&AttemptLabels {
-                upstream: upstream.name.clone(),
-                endpoint: endpoint.label.clone(),
-                outcome,
-            })
-            .inc();
         let failure = match result {
             Ok(success) => {
                 let (latency, now) = (sent_at.elapsed(), now_ms());

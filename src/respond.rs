@@ -10,15 +10,16 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
 use http::{Method, Response, StatusCode};
 
 use crate::body::ResponseBody;
 use crate::cause::{Cause, Delivery};
 
-pub const BATON_ERROR: &str = "baton-error";
-pub const BATON_DELIVERY: &str = "baton-delivery";
-pub const X_REQUEST_ID: &str = "x-request-id";
+// Header names as `HeaderName`s: a `&str` name is parsed, and copied, at every use.
+pub const BATON_ERROR: HeaderName = HeaderName::from_static("baton-error");
+pub const BATON_DELIVERY: HeaderName = HeaderName::from_static("baton-delivery");
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// How long the HTML page waits before reloading when no `Retry-After` applies.
 const DEFAULT_RELOAD_AFTER: Duration = Duration::from_secs(10);

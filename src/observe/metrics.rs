@@ -1,10 +1,11 @@
 //! Prometheus metrics (SPEC §11), served as text by the admin server.
 
-use std::sync::Arc;
+use std::hash::Hash;
+use std::sync::{Arc, OnceLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
@@ -177,5 +178,59 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// One metric of a family, looked up the first time and kept: a family lookup takes a lock
+/// and hashes the labels, too much to do for every request. Families never drop a metric,
+/// so the kept one is the one the family reports.
+pub struct Cached<M>(OnceLock<M>);
+
+impl<M> Default for Cached<M> {
+    fn default() -> Self {
+        Cached(OnceLock::new())
+    }
+}
+
+impl<M: Clone> Cached<M> {
+    pub fn get<S, C>(&self, family: &Family<S, M, C>, labels: impl FnOnce() -> S) -> &M
+    where
+        S: Clone + Hash + Eq,
+        C: MetricConstructor<M>,
+    {
+        self.0
+            .get_or_init(|| family.get_or_create(&labels()).clone())
+    }
+}
+
+/// How many status codes a route keeps its `requests` counters at hand for.
+const CACHED_CODES: usize = 8;
+
+/// A route's `requests` counters by status code, for the first few codes it answers with;
+/// further codes go through the family.
+#[derive(Default)]
+pub struct CodeCounters([OnceLock<(u16, Counter)>; CACHED_CODES]);
+
+impl CodeCounters {
+    pub fn inc(&self, family: &Family<RouteCode, Counter>, route: &Arc<str>, code: u16) {
+        for slot in &self.0 {
+            let (cached, counter) = slot.get_or_init(|| {
+                let labels = RouteCode {
+                    route: route.clone(),
+                    code,
+                };
+                (code, family.get_or_create(&labels).clone())
+            });
+            if *cached == code {
+                counter.inc();
+                return;
+            }
+        }
+        family
+            .get_or_create(&RouteCode {
+                route: route.clone(),
+                code,
+            })
+            .inc();
     }
 }

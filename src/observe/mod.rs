@@ -155,19 +155,34 @@ impl Exchange {
             stats.recent.record(now_ms(), duration, cause);
         }
 
-        metrics
-            .requests
-            .get_or_create(&RouteCode {
-                route: route_label.clone(),
-                code: self.status,
-            })
-            .inc();
-        metrics
-            .duration
-            .get_or_create(&RouteLabel {
-                route: route_label.clone(),
-            })
-            .observe(duration.as_secs_f64());
+        let seconds = duration.as_secs_f64();
+        match route_stats {
+            Some(stats) => {
+                stats
+                    .codes
+                    .inc(&metrics.requests, &stats.label, self.status);
+                stats
+                    .duration
+                    .get(&metrics.duration, || RouteLabel {
+                        route: stats.label.clone(),
+                    })
+                    .observe(seconds);
+            }
+            None => {
+                let route = metrics.no_route.clone();
+                metrics
+                    .requests
+                    .get_or_create(&RouteCode {
+                        route: route.clone(),
+                        code: self.status,
+                    })
+                    .inc();
+                metrics
+                    .duration
+                    .get_or_create(&RouteLabel { route })
+                    .observe(seconds);
+            }
+        }
         if let Some(stats) = route_stats {
             stats.requests.fetch_add(1, Ordering::Relaxed);
         }

@@ -12,11 +12,13 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::HeaderValue;
+use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
 
 use super::pool::Pool;
 use crate::cause::Cause;
 use crate::config::{EndpointConfig, Keepalive, Outlier};
+use crate::observe::metrics::Cached;
 use crate::observe::window::Window;
 
 /// Milliseconds on baton's monotonic clock (tokio's, so tests may pause it), from 1.
@@ -117,6 +119,8 @@ pub struct Endpoint {
     pub inflight: AtomicU64,
     /// Attempts that got a response head.
     pub ok: AtomicU64,
+    /// This endpoint's `upstream_attempts{outcome="ok"}` counter.
+    pub ok_attempts: Cached<Counter>,
     /// Attempts that failed, by any cause.
     pub failed: AtomicU64,
     /// Attempts of the last minute, for the status page.
@@ -174,6 +178,7 @@ impl Endpoint {
             pool: Pool::new(keepalive),
             inflight: AtomicU64::new(0),
             ok: AtomicU64::new(0),
+            ok_attempts: Cached::default(),
             failed: AtomicU64::new(0),
             recent: Window::default(),
             ejected_total: AtomicU64::new(0),
