@@ -6,18 +6,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::body::RequestBody;
 use crate::cause::{Cause, Delivery};
 use crate::classify;
-use crate::upstream::pool::{self, Lease, Sender};
+use crate::upstream::h1::{self, Conn, SendError};
+use crate::upstream::pool::{self, Lease};
 use crate::upstream::Endpoint;
 
-/// A response head from the endpoint, and the connection it came on.
+/// A response head from the endpoint; its body holds the connection it came on.
 pub struct Success {
-    pub response: Response<Incoming>,
+    pub response: Response<h1::Body>,
     pub lease: Lease,
     pub connect: Option<Duration>,
 }
@@ -43,13 +43,13 @@ pub async fn attempt(
     loop {
         let reused = pooled.is_some();
         let mut connect_time = None;
-        let mut sender = match pooled.take() {
-            Some(sender) => sender,
+        let conn = match pooled.take() {
+            Some(conn) => conn,
             None => {
                 let started = Instant::now();
                 // Boxed: most requests find a pooled connection, and the connect state
                 // inline would enlarge every request's future.
-                let connect = Box::pin(pool::connect(endpoint.addr));
+                let connect = Box::pin(Conn::connect(endpoint.addr));
                 let connected = match connect_timeout {
                     Some(limit) => tokio::time::timeout(limit, connect)
                         .await
@@ -58,7 +58,7 @@ pub async fn attempt(
                 };
                 connect_time = Some(started.elapsed());
                 match connected {
-                    Ok(sender) => sender,
+                    Ok(conn) => conn,
                     Err(err) => {
                         tracing::debug!(endpoint = %endpoint.addr, error = %err, "connect failed");
                         return Err(Failure {
@@ -71,27 +71,29 @@ pub async fn attempt(
                 }
             }
         };
-        if reused && sender.ready().await.is_err() {
-            // Closed while idle: nothing was sent, go fresh.
-            continue;
-        }
         let lease = Lease::new(endpoint.clone());
-        match send(&mut sender, request, head_deadline).await {
+        let exchange = conn.send(request);
+        let result = match head_deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, exchange)
+                .await
+                .unwrap_or(Err(SendError::Sent(Cause::UpstreamResponseTimeout))),
+            None => exchange.await,
+        };
+        match result {
             Ok(response) => {
                 let mut lease = lease;
                 lease.set_keep_alive_hint(pool::keep_alive_timeout(response.headers()));
-                let lease = lease.with_sender(sender);
                 return Ok(Success {
                     response,
                     lease,
                     connect: connect_time,
                 });
             }
-            Err(SendFailure::NotSent(returned, cause)) if reused => {
+            Err(SendError::NotSent(returned, cause)) if reused => {
                 tracing::debug!(endpoint = %endpoint.addr, %cause, "pooled connection was dead; retrying on a fresh one");
                 request = *returned;
             }
-            Err(SendFailure::NotSent(returned, cause)) => {
+            Err(SendError::NotSent(returned, cause)) => {
                 return Err(Failure {
                     cause,
                     delivery: Delivery::None,
@@ -99,7 +101,7 @@ pub async fn attempt(
                     connect: connect_time,
                 })
             }
-            Err(SendFailure::Sent(cause)) => {
+            Err(SendError::Sent(cause)) => {
                 return Err(Failure {
                     cause,
                     delivery: Delivery::Sent,
@@ -109,32 +111,4 @@ pub async fn attempt(
             }
         }
     }
-}
-
-enum SendFailure {
-    /// The connection gave the request back untouched.
-    NotSent(Box<Request<RequestBody>>, Cause),
-    Sent(Cause),
-}
-
-async fn send(
-    sender: &mut Sender,
-    request: Request<RequestBody>,
-    head_deadline: Option<Instant>,
-) -> Result<Response<Incoming>, SendFailure> {
-    let exchange = sender.try_send_request(request);
-    let result = match head_deadline {
-        Some(deadline) => match tokio::time::timeout_at(deadline, exchange).await {
-            Ok(result) => result,
-            Err(_) => return Err(SendFailure::Sent(Cause::UpstreamResponseTimeout)),
-        },
-        None => exchange.await,
-    };
-    result.map_err(|mut err| {
-        let cause = classify::send_error(err.error());
-        match err.take_message() {
-            Some(request) => SendFailure::NotSent(Box::new(request), cause),
-            None => SendFailure::Sent(cause),
-        }
-    })
 }

@@ -26,6 +26,7 @@ use crate::classify;
 use crate::idempotency::{BodyHash, StoredResponse, MAX_STORED_BODY};
 use crate::observe::Exchange;
 use crate::upstream::balance::StableHasher;
+use crate::upstream::h1;
 use crate::upstream::pool::Lease;
 
 /// Why a body stream stopped early, as a cause code.
@@ -166,6 +167,11 @@ impl BodyCopy {
 }
 
 impl RequestBody {
+    /// The data of the next frame when it is already buffered, without taking it.
+    pub fn front_data(&self) -> Option<&Bytes> {
+        self.buffered.front()?.data_ref()
+    }
+
     /// A copy of the body when all of it was read ahead and it fits `retry.buffer_bytes`
     /// (so it can be sent again). An empty body always can.
     pub fn copy(&self) -> Option<BodyCopy> {
@@ -363,7 +369,7 @@ impl ResponseBody {
     /// Streams an upstream body, enforcing the idle and total timeouts, returning the
     /// connection to its pool at the end and finishing `exchange` however it ends.
     pub fn upstream(
-        inner: Incoming,
+        inner: h1::Body,
         idle: Option<Duration>,
         deadline: Option<Instant>,
         lease: Lease,
@@ -399,7 +405,7 @@ fn next_timer(idle: Option<Duration>, deadline: Option<Instant>) -> Option<Insta
 }
 
 struct UpstreamBody {
-    inner: Incoming,
+    inner: h1::Body,
     idle: Option<Duration>,
     deadline: Option<Instant>,
     timer: Option<Pin<Box<Sleep>>>,
@@ -416,7 +422,7 @@ impl UpstreamBody {
     fn finish(&mut self, abort: Option<Cause>) {
         if let Some(lease) = self.lease.take() {
             match abort {
-                None => lease.release(),
+                None => lease.release(self.inner.take_reusable()),
                 Some(cause) => lease.record_failure(cause),
             }
         }

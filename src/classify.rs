@@ -1,4 +1,4 @@
-//! The one place where low-level failures (io, hyper) become a [`Cause`].
+//! Where low-level failures (io, hyper) become a [`Cause`].
 //!
 //! Source errors are classified as they are, never flattened to strings first: a timeout
 //! stays a timeout (504), a refusal a refusal (502).
@@ -6,7 +6,6 @@
 use std::error::Error as StdError;
 use std::io;
 
-use crate::body::BodyError;
 use crate::cause::Cause;
 
 /// A failed TCP connect.
@@ -16,22 +15,6 @@ pub fn connect_error(err: &io::Error) -> Cause {
         io::ErrorKind::TimedOut => Cause::UpstreamConnectTimeout,
         _ => Cause::UpstreamUnreachable,
     }
-}
-
-/// A failed exchange on an established connection, before the response head arrived.
-pub fn send_error(err: &hyper::Error) -> Cause {
-    // A failure of our own request body (the client went away, sent too much or sent
-    // broken chunks) is the client's cause, not the upstream's.
-    if let Some(body) = find_source::<BodyError>(err) {
-        return body.0;
-    }
-    if err.is_parse() || err.is_parse_status() || err.is_parse_too_large() {
-        return Cause::UpstreamInvalidResponse;
-    }
-    if err.is_timeout() {
-        return Cause::UpstreamResponseTimeout;
-    }
-    Cause::UpstreamReset
 }
 
 /// A failed read of the client's request body: broken framing (a bad chunk size, a body

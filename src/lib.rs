@@ -19,11 +19,11 @@
 //! - [`idempotency`] keys POSTs and PATCHes so that each is executed once, in memory or
 //!   in Redis;
 //! - [`upstream`] holds endpoints and their health ([`upstream::endpoint`],
-//!   [`upstream::health`], [`upstream::dns`]), the balancers ([`upstream::balance`]) and
-//!   the keep-alive [`upstream::pool`];
+//!   [`upstream::health`], [`upstream::dns`]), the balancers ([`upstream::balance`]), the
+//!   keep-alive [`upstream::pool`] and the HTTP/1.1 client [`upstream::h1`];
 //! - [`retry`] decides what may be tried again, when, and within what budget;
 //! - [`attempt`] tries one endpoint; [`classify`] turns io and hyper errors into a
-//!   [`cause::Cause`];
+//!   [`cause::Cause`] (the upstream client, [`upstream::h1`], classifies its own);
 //! - [`body`] streams bodies both ways and ends the exchange; [`respond`] builds every
 //!   error response; [`observe`] keeps metrics, the access log and the one-minute figures;
 //!   [`admin`] serves them, with the status pages of [`status`].

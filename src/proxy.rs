@@ -15,6 +15,7 @@ use http::header::{
 };
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
+use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 use crate::attempt::{attempt, Success};
@@ -35,6 +36,7 @@ use crate::route;
 use crate::status;
 use crate::upstream::balance::StableHasher;
 use crate::upstream::endpoint::now_ms;
+use crate::upstream::h1;
 use crate::upstream::pool::Lease;
 use crate::upstream::Upstream;
 
@@ -71,7 +73,7 @@ impl ProxyError {
 
 /// An upstream's response head and what its body needs to stream.
 pub struct Proxied {
-    response: Response<Incoming>,
+    response: Response<h1::Body>,
     lease: Lease,
     idle: Option<Duration>,
     deadline: Option<Instant>,
@@ -400,8 +402,10 @@ async fn handle_inner(
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     match (switching, client_upgrade) {
         (true, Some(client_upgrade)) => {
-            conn.state.mark_upgraded();
-            tunnel(client_upgrade, hyper::upgrade::on(&mut response));
+            if let Some(upstream) = response.body_mut().take_upgraded() {
+                conn.state.mark_upgraded();
+                tunnel(client_upgrade, upstream);
+            }
         }
         // A 101 nobody asked for cannot be passed on.
         (true, None) => {
@@ -681,24 +685,26 @@ fn clone_parts(request: &Request<RequestBody>) -> http::request::Parts {
 
 /// Joins an upgraded client connection to the upgraded upstream connection and copies
 /// bytes both ways until either side closes.
-fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: h1::Conn) {
     tokio::spawn(async move {
-        let (client, upstream) = tokio::join!(client, upstream);
-        match (client, upstream) {
-            (Ok(client), Ok(upstream)) => {
-                let mut client = hyper_util::rt::TokioIo::new(client);
-                let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-                if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                    tracing::debug!(error = %err, "upgraded connection ended");
-                }
+        let client = match client.await {
+            Ok(client) => client,
+            Err(err) => {
+                tracing::debug!(error = %err, "client upgrade failed");
+                return;
             }
-            (client, upstream) => {
-                tracing::debug!(
-                    client_ok = client.is_ok(),
-                    upstream_ok = upstream.is_ok(),
-                    "upgrade failed"
-                );
+        };
+        let mut client = hyper_util::rt::TokioIo::new(client);
+        let (mut upstream, early) = upstream.into_parts();
+        // What the upstream sent right after its 101 came in with the head.
+        if !early.is_empty() {
+            if let Err(err) = client.write_all(&early).await {
+                tracing::debug!(error = %err, "upgraded connection ended");
+                return;
             }
+        }
+        if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            tracing::debug!(error = %err, "upgraded connection ended");
         }
     });
 }

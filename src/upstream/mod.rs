@@ -3,6 +3,7 @@
 pub mod balance;
 pub mod dns;
 pub mod endpoint;
+pub mod h1;
 pub mod health;
 pub mod pool;
 

@@ -4,27 +4,22 @@
 //! the most common cause of needless 502s (SPEC §6). The pool avoids it three ways: an idle
 //! connection expires after `keepalive.idle`, and sooner when the upstream announced a
 //! shorter `Keep-Alive: timeout=N` (less a safety margin); a connection the upstream has
-//! closed is noticed by hyper and skipped; and [`crate::attempt`] retries a request that a
-//! pooled connection refused before writing it on a fresh connection.
+//! closed is noticed when taken from the pool (its socket turned readable) and skipped; and
+//! [`crate::attempt`] retries a request that a pooled connection refused before writing it
+//! on a fresh connection.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::header::HeaderName;
 use http::HeaderMap;
-use hyper::client::conn::http1::{Builder, SendRequest};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::h1::Conn;
 use super::Endpoint;
-use crate::body::RequestBody;
 use crate::config::Keepalive;
-
-pub type Sender = SendRequest<RequestBody>;
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 /// How much earlier than the upstream's announced `Keep-Alive: timeout` baton stops reusing
@@ -34,7 +29,7 @@ const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const KEEP_ALIVE_HINT_MARGIN_MAX: Duration = Duration::from_secs(1);
 
 struct Idle {
-    sender: Sender,
+    conn: Conn,
     expires: Instant,
 }
 
@@ -55,12 +50,12 @@ impl Pool {
     }
 
     /// The most recently used idle connection that has not expired or closed.
-    pub fn checkout(&self) -> Option<Sender> {
+    pub fn checkout(&self) -> Option<Conn> {
         let now = Instant::now();
         let mut idle = self.idle.lock().ok()?;
         while let Some(candidate) = idle.pop_back() {
-            if candidate.expires > now && !candidate.sender.is_closed() {
-                return Some(candidate.sender);
+            if candidate.expires > now && candidate.conn.is_open() {
+                return Some(candidate.conn);
             }
         }
         None
@@ -68,8 +63,8 @@ impl Pool {
 
     /// Returns a connection whose exchange completed. `hint` is the upstream's
     /// `Keep-Alive: timeout`.
-    fn checkin(&self, sender: Sender, hint: Option<Duration>) {
-        if sender.is_closed() || self.keepalive.max_idle_per_endpoint == 0 {
+    fn checkin(&self, conn: Conn, hint: Option<Duration>) {
+        if self.keepalive.max_idle_per_endpoint == 0 {
             return;
         }
         let mut keep = self.keepalive.idle;
@@ -88,17 +83,16 @@ impl Pool {
             idle.pop_front();
         }
         idle.push_back(Idle {
-            sender,
+            conn,
             expires: now + keep,
         });
     }
 
-    /// Drops idle connections that expired or closed; dropping a connection's sender ends
-    /// its task and closes the socket.
+    /// Drops (and so closes) idle connections that expired or that the upstream closed.
     pub fn purge(&self) {
         let now = Instant::now();
         if let Ok(mut idle) = self.idle.lock() {
-            idle.retain(|c| c.expires > now && !c.sender.is_closed());
+            idle.retain(|c| c.expires > now && c.conn.is_open());
         }
     }
 
@@ -120,27 +114,9 @@ pub fn keep_alive_timeout(headers: &HeaderMap) -> Option<Duration> {
     })
 }
 
-/// Opens a TCP connection and an HTTP/1.1 client connection on it. The connection task
-/// runs until the upstream closes or the last sender is dropped.
-pub async fn connect(addr: SocketAddr) -> std::io::Result<Sender> {
-    let stream = TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let (sender, connection) = Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(std::io::Error::other)?;
-    tokio::spawn(async move {
-        if let Err(err) = connection.with_upgrades().await {
-            tracing::debug!(%addr, error = %err, "upstream connection ended");
-        }
-    });
-    Ok(sender)
-}
-
 /// A connection in use by one exchange, and the endpoint's in-flight count while it is.
 pub struct Lease {
     endpoint: Arc<Endpoint>,
-    sender: Option<Sender>,
     keep_alive_hint: Option<Duration>,
 }
 
@@ -150,15 +126,8 @@ impl Lease {
         endpoint.inflight.fetch_add(1, Ordering::Relaxed);
         Lease {
             endpoint,
-            sender: None,
             keep_alive_hint: None,
         }
-    }
-
-    /// The connection to return to the pool when the exchange completes.
-    pub fn with_sender(mut self, sender: Sender) -> Lease {
-        self.sender = Some(sender);
-        self
     }
 
     pub fn set_keep_alive_hint(&mut self, hint: Option<Duration>) {
@@ -171,10 +140,11 @@ impl Lease {
             .record_failure(cause, super::endpoint::now_ms());
     }
 
-    /// The exchange completed: the connection may serve the next request.
-    pub fn release(mut self) {
-        if let Some(sender) = self.sender.take() {
-            self.endpoint.pool.checkin(sender, self.keep_alive_hint);
+    /// The exchange completed; `conn`, when it may serve the next request, goes back to
+    /// the pool.
+    pub fn release(self, conn: Option<Conn>) {
+        if let Some(conn) = conn {
+            self.endpoint.pool.checkin(conn, self.keep_alive_hint);
         }
     }
 }

@@ -41,6 +41,13 @@ enum Behavior {
     Sink,
     KeepAliveTimeout(Duration),
     Echo,
+    /// Answers every request with these bytes, as they are; closes after when `close`.
+    Raw {
+        bytes: Vec<u8>,
+        close: bool,
+    },
+    /// Answers 413 on the request head without reading the body, then closes.
+    EarlyAnswer,
 }
 
 /// A real upstream server on 127.0.0.1 with one behavior, counting the requests it saw.
@@ -178,6 +185,29 @@ impl Upstream {
         Self::start(Behavior::KeepAliveTimeout(timeout)).await
     }
 
+    /// Answers every request with `bytes` verbatim (a response, or anything else).
+    pub async fn raw(bytes: &[u8]) -> Upstream {
+        Self::start(Behavior::Raw {
+            bytes: bytes.to_vec(),
+            close: false,
+        })
+        .await
+    }
+
+    /// Like [`Upstream::raw`], closing the connection after each answer.
+    pub async fn raw_then_close(bytes: &[u8]) -> Upstream {
+        Self::start(Behavior::Raw {
+            bytes: bytes.to_vec(),
+            close: true,
+        })
+        .await
+    }
+
+    /// Answers `413` as soon as a request head arrives, without reading its body.
+    pub async fn early_answer() -> Upstream {
+        Self::start(Behavior::EarlyAnswer).await
+    }
+
     /// Accepts an HTTP/1.1 upgrade with 101, then echoes every byte.
     pub async fn upgrade_echo() -> Upstream {
         Self::start(Behavior::Echo).await
@@ -306,6 +336,13 @@ async fn serve(
         };
         let Ok(Some(head)) = head else { return };
         seen.lock().unwrap().push(head.clone());
+        if let Behavior::EarlyAnswer = behavior {
+            let _ = reader
+                .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\nconnection: close\r\n\r\nbig!")
+                .await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            return;
+        }
         let counter = body_bytes.clone();
         let Ok(length) = reader
             .read_request_body(&head, |piece| {
@@ -400,6 +437,14 @@ async fn serve(
                 return;
             }
             Behavior::Download(size) => download(&mut reader, *size).await,
+            Behavior::Raw { bytes, close } => {
+                let written = reader.write_all(bytes).await;
+                if *close {
+                    return;
+                }
+                written
+            }
+            Behavior::EarlyAnswer => return,
             Behavior::Sink => {
                 let text = length.to_string();
                 let response = format!(

@@ -1,0 +1,796 @@
+//! HTTP/1.1 to upstreams, driven by the exchange that uses the connection.
+//!
+//! hyper's client runs each connection as a task of its own and hands requests, responses
+//! and body chunks across channels to it; on a proxy's hot path that is most of the user
+//! time spent per request. Here the request's own task writes the request, reads the
+//! response head and, through [`Body`], the response body, straight from the socket: no
+//! task, no channel, and an idle pooled connection holds nothing but its socket.
+//!
+//! What is checked on the way in: the response head parses (httparse), fits
+//! [`MAX_HEAD_BYTES`], has at most [`MAX_HEADERS`] fields and unambiguous framing
+//! (RFC 9112 §6.3: no `Content-Length` with `Transfer-Encoding`, no differing lengths);
+//! chunk sizes parse. A connection is reused only when the response said it may be (HTTP/1.1
+//! without `Connection: close`, or HTTP/1.0 with `keep-alive`), its body was delimited
+//! and read to the end, and nothing followed it.
+
+use std::future::Future;
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::pin::{pin, Pin};
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::body::RequestBody;
+use crate::cause::Cause;
+
+/// The largest response head accepted.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// The most header fields a response head may have.
+pub const MAX_HEADERS: usize = 100;
+/// The longest chunk-size line (with extensions) accepted.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+/// Free room made in the read buffer before a read.
+const READ_MIN: usize = 8 * 1024;
+/// The most room made for a read of body bytes whose length is known.
+const READ_MAX: usize = 64 * 1024;
+/// Request body data this small is written with the head, in one system call.
+const COALESCE_BYTES: usize = 16 * 1024;
+
+/// One HTTP/1.1 connection to an upstream.
+pub struct Conn {
+    io: TcpStream,
+    /// Bytes read and not yet used.
+    buf: BytesMut,
+}
+
+/// A failed exchange, and whether any of the request reached the upstream.
+pub enum SendError {
+    /// Nothing was written: the request comes back, to go elsewhere.
+    NotSent(Box<Request<RequestBody>>, Cause),
+    Sent(Cause),
+}
+
+impl Conn {
+    pub async fn connect(addr: SocketAddr) -> io::Result<Conn> {
+        let io = TcpStream::connect(addr).await?;
+        io.set_nodelay(true)?;
+        Ok(Conn {
+            io,
+            buf: BytesMut::new(),
+        })
+    }
+
+    /// Whether the connection can carry another request: nothing unread is waiting on it
+    /// and the upstream has not closed it. Costs no system call unless the socket became
+    /// readable since the last read.
+    pub fn is_open(&self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        matches!(self.io.try_read(&mut probe), Err(err) if err.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// Sends `request` and reads the response head. The response body streams from the
+    /// connection through the returned [`Body`], which gives the connection back when the
+    /// exchange allows its reuse.
+    pub async fn send(
+        mut self,
+        request: Request<RequestBody>,
+    ) -> Result<Response<Body>, SendError> {
+        let head_request = request.method() == Method::HEAD;
+        let (mut parts, mut body) = request.into_parts();
+        let framing = request_framing(&mut parts.headers, &body);
+        let mut out = BytesMut::with_capacity(512);
+        encode_head(&mut out, &parts);
+        // Body data already at hand, when small, goes out with the head in one write; it
+        // is taken from the body only once written.
+        let coalesced = match body.front_data() {
+            Some(data) if data.len() <= COALESCE_BYTES => {
+                encode_data(&mut out, data, framing);
+                Some(data.len() as u64)
+            }
+            _ => None,
+        };
+        match self.io.write(&out).await {
+            Ok(written) if written == out.len() => {}
+            Ok(written) if written > 0 => {
+                if self.io.write_all(&out[written..]).await.is_err() {
+                    return Err(SendError::Sent(Cause::UpstreamReset));
+                }
+            }
+            // Nothing went out: the request, untouched, may go elsewhere.
+            _ => {
+                let request = Request::from_parts(parts, body);
+                return Err(SendError::NotSent(Box::new(request), Cause::UpstreamReset));
+            }
+        }
+        if coalesced.is_some() {
+            // The frame just written, through the body's own accounting.
+            let _ = body.frame().await;
+        }
+        let mut whole = true;
+        if !http_body::Body::is_end_stream(&body) || matches!(framing, Outgoing::Chunked) {
+            whole = self
+                .send_body(&mut body, framing, coalesced.unwrap_or(0))
+                .await
+                .map_err(SendError::Sent)?;
+        }
+        drop(body);
+        let (head, mut incoming) = self
+            .read_head(head_request)
+            .await
+            .map_err(SendError::Sent)?;
+        // An upstream that answered before taking the whole body left the connection in
+        // the middle of a request.
+        incoming.reusable &= whole;
+        Ok(Response::from_parts(head, incoming))
+    }
+
+    /// Writes the rest of the request body while watching for an early response. Returns
+    /// whether the whole body was sent (`false`: the upstream answered first).
+    async fn send_body(
+        &mut self,
+        body: &mut RequestBody,
+        framing: Outgoing,
+        already_sent: u64,
+    ) -> Result<bool, Cause> {
+        let (mut reader, mut writer) = self.io.split();
+        let buf = &mut self.buf;
+        let send = async {
+            let mut out = BytesMut::new();
+            let mut sent = already_sent;
+            loop {
+                out.clear();
+                let last = match body.frame().await {
+                    None => {
+                        if let Outgoing::Length(length) = framing {
+                            if sent != length {
+                                return Err(Cause::BadRequest);
+                            }
+                        } else {
+                            out.extend_from_slice(b"0\r\n\r\n");
+                        }
+                        true
+                    }
+                    Some(Err(err)) => return Err(err.0),
+                    Some(Ok(frame)) => match frame.into_data() {
+                        Ok(data) => {
+                            sent += data.len() as u64;
+                            if matches!(framing, Outgoing::Length(length) if sent > length) {
+                                return Err(Cause::BadRequest);
+                            }
+                            encode_data(&mut out, &data, framing);
+                            false
+                        }
+                        // Trailers end the body; only chunked framing can carry them.
+                        Err(frame) => {
+                            if let (Outgoing::Chunked, Ok(trailers)) =
+                                (framing, frame.into_trailers())
+                            {
+                                encode_trailers(&mut out, &trailers);
+                            }
+                            true
+                        }
+                    },
+                };
+                writer
+                    .write_all(&out)
+                    .await
+                    .map_err(|_| Cause::UpstreamReset)?;
+                if last {
+                    return Ok(());
+                }
+            }
+        };
+        tokio::select! {
+            sent = send => sent.map(|()| true),
+            read = reader.read_buf(buf) => match read {
+                // Something arrived before the body was out: an early answer (or garbage,
+                // which reading the head will tell).
+                Ok(n) if n > 0 => Ok(false),
+                _ => Err(Cause::UpstreamReset),
+            },
+        }
+    }
+
+    /// Reads until a whole response head (skipping interim 1xx answers other than 101).
+    async fn read_head(
+        mut self,
+        head_request: bool,
+    ) -> Result<(http::response::Parts, Body), Cause> {
+        loop {
+            if self.buf.is_empty() {
+                self.read_more().await?;
+            }
+            if let Some(parsed) = parse_head(&mut self.buf)? {
+                let ParsedHead {
+                    status,
+                    version,
+                    headers,
+                } = parsed;
+                if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+                    continue;
+                }
+                let framing = response_framing(status, &headers, head_request)?;
+                let keep_alive = keep_alive(version, &headers);
+                let (mut parts, ()) = Response::new(()).into_parts();
+                parts.status = status;
+                parts.version = version;
+                parts.headers = headers;
+                let body = Body {
+                    conn: Some(self),
+                    framing,
+                    reusable: keep_alive,
+                    failed: None,
+                };
+                return Ok((parts, body));
+            }
+            if self.buf.len() >= MAX_HEAD_BYTES {
+                return Err(Cause::UpstreamInvalidResponse);
+            }
+            self.read_more().await?;
+        }
+    }
+
+    /// Reads more of a response head; the upstream closing first is a reset.
+    async fn read_more(&mut self) -> Result<(), Cause> {
+        self.buf.reserve(READ_MIN);
+        match self.io.read_buf(&mut self.buf).await {
+            Ok(0) | Err(_) => Err(Cause::UpstreamReset),
+            Ok(_) => Ok(()),
+        }
+    }
+
+    /// The socket and what was read past the response head, for a tunnel after `101`.
+    pub fn into_parts(self) -> (TcpStream, BytesMut) {
+        (self.io, self.buf)
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        self.buf.reserve(want.clamp(READ_MIN, READ_MAX));
+        pin!(self.io.read_buf(&mut self.buf)).poll(cx)
+    }
+
+    /// Ready for the pool: a buffer with nothing in it is given back.
+    fn idle(mut self) -> Conn {
+        if self.buf.capacity() > 0 {
+            self.buf = BytesMut::new();
+        }
+        self
+    }
+}
+
+/// How the request body is framed on the wire.
+#[derive(Clone, Copy)]
+enum Outgoing {
+    Length(u64),
+    Chunked,
+}
+
+/// Decides the request body's framing and sets its header: the client's `Content-Length`
+/// when it sent one (the gate checked it), else the exact size when known, else chunked.
+fn request_framing(headers: &mut HeaderMap, body: &RequestBody) -> Outgoing {
+    if http_body::Body::is_end_stream(body) {
+        return Outgoing::Length(0);
+    }
+    if let Some(length) = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+    {
+        return Outgoing::Length(length);
+    }
+    if let Some(length) = http_body::Body::size_hint(body).exact() {
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
+        return Outgoing::Length(length);
+    }
+    headers.remove(CONTENT_LENGTH);
+    headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+    Outgoing::Chunked
+}
+
+fn encode_head(out: &mut BytesMut, parts: &http::request::Parts) {
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.extend_from_slice(b" ");
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn encode_data(out: &mut BytesMut, data: &[u8], framing: Outgoing) {
+    match framing {
+        Outgoing::Length(_) => out.extend_from_slice(data),
+        Outgoing::Chunked if data.is_empty() => {}
+        Outgoing::Chunked => {
+            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            out.extend_from_slice(data);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+fn encode_trailers(out: &mut BytesMut, trailers: &HeaderMap) {
+    out.extend_from_slice(b"0\r\n");
+    for (name, value) in trailers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+struct ParsedHead {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+}
+
+/// Takes a complete response head off the front of `buf`; `None` when it is not all there.
+fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, Cause> {
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buf,
+        &mut fields,
+    );
+    let len = match parsed {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(Cause::UpstreamInvalidResponse),
+    };
+    let invalid = Cause::UpstreamInvalidResponse;
+    let status = response
+        .code
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .ok_or(invalid)?;
+    let version = match response.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    // Where each field lies in the head, so that the values can share its bytes.
+    let base = buf.as_ptr() as usize;
+    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let count = response.headers.len();
+    for (span, field) in spans.iter_mut().zip(response.headers.iter()) {
+        // Offsets within a head of at most MAX_HEAD_BYTES (checked by the caller).
+        let offset = |p: *const u8| (p as usize - base) as u32;
+        let name = offset(field.name.as_ptr());
+        let value = offset(field.value.as_ptr());
+        *span = (
+            name,
+            name + field.name.len() as u32,
+            value,
+            value + field.value.len() as u32,
+        );
+    }
+    let head = buf.split_to(len).freeze();
+    // Room for the fields baton adds on the way to the client.
+    let mut headers = HeaderMap::with_capacity(count + 4);
+    for &(name_start, name_end, value_start, value_end) in &spans[..count] {
+        let name = &head[name_start as usize..name_end as usize];
+        let name = HeaderName::from_bytes(name).map_err(|_| invalid)?;
+        let value = head.slice(value_start as usize..value_end as usize);
+        let value = HeaderValue::from_maybe_shared(value).map_err(|_| invalid)?;
+        headers.append(name, value);
+    }
+    Ok(Some(ParsedHead {
+        status,
+        version,
+        headers,
+    }))
+}
+
+/// Whether the upstream lets the connection carry another request.
+fn keep_alive(version: Version, headers: &HeaderMap) -> bool {
+    let mut close = false;
+    let mut keep = false;
+    for value in headers.get_all(CONNECTION) {
+        for token in value.to_str().unwrap_or("").split(',') {
+            let token = token.trim();
+            close |= token.eq_ignore_ascii_case("close");
+            keep |= token.eq_ignore_ascii_case("keep-alive");
+        }
+    }
+    !close && (version == Version::HTTP_11 || keep)
+}
+
+/// How the response body is delimited (RFC 9112 §6.3).
+enum Framing {
+    /// No body, or all of it read.
+    Done,
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the upstream closes.
+    Close,
+    /// `101 Switching Protocols`: what follows is not HTTP.
+    Upgraded,
+}
+
+#[derive(Clone, Copy)]
+enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside chunk data, this much left.
+    Data(u64),
+    /// Expecting the CRLF after chunk data.
+    DataEnd,
+    /// After the last chunk: trailer fields and the final CRLF.
+    Trailers,
+}
+
+fn response_framing(
+    status: StatusCode,
+    headers: &HeaderMap,
+    head_request: bool,
+) -> Result<Framing, Cause> {
+    let invalid = Cause::UpstreamInvalidResponse;
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(Framing::Upgraded);
+    }
+    let transfer_encoding = headers.contains_key(TRANSFER_ENCODING);
+    let mut lengths = headers.get_all(CONTENT_LENGTH).iter().peekable();
+    let length = if lengths.peek().is_some() {
+        let mut length: Option<u64> = None;
+        for value in lengths {
+            for part in value.to_str().map_err(|_| invalid)?.split(',') {
+                let part = part.trim();
+                if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(invalid);
+                }
+                let parsed: u64 = part.parse().map_err(|_| invalid)?;
+                if length.is_some_and(|l| l != parsed) {
+                    return Err(invalid);
+                }
+                length = Some(parsed);
+            }
+        }
+        length
+    } else {
+        None
+    };
+    if transfer_encoding && length.is_some() {
+        return Err(invalid);
+    }
+    if head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(Framing::Done);
+    }
+    if transfer_encoding {
+        let chunked_last = headers
+            .get_all(TRANSFER_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .rfind(|t| !t.is_empty())
+            .is_some_and(|t| t.eq_ignore_ascii_case("chunked"));
+        return Ok(if chunked_last {
+            Framing::Chunked(Chunk::Size)
+        } else {
+            Framing::Close
+        });
+    }
+    Ok(match length {
+        Some(0) => Framing::Done,
+        Some(length) => Framing::Length(length),
+        None => Framing::Close,
+    })
+}
+
+/// A response body read from its connection as the client takes it.
+pub struct Body {
+    conn: Option<Conn>,
+    framing: Framing,
+    /// The response allows reuse, and the request was sent whole.
+    reusable: bool,
+    /// A failure to report at the next poll (see [`Body::poll_frame`]).
+    failed: Option<io::Error>,
+}
+
+impl Body {
+    /// The connection, once the body ended cleanly and the exchange allows its reuse.
+    pub fn take_reusable(&mut self) -> Option<Conn> {
+        let ended = matches!(self.framing, Framing::Done);
+        let conn = self.conn.take()?;
+        (ended && self.reusable && conn.buf.is_empty()).then(|| conn.idle())
+    }
+
+    /// The connection after `101 Switching Protocols`.
+    pub fn take_upgraded(&mut self) -> Option<Conn> {
+        match self.framing {
+            Framing::Upgraded => self.conn.take(),
+            _ => None,
+        }
+    }
+
+    fn fail(&mut self, message: &str) -> io::Error {
+        self.conn = None;
+        self.framing = Framing::Done;
+        self.reusable = false;
+        io::Error::new(io::ErrorKind::InvalidData, message.to_owned())
+    }
+
+    /// The next piece of body from what is buffered; `None` when more must be read.
+    fn decode(&mut self) -> Result<Option<Option<Frame<Bytes>>>, io::Error> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(Some(None));
+        };
+        let buf = &mut conn.buf;
+        loop {
+            match self.framing {
+                Framing::Done | Framing::Upgraded => return Ok(Some(None)),
+                Framing::Close => {
+                    if buf.is_empty() {
+                        return Ok(None);
+                    }
+                    return Ok(Some(Some(Frame::data(buf.split().freeze()))));
+                }
+                Framing::Length(left) => {
+                    if buf.is_empty() {
+                        return Ok(None);
+                    }
+                    let (data, left) = take_data(buf, left);
+                    self.framing = if left == 0 {
+                        Framing::Done
+                    } else {
+                        Framing::Length(left)
+                    };
+                    return Ok(Some(Some(Frame::data(data))));
+                }
+                Framing::Chunked(Chunk::Size) => {
+                    let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+                        if buf.len() > MAX_CHUNK_LINE {
+                            return Err(self.fail("chunk size line too long"));
+                        }
+                        return Ok(None);
+                    };
+                    let line = &buf[..end];
+                    let line = line.strip_suffix(b"\r").unwrap_or(line);
+                    let digits = line
+                        .iter()
+                        .position(|&b| b == b';' || b == b' ' || b == b'\t')
+                        .map_or(line, |i| &line[..i]);
+                    let size = parse_hex(digits);
+                    let Some(size) = size else {
+                        return Err(self.fail("bad chunk size"));
+                    };
+                    buf.advance(end + 1);
+                    self.framing = Framing::Chunked(if size == 0 {
+                        Chunk::Trailers
+                    } else {
+                        Chunk::Data(size)
+                    });
+                }
+                Framing::Chunked(Chunk::Data(left)) => {
+                    if buf.is_empty() {
+                        return Ok(None);
+                    }
+                    let (data, left) = take_data(buf, left);
+                    self.framing = Framing::Chunked(if left == 0 {
+                        Chunk::DataEnd
+                    } else {
+                        Chunk::Data(left)
+                    });
+                    return Ok(Some(Some(Frame::data(data))));
+                }
+                Framing::Chunked(Chunk::DataEnd) => {
+                    if buf.len() < 2 {
+                        if buf.first().is_some_and(|&b| b != b'\r' && b != b'\n') {
+                            return Err(self.fail("no CRLF after chunk data"));
+                        }
+                        if buf.first() == Some(&b'\n') {
+                            buf.advance(1);
+                            self.framing = Framing::Chunked(Chunk::Size);
+                            continue;
+                        }
+                        return Ok(None);
+                    }
+                    if buf.starts_with(b"\r\n") {
+                        buf.advance(2);
+                    } else if buf.starts_with(b"\n") {
+                        buf.advance(1);
+                    } else {
+                        return Err(self.fail("no CRLF after chunk data"));
+                    }
+                    self.framing = Framing::Chunked(Chunk::Size);
+                }
+                Framing::Chunked(Chunk::Trailers) => {
+                    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                    let (len, trailers) = match httparse::parse_headers(buf, &mut fields) {
+                        Ok(httparse::Status::Complete((len, fields))) => {
+                            let mut trailers = HeaderMap::new();
+                            for field in fields.iter() {
+                                let name = HeaderName::from_bytes(field.name.as_bytes());
+                                let value = HeaderValue::from_bytes(field.value);
+                                if let (Ok(name), Ok(value)) = (name, value) {
+                                    trailers.append(name, value);
+                                }
+                            }
+                            (len, trailers)
+                        }
+                        Ok(httparse::Status::Partial) => {
+                            if buf.len() > MAX_HEAD_BYTES {
+                                return Err(self.fail("trailers too large"));
+                            }
+                            return Ok(None);
+                        }
+                        Err(_) => return Err(self.fail("malformed trailers")),
+                    };
+                    buf.advance(len);
+                    self.framing = Framing::Done;
+                    if trailers.is_empty() {
+                        return Ok(Some(None));
+                    }
+                    return Ok(Some(Some(Frame::trailers(trailers))));
+                }
+            }
+        }
+    }
+}
+
+/// Up to `left` bytes of body from the front of `buf`, and how many are left after them.
+fn take_data(buf: &mut BytesMut, left: u64) -> (Bytes, u64) {
+    let take = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+    (buf.split_to(take).freeze(), left - take as u64)
+}
+
+fn parse_hex(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 16 {
+        return None;
+    }
+    let mut size = 0u64;
+    for &digit in digits {
+        let value = (digit as char).to_digit(16)?;
+        size = size.checked_mul(16)?.checked_add(u64::from(value))?;
+    }
+    Some(size)
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        if let Some(failure) = this.failed.take() {
+            return Poll::Ready(Some(Err(failure)));
+        }
+        loop {
+            let failure = match this.decode() {
+                Ok(Some(frame)) => return Poll::Ready(frame.map(Ok)),
+                Ok(None) => None,
+                Err(err) => Some(err),
+            };
+            let want = match this.framing {
+                Framing::Length(left) | Framing::Chunked(Chunk::Data(left)) => {
+                    usize::try_from(left).unwrap_or(usize::MAX)
+                }
+                _ => READ_MIN,
+            };
+            let failure = match (failure, this.conn.as_mut()) {
+                (Some(failure), _) => failure,
+                (None, None) => return Poll::Ready(None),
+                (None, Some(conn)) => match ready!(conn.poll_fill(cx, want)) {
+                    Ok(0) if matches!(this.framing, Framing::Close) => {
+                        this.framing = Framing::Done;
+                        this.reusable = false;
+                        return Poll::Ready(None);
+                    }
+                    Ok(0) => this.fail("upstream closed mid-body"),
+                    Ok(_) => continue,
+                    Err(err) => {
+                        this.fail("read failed");
+                        err
+                    }
+                },
+            };
+            // The failure is reported at the next poll: the client's side gets to send
+            // what came before it first (hyper drops unsent output when a body fails).
+            this.failed = Some(failure);
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.failed.is_none() && matches!(self.framing, Framing::Done | Framing::Upgraded)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Done | Framing::Upgraded => SizeHint::with_exact(0),
+            Framing::Length(left) => SizeHint::with_exact(left),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framing(pairs: &[(&str, &str)]) -> Result<Framing, Cause> {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        response_framing(StatusCode::OK, &headers, false)
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112() {
+        assert!(matches!(
+            framing(&[("content-length", "5")]),
+            Ok(Framing::Length(5))
+        ));
+        assert!(matches!(
+            framing(&[("content-length", "0")]),
+            Ok(Framing::Done)
+        ));
+        assert!(matches!(framing(&[]), Ok(Framing::Close)));
+        assert!(matches!(
+            framing(&[("transfer-encoding", "gzip, chunked")]),
+            Ok(Framing::Chunked(Chunk::Size))
+        ));
+        assert!(matches!(
+            framing(&[("transfer-encoding", "gzip")]),
+            Ok(Framing::Close)
+        ));
+        assert!(framing(&[("content-length", "5"), ("content-length", "6")]).is_err());
+        assert!(framing(&[("content-length", "5, 5")]).is_ok());
+        assert!(framing(&[("content-length", "+5")]).is_err());
+        assert!(framing(&[("content-length", "5"), ("transfer-encoding", "chunked")]).is_err());
+    }
+
+    #[test]
+    fn heads_parse_with_values_sharing_the_buffer() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: b\r\nX-A: c\r\n\r\nhi"[..],
+        );
+        let head = parse_head(&mut buf).unwrap().unwrap();
+        assert_eq!(head.status, StatusCode::OK);
+        assert_eq!(head.headers["content-length"], "2");
+        assert_eq!(head.headers.get_all("x-a").iter().count(), 2);
+        assert_eq!(&buf[..], b"hi");
+        let mut partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Le"[..]);
+        assert!(parse_head(&mut partial).unwrap().is_none());
+        let mut garbage = BytesMut::from(&b"HTTX/1.1 200 OK\r\n\r\n"[..]);
+        assert!(parse_head(&mut garbage).is_err());
+    }
+
+    #[test]
+    fn chunk_sizes() {
+        assert_eq!(parse_hex(b"1a"), Some(26));
+        assert_eq!(parse_hex(b"FFFFFFFFFFFFFFFF"), Some(u64::MAX));
+        assert_eq!(parse_hex(b"10000000000000000"), None);
+        assert_eq!(parse_hex(b""), None);
+        assert_eq!(parse_hex(b"-1"), None);
+    }
+}

@@ -1,0 +1,163 @@
+//! How baton speaks HTTP/1.1 to upstreams: response framing, interim answers, early
+//! answers, and when an upstream connection may carry the next request.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{get, request, Baton, Upstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[tokio::test]
+async fn a_chunked_body_with_extensions_and_trailers_arrives_whole_and_the_connection_is_reused() {
+    let upstream = Upstream::raw(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+          5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-checksum: 1\r\n\r\n",
+    )
+    .await;
+    let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
+    for _ in 0..3 {
+        let response = get(baton.addr, "/").await;
+        assert_eq!(response.status(), 200);
+        assert!(response.complete);
+        assert_eq!(response.text(), "hello world");
+    }
+    assert_eq!(
+        upstream.connections(),
+        1,
+        "one upstream connection for all three"
+    );
+    baton.stop().await;
+}
+
+#[tokio::test]
+async fn interim_answers_are_skipped() {
+    let upstream = Upstream::raw(
+        b"HTTP/1.1 100 Continue\r\n\r\n\
+          HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\n\r\n\
+          HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    )
+    .await;
+    let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
+    let response = get(baton.addr, "/").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text(), "ok");
+    baton.stop().await;
+}
+
+#[tokio::test]
+async fn a_head_answer_has_no_body_whatever_its_length_says() {
+    let upstream = Upstream::raw(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n").await;
+    let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
+    for _ in 0..2 {
+        let response = request(baton.addr, "HEAD", "/", &[], b"").await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.header("content-length"), Some("1000"));
+        assert!(response.body.is_empty());
+    }
+    assert_eq!(upstream.connections(), 1);
+    baton.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_delimited_by_close_is_passed_on_and_its_connection_not_reused() {
+    let upstream = Upstream::raw_then_close(b"HTTP/1.1 200 OK\r\n\r\nuntil the end").await;
+    let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
+    for _ in 0..2 {
+        let response = get(baton.addr, "/").await;
+        assert_eq!(response.status(), 200);
+        assert!(response.complete);
+        assert_eq!(response.text(), "until the end");
+    }
+    assert_eq!(upstream.connections(), 2);
+    baton.stop().await;
+}
+
+#[tokio::test]
+async fn bytes_after_a_response_keep_its_connection_out_of_the_pool() {
+    let upstream = Upstream::raw(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA").await;
+    let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
+    for _ in 0..2 {
+        let response = get(baton.addr, "/").await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text(), "ok");
+    }
+    assert_eq!(upstream.connections(), 2);
+    baton.stop().await;
+}
+
+#[tokio::test]
+async fn ambiguous_framing_is_an_invalid_response() {
+    for raw in [
+        &b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok"[..],
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: -2\r\n\r\nok",
+    ] {
+        let upstream = Upstream::raw(raw).await;
+        let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
+        let response = get(baton.addr, "/").await;
+        assert_eq!(response.status(), 502, "{}", String::from_utf8_lossy(raw));
+        assert_eq!(
+            response.header("baton-error"),
+            Some("upstream-invalid-response")
+        );
+        baton.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_broken_chunk_cuts_the_response() {
+    let upstream =
+        Upstream::raw(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n")
+            .await;
+    let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
+    let response = get(baton.addr, "/").await;
+    assert_eq!(response.status(), 200);
+    assert!(
+        !response.complete,
+        "the client can tell the body is incomplete"
+    );
+    assert_eq!(response.text(), "hello");
+    baton.stop().await;
+}
+
+#[tokio::test]
+async fn an_answer_before_the_body_is_read_is_passed_on() {
+    let upstream = Upstream::early_answer().await;
+    // A body larger than what baton reads ahead, so it streams while the answer arrives.
+    let baton = Baton::in_front_of(
+        &[upstream.addr],
+        r#"retry = { buffer_bytes = "16KiB" }"#,
+        "",
+    )
+    .await;
+    // The client sends its body while it reads: the answer may come first.
+    let stream = TcpStream::connect(baton.addr).await.unwrap();
+    let (mut read_half, mut write_half) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        let head = format!(
+            "POST /upload HTTP/1.1\r\nhost: a\r\ncontent-length: {}\r\n\r\n",
+            4 << 20
+        );
+        let _ = write_half.write_all(head.as_bytes()).await;
+        let _ = write_half.write_all(&vec![b'x'; 4 << 20]).await;
+    });
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut chunk = [0u8; 4096];
+        while !answer.ends_with(b"big!") {
+            match read_half.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "an answer, not a hang");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.ends_with("big!"), "{answer}");
+    writer.abort();
+    baton.stop().await;
+}
