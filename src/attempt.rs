@@ -28,6 +28,8 @@ pub struct Failure {
     pub delivery: Delivery,
     /// The request, when none of it reached the endpoint.
     pub request: Option<Request<RequestBody>>,
+    /// The head of a request that was sent, to send again with a kept copy of its body.
+    pub sent_head: Option<Box<http::request::Parts>>,
     pub connect: Option<Duration>,
 }
 
@@ -65,6 +67,7 @@ pub async fn attempt(
                             cause: classify::connect_error(&err),
                             delivery: Delivery::None,
                             request: Some(request),
+                            sent_head: None,
                             connect: connect_time,
                         });
                     }
@@ -72,14 +75,7 @@ pub async fn attempt(
             }
         };
         let lease = Lease::new(endpoint.clone());
-        let exchange = conn.send(request);
-        let result = match head_deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline, exchange)
-                .await
-                .unwrap_or(Err(SendError::Sent(Cause::UpstreamResponseTimeout))),
-            None => exchange.await,
-        };
-        match result {
+        match conn.send(request, head_deadline).await {
             Ok(response) => {
                 let mut lease = lease;
                 lease.set_keep_alive_hint(pool::keep_alive_timeout(response.headers()));
@@ -98,14 +94,16 @@ pub async fn attempt(
                     cause,
                     delivery: Delivery::None,
                     request: Some(*returned),
+                    sent_head: None,
                     connect: connect_time,
                 })
             }
-            Err(SendError::Sent(cause)) => {
+            Err(SendError::Sent(cause, head)) => {
                 return Err(Failure {
                     cause,
                     delivery: Delivery::Sent,
                     request: None,
+                    sent_head: Some(head),
                     connect: connect_time,
                 })
             }

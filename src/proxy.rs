@@ -19,7 +19,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 use crate::attempt::{attempt, Success};
-use crate::body::{client_frame, BodyCopy, Capture, RequestBody, ResponseBody};
+use crate::body::{client_frame, Capture, RequestBody, ResponseBody};
 use crate::cause::{is_idempotent, Cause, Delivery};
 use crate::config::Route;
 use crate::forward::{self, Peer};
@@ -498,19 +498,6 @@ fn request_host(request: &Request<Incoming>) -> Result<Option<HeaderValue>, Prox
     Ok(host)
 }
 
-/// What it takes to send a request again after it was sent once: its head and its body,
-/// kept only when the whole body was read ahead and the method may be retried after sending.
-struct Resend {
-    parts: http::request::Parts,
-    body: BodyCopy,
-}
-
-impl Resend {
-    fn request(&self) -> Request<RequestBody> {
-        Request::from_parts(self.parts.clone(), self.body.body())
-    }
-}
-
 /// Tries the route's upstream until an endpoint answers with a response head, retrying as
 /// SPEC §6 allows: a failure before anything was sent, for any method; a failure after
 /// sending, for idempotent methods (or `non_idempotent`) whose body was read in full. Retries
@@ -531,13 +518,11 @@ async fn try_endpoints(
     let metrics = &gateway.observer.metrics;
     let policy = &route.retry;
     let method = request.method().clone();
+    // What it takes to send the request again after it was sent once: a copy of its body,
+    // kept when the whole body was read ahead and the method may be retried after sending
+    // (the head comes back with the failure).
     let resend = (policy.attempts > 1 && (policy.non_idempotent || is_idempotent(&method)))
-        .then(|| {
-            request.body().copy().map(|body| Resend {
-                parts: clone_parts(&request),
-                body,
-            })
-        })
+        .then(|| request.body().copy())
         .flatten();
     let mut request = Some(request);
     let mut tried = Vec::new();
@@ -627,12 +612,10 @@ async fn try_endpoints(
         if !retryable || exchange.attempts >= policy.attempts {
             break;
         }
-        let next = match failure.request {
-            Some(unsent) => unsent,
-            None => match &resend {
-                Some(resend) => resend.request(),
-                None => break,
-            },
+        let next = match (failure.request, failure.sent_head, &resend) {
+            (Some(unsent), _, _) => unsent,
+            (None, Some(head), Some(body)) => Request::from_parts(*head, body.body()),
+            _ => break,
         };
         if !stats.retry_budget.try_spend(policy) {
             tracing::debug!(route = %route.name, "retry budget spent; answering with the error");
@@ -671,16 +654,6 @@ async fn try_endpoints(
             ..ProxyError::from(Cause::NoHealthyUpstream)
         },
     })
-}
-
-/// A copy of a request's head (hyper's `Parts` cannot be cloned as a whole).
-fn clone_parts(request: &Request<RequestBody>) -> http::request::Parts {
-    let (mut parts, ()) = Request::new(()).into_parts();
-    parts.method = request.method().clone();
-    parts.uri = request.uri().clone();
-    parts.version = request.version();
-    parts.headers = request.headers().clone();
-    parts
 }
 
 /// Joins an upgraded client connection to the upgraded upstream connection and copies

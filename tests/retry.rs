@@ -26,6 +26,37 @@ async fn a_get_reset_after_send_succeeds_on_another_endpoint() {
 }
 
 #[tokio::test]
+async fn a_get_with_a_body_that_timed_out_is_sent_whole_to_another_endpoint() {
+    let slow = Upstream::slow_head(Duration::from_secs(5)).await;
+    let ok = Upstream::sink().await;
+    let baton = Baton::in_front_of(
+        &[slow.addr, ok.addr],
+        "timeouts = { response_header = \"300ms\" }",
+        ROUND_ROBIN,
+    )
+    .await;
+    let response = request(
+        baton.addr,
+        "GET",
+        "/",
+        &[("x-trace", "t1")],
+        b"twelve bytes",
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text(), "12", "the body went again, whole");
+    let seen = ok.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].header("x-trace"),
+        Some("t1"),
+        "the head went again, whole"
+    );
+    assert_eq!(slow.requests(), 1);
+    baton.stop().await;
+}
+
+#[tokio::test]
 async fn a_post_reset_after_send_is_not_retried() {
     let resetting = Upstream::reset_before_head().await;
     let ok = Upstream::ok("from b").await;

@@ -1,6 +1,8 @@
 //! Checking one request head: where it ends, whether it parses as hyper will parse it, and
 //! whether its framing is unambiguous (RFC 9112 §6, SPEC §13).
 
+use std::mem::MaybeUninit;
+
 use http::HeaderValue;
 
 use super::framing::{Chunk, Framing};
@@ -74,9 +76,14 @@ pub(super) fn inspect(buf: &[u8], scanned: &mut usize, first: bool, max: usize) 
     if end > max {
         return Verdict::Refused(refusal(Cause::HeadersTooLarge));
     }
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut request = httparse::Request::new(&mut headers);
-    let len = match request.parse(&buf[..end]) {
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut request,
+        &buf[..end],
+        &mut headers,
+    );
+    let len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Verdict::Refused(refusal(Cause::BadRequest)),
         Err(httparse::Error::TooManyHeaders) => {
@@ -94,8 +101,9 @@ fn check_framing(request: &httparse::Request<'_, '_>, len: usize) -> Verdict {
     let mut hosts = 0;
     let mut connection_upgrade = false;
     let mut has_upgrade = false;
-    let mut accept = None;
-    let mut request_id = None;
+    // Kept as bytes: they become header values only for a refusal.
+    let mut accept: Option<&[u8]> = None;
+    let mut request_id: Option<&[u8]> = None;
     let mut valid = true;
     for header in request.headers.iter() {
         let name = header.name;
@@ -125,9 +133,9 @@ fn check_framing(request: &httparse::Request<'_, '_>, len: usize) -> Verdict {
         } else if name.eq_ignore_ascii_case("upgrade") {
             has_upgrade = true;
         } else if name.eq_ignore_ascii_case("accept") {
-            accept = HeaderValue::from_bytes(header.value).ok();
+            accept = Some(header.value);
         } else if name.eq_ignore_ascii_case("x-request-id") {
-            request_id = HeaderValue::from_bytes(header.value).ok();
+            request_id = Some(header.value);
         }
     }
     let chunked = match transfer_encoding {
@@ -153,8 +161,8 @@ fn check_framing(request: &httparse::Request<'_, '_>, len: usize) -> Verdict {
             cause: Some(Cause::BadRequest),
             method: request.method.map(str::to_owned),
             path: request.path.map(str::to_owned),
-            accept,
-            request_id,
+            accept: accept.and_then(|v| HeaderValue::from_bytes(v).ok()),
+            request_id: request_id.and_then(|v| HeaderValue::from_bytes(v).ok()),
         });
     }
     let body = if chunked {

@@ -27,6 +27,7 @@ use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use crate::body::RequestBody;
 use crate::cause::Cause;
@@ -55,6 +56,14 @@ pub struct Conn {
 pub enum SendError {
     /// Nothing was written: the request comes back, to go elsewhere.
     NotSent(Box<Request<RequestBody>>, Cause),
+    /// Some or all of it was written. The head comes back, so that the request can be
+    /// sent again when its body was kept.
+    Sent(Cause, Box<http::request::Parts>),
+}
+
+/// How [`Conn::exchange`] failed.
+enum Failed {
+    NotSent(RequestBody),
     Sent(Cause),
 }
 
@@ -79,18 +88,44 @@ impl Conn {
         matches!(self.io.try_read(&mut probe), Err(err) if err.kind() == io::ErrorKind::WouldBlock)
     }
 
-    /// Sends `request` and reads the response head. The response body streams from the
-    /// connection through the returned [`Body`], which gives the connection back when the
-    /// exchange allows its reuse.
+    /// Sends `request` and reads the response head, all by `deadline` (else
+    /// `upstream-response-timeout`). The response body streams from the connection through
+    /// the returned [`Body`], which gives the connection back when the exchange allows its
+    /// reuse.
     pub async fn send(
-        mut self,
+        self,
         request: Request<RequestBody>,
+        deadline: Option<Instant>,
     ) -> Result<Response<Body>, SendError> {
         let head_request = request.method() == Method::HEAD;
-        let (mut parts, mut body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
         let framing = request_framing(&mut parts.headers, &body);
-        let mut out = BytesMut::with_capacity(512);
-        encode_head(&mut out, &parts);
+        let mut head = BytesMut::with_capacity(512);
+        encode_head(&mut head, &parts);
+        let exchange = self.exchange(head, body, framing, head_request);
+        let result = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, exchange)
+                .await
+                .unwrap_or(Err(Failed::Sent(Cause::UpstreamResponseTimeout))),
+            None => exchange.await,
+        };
+        result.map_err(|failed| match failed {
+            Failed::NotSent(body) => SendError::NotSent(
+                Box::new(Request::from_parts(parts, body)),
+                Cause::UpstreamReset,
+            ),
+            Failed::Sent(cause) => SendError::Sent(cause, Box::new(parts)),
+        })
+    }
+
+    /// Writes the encoded head `out` and the body, and reads the response head.
+    async fn exchange(
+        mut self,
+        mut out: BytesMut,
+        mut body: RequestBody,
+        framing: Outgoing,
+        head_request: bool,
+    ) -> Result<Response<Body>, Failed> {
         // Body data already at hand, when small, goes out with the head in one write; it
         // is taken from the body only once written.
         let coalesced = match body.front_data() {
@@ -104,14 +139,11 @@ impl Conn {
             Ok(written) if written == out.len() => {}
             Ok(written) if written > 0 => {
                 if self.io.write_all(&out[written..]).await.is_err() {
-                    return Err(SendError::Sent(Cause::UpstreamReset));
+                    return Err(Failed::Sent(Cause::UpstreamReset));
                 }
             }
             // Nothing went out: the request, untouched, may go elsewhere.
-            _ => {
-                let request = Request::from_parts(parts, body);
-                return Err(SendError::NotSent(Box::new(request), Cause::UpstreamReset));
-            }
+            _ => return Err(Failed::NotSent(body)),
         }
         if coalesced.is_some() {
             // The frame just written, through the body's own accounting.
@@ -122,13 +154,10 @@ impl Conn {
             whole = self
                 .send_body(&mut body, framing, coalesced.unwrap_or(0))
                 .await
-                .map_err(SendError::Sent)?;
+                .map_err(Failed::Sent)?;
         }
         drop(body);
-        let (head, mut incoming) = self
-            .read_head(head_request)
-            .await
-            .map_err(SendError::Sent)?;
+        let (head, mut incoming) = self.read_head(head_request).await.map_err(Failed::Sent)?;
         // An upstream that answered before taking the whole body left the connection in
         // the middle of a request.
         incoming.reusable &= whole;
