@@ -177,8 +177,13 @@ fn refuser(gateway: Arc<Gateway>, peer: SocketAddr) -> Refuse {
             .request_id
             .filter(forward::valid_request_id)
             .unwrap_or_else(forward::new_request_id);
-        let mut exchange =
-            Exchange::new(gateway.clone(), peer.ip(), method.clone(), uri, request_id);
+        let mut exchange = Exchange::new(
+            gateway.clone(),
+            forward::ip_header(peer.ip()),
+            method.clone(),
+            uri,
+            request_id,
+        );
         let response = respond::error_response(
             &ErrorReply {
                 cause,

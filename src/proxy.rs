@@ -104,7 +104,7 @@ pub async fn handle(
     let client_version = request.version();
     let mut exchange = Exchange::new(
         gateway.clone(),
-        conn.peer.ip(),
+        conn.peer_ip.clone(),
         method.clone(),
         request.uri().clone(),
         request_id,

@@ -6,7 +6,6 @@ pub mod metrics;
 pub mod window;
 
 use std::collections::VecDeque;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -79,7 +78,8 @@ pub struct Exchange {
     pub started: Instant,
     started_at: SystemTime,
     pub request_id: HeaderValue,
-    client: IpAddr,
+    /// The client's address, as text.
+    client: HeaderValue,
     method: Method,
     uri: Uri,
     /// The host the client asked for, as it sent it.
@@ -104,14 +104,10 @@ pub struct Exchange {
     pub claim: Option<Claim>,
 }
 
-fn millis(duration: Duration) -> f64 {
-    (duration.as_secs_f64() * 1e6).round() / 1e3
-}
-
 impl Exchange {
     pub fn new(
         gateway: Arc<Gateway>,
-        client: IpAddr,
+        client: HeaderValue,
         method: Method,
         uri: Uri,
         request_id: HeaderValue,
@@ -221,9 +217,9 @@ impl Exchange {
             .map(crate::route::normalize_host)
             .unwrap_or_default();
         log.write(&AccessRecord {
-            ts: humantime::format_rfc3339_millis(self.started_at),
+            ts: self.started_at,
             request_id: &request_id,
-            client: self.client,
+            client: self.client.to_str().unwrap_or(""),
             method: self.method.as_str(),
             host: &host,
             path: self.uri.path(),
@@ -241,9 +237,9 @@ impl Exchange {
                 .as_ref()
                 .map_or(0, |b| b.load(Ordering::Relaxed)),
             bytes_out,
-            duration_ms: millis(duration),
-            connect_ms: self.connect.map(millis),
-            ttfb_ms: self.ttfb.map(millis),
+            duration,
+            connect: self.connect,
+            ttfb: self.ttfb,
         });
     }
 }
