@@ -161,3 +161,24 @@ async fn an_answer_before_the_body_is_read_is_passed_on() {
     writer.abort();
     baton.stop().await;
 }
+
+#[tokio::test]
+async fn an_unasked_100_continue_does_not_stop_the_body() {
+    let upstream = Upstream::continue_first().await;
+    let baton = Baton::in_front_of(
+        &[upstream.addr],
+        r#"retry = { buffer_bytes = "16KiB" }"#,
+        "",
+    )
+    .await;
+    let body = vec![b'x'; 1 << 20];
+    let response = tokio::time::timeout(
+        Duration::from_secs(10),
+        request(baton.addr, "POST", "/upload", &[], &body),
+    )
+    .await
+    .expect("an answer, not a hang");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text(), (1 << 20).to_string());
+    baton.stop().await;
+}

@@ -220,14 +220,22 @@ impl Conn {
                 }
             }
         };
-        tokio::select! {
-            sent = send => sent.map(|()| true),
-            read = reader.read_buf(buf) => match read {
-                // Something arrived before the body was out: an early answer (or garbage,
-                // which reading the head will tell).
-                Ok(n) if n > 0 => Ok(false),
-                _ => Err(Cause::UpstreamReset),
-            },
+        let mut send = pin!(send);
+        loop {
+            tokio::select! {
+                sent = &mut send => return sent.map(|()| true),
+                read = reader.read_buf(&mut *buf) => match read {
+                    Ok(n) if n > 0 => {
+                        // An interim answer (a `100 Continue` sent unasked) leaves the
+                        // upstream waiting for the rest of the body; anything else is an
+                        // early answer (or garbage, which reading the head will tell).
+                        if let Early::Final = early(buf)? {
+                            return Ok(false);
+                        }
+                    }
+                    _ => return Err(Cause::UpstreamReset),
+                },
+            }
         }
     }
 
@@ -295,6 +303,33 @@ impl Conn {
             self.buf = BytesMut::new();
         }
         self
+    }
+}
+
+/// What arrived while the request body was still going out.
+enum Early {
+    /// Interim answers only, now taken off the buffer; or too little to tell yet.
+    KeepSending,
+    /// The start of a final answer.
+    Final,
+}
+
+/// Takes complete interim (1xx other than 101) heads off the front of `buf` and says
+/// whether a final answer has begun.
+fn early(buf: &mut BytesMut) -> Result<Early, Cause> {
+    loop {
+        // "HTTP/1.1 1xx" tells an interim answer by its status line.
+        let Some(status) = buf.get(..12) else {
+            return Ok(Early::KeepSending);
+        };
+        let interim =
+            status.starts_with(b"HTTP/1.") && status[9] == b'1' && &status[9..12] != b"101";
+        if !interim {
+            return Ok(Early::Final);
+        }
+        if parse_head(buf)?.is_none() {
+            return Ok(Early::KeepSending);
+        }
     }
 }
 
@@ -812,6 +847,22 @@ mod tests {
         assert!(parse_head(&mut partial).unwrap().is_none());
         let mut garbage = BytesMut::from(&b"HTTX/1.1 200 OK\r\n\r\n"[..]);
         assert!(parse_head(&mut garbage).is_err());
+    }
+
+    #[test]
+    fn interim_answers_during_the_body_are_skipped_and_final_ones_seen() {
+        let mut buf = BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 413 Too"[..]);
+        assert!(matches!(early(&mut buf), Ok(Early::Final)));
+        assert!(buf.starts_with(b"HTTP/1.1 413"));
+        let mut buf = BytesMut::from(&b"HTTP/1.1 100 Cont"[..]);
+        assert!(matches!(early(&mut buf), Ok(Early::KeepSending)));
+        let mut buf = BytesMut::from(&b"HTTP/1"[..]);
+        assert!(matches!(early(&mut buf), Ok(Early::KeepSending)));
+        let mut buf = BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]);
+        assert!(matches!(early(&mut buf), Ok(Early::KeepSending)));
+        assert!(buf.is_empty());
+        let mut buf = BytesMut::from(&b"HTTP/1.1 101 Switching"[..]);
+        assert!(matches!(early(&mut buf), Ok(Early::Final)));
     }
 
     #[test]

@@ -48,6 +48,9 @@ enum Behavior {
     },
     /// Answers 413 on the request head without reading the body, then closes.
     EarlyAnswer,
+    /// Sends `100 Continue` on the request head, unasked, then reads the body and answers
+    /// like [`Behavior::Sink`].
+    ContinueFirst,
 }
 
 /// A real upstream server on 127.0.0.1 with one behavior, counting the requests it saw.
@@ -203,6 +206,12 @@ impl Upstream {
         .await
     }
 
+    /// Sends `100 Continue` as soon as a request head arrives, then reads the body and
+    /// answers with its length.
+    pub async fn continue_first() -> Upstream {
+        Self::start(Behavior::ContinueFirst).await
+    }
+
     /// Answers `413` as soon as a request head arrives, without reading its body.
     pub async fn early_answer() -> Upstream {
         Self::start(Behavior::EarlyAnswer).await
@@ -336,6 +345,15 @@ async fn serve(
         };
         let Ok(Some(head)) = head else { return };
         seen.lock().unwrap().push(head.clone());
+        if let Behavior::ContinueFirst = behavior {
+            if reader
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
         if let Behavior::EarlyAnswer = behavior {
             let _ = reader
                 .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\nconnection: close\r\n\r\nbig!")
@@ -445,7 +463,7 @@ async fn serve(
                 written
             }
             Behavior::EarlyAnswer => return,
-            Behavior::Sink => {
+            Behavior::Sink | Behavior::ContinueFirst => {
                 let text = length.to_string();
                 let response = format!(
                     "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{text}",
