@@ -182,3 +182,26 @@ async fn an_unasked_100_continue_does_not_stop_the_body() {
     assert_eq!(response.text(), (1 << 20).to_string());
     baton.stop().await;
 }
+
+#[tokio::test]
+async fn an_early_answer_reaches_a_client_that_sends_its_whole_body_first() {
+    // What curl and most clients do: write the whole request, then read. Baton must not
+    // close with the body unread (a reset would destroy the answer), but drain it.
+    let upstream = Upstream::early_answer().await;
+    let baton = Baton::in_front_of(
+        &[upstream.addr],
+        r#"retry = { buffer_bytes = "16KiB" }"#,
+        "",
+    )
+    .await;
+    let body = vec![b'x'; 8 << 20];
+    let response = tokio::time::timeout(
+        Duration::from_secs(10),
+        request(baton.addr, "POST", "/upload", &[], &body),
+    )
+    .await
+    .expect("an answer, not a hang");
+    assert_eq!(response.status(), 413);
+    assert_eq!(response.text(), "big!");
+    baton.stop().await;
+}

@@ -44,6 +44,9 @@ pub use head::MAX_HEADERS;
 pub const CLIENT_KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 /// How much room a read of head bytes makes: a typical request head fits in one read.
 const READ_CHUNK: usize = 8 * 1024;
+/// How long a closing connection keeps reading (and discarding) what the client still
+/// sends after the last answer.
+pub const LINGER_TIME: Duration = Duration::from_secs(5);
 
 /// What the request handler tells the gate about its connection.
 #[derive(Debug, Default)]
@@ -138,6 +141,10 @@ pub struct Gate<IO> {
     refuse: Refuse,
     /// The error response to write before shutting down.
     refusal: Option<bytes::Bytes>,
+    /// A head was refused: its body may still be on the way.
+    refused: bool,
+    /// The write side is shut; what the client still sends is being discarded.
+    lingering: bool,
 }
 
 enum State {
@@ -165,10 +172,13 @@ impl<IO> Gate<IO> {
             upgrade_requested: false,
             refuse,
             refusal: None,
+            refused: false,
+            lingering: false,
         }
     }
 
     fn refuse_with(&mut self, refusal: Refusal) {
+        self.refused = true;
         self.refusal = Some((self.refuse)(refusal).into());
         self.close_read();
     }
@@ -210,6 +220,17 @@ impl<IO> Gate<IO> {
         match body {
             Some(framing) => self.state = State::Body(framing),
             None => self.await_head(),
+        }
+    }
+
+    /// Whether the client may still be sending when the connection closes: a body nobody
+    /// read, bytes after the last head, or the body of a refused head.
+    fn unread_input_likely(&self) -> bool {
+        match self.state {
+            State::Body(_) => true,
+            State::Head => !self.pending.is_empty(),
+            State::Closed => self.refused,
+            State::Passthrough => false,
         }
     }
 
@@ -375,7 +396,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Gate<IO> {
     }
 }
 
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Gate<IO> {
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Gate<IO> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -400,9 +421,15 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Gate<IO> {
         Pin::new(&mut self.io).poll_flush(cx)
     }
 
-    /// Writes a pending refusal before shutting down the write side.
+    /// Writes a pending refusal before shutting down the write side; then, when the
+    /// client may still be sending, reads and discards what comes for up to
+    /// [`LINGER_TIME`] (a "lingering close"). Closing a socket with unread data resets the
+    /// connection, and a reset can destroy the answer before the client has read it.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if this.lingering {
+            return this.poll_linger(cx);
+        }
         while let Some(refusal) = this.refusal.as_mut() {
             if refusal.is_empty() {
                 this.refusal = None;
@@ -415,7 +442,41 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Gate<IO> {
             refusal.advance(n);
         }
         ready!(Pin::new(&mut this.io).poll_flush(cx))?;
-        Pin::new(&mut this.io).poll_shutdown(cx)
+        ready!(Pin::new(&mut this.io).poll_shutdown(cx))?;
+        if !this.unread_input_likely() {
+            return Poll::Ready(Ok(()));
+        }
+        this.lingering = true;
+        this.pending.clear();
+        this.timer.as_mut().reset(Instant::now() + LINGER_TIME);
+        this.poll_linger(cx)
+    }
+}
+
+impl<IO: AsyncRead + Unpin> Gate<IO> {
+    /// Discards client bytes until the client closes, fails, or [`LINGER_TIME`] is up.
+    fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.timer.deadline() <= Instant::now() {
+            return Poll::Ready(Ok(()));
+        }
+        let mut scratch = [0u8; 4096];
+        // A client that keeps sending gets this much discarded per turn, then the task
+        // yields to the others.
+        for _ in 0..16 {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => continue,
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
+                Poll::Pending => {
+                    if self.timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Ok(()));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 
