@@ -29,13 +29,17 @@ const MAX_REQUEST_ID_LEN: usize = 128;
 pub fn is_upgrade(version: Version, headers: &HeaderMap) -> bool {
     version == Version::HTTP_11
         && headers.contains_key(UPGRADE)
-        && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+        && header_tokens(headers, CONNECTION).any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+/// The comma-separated tokens of every `name` field, in order, trimmed, empty ones left out.
+pub fn header_tokens(
+    headers: &HeaderMap,
+    name: HeaderName,
+) -> impl DoubleEndedIterator<Item = &str> {
     headers
-        .get_all(CONNECTION)
-        .iter()
+        .get_all(name)
+        .into_iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
@@ -55,7 +59,7 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 
 /// Whether any of `names` is present. One pass over the header names, cheaper than a
 /// hash lookup per name when, as usual, none of them is there.
-pub fn any_present(headers: &HeaderMap, names: &[HeaderName]) -> bool {
+fn any_present(headers: &HeaderMap, names: &[HeaderName]) -> bool {
     headers.keys().any(|key| names.contains(key))
 }
 
@@ -75,7 +79,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     let [connection, keep_alive, proxy_connection, te, transfer_encoding, upgrade_header] = present;
     if connection {
         // Headers the client named as hop-by-hop, beyond the standard ones removed below.
-        let named: Vec<HeaderName> = connection_tokens(headers)
+        let named: Vec<HeaderName> = header_tokens(headers, CONNECTION)
             .filter(|token| {
                 !HOP_BY_HOP
                     .iter()
@@ -103,12 +107,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         headers.remove(TRANSFER_ENCODING);
     }
     if te {
-        let keeps_trailers = headers
-            .get_all(TE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+        let keeps_trailers = header_tokens(headers, TE).any(|t| t.eq_ignore_ascii_case("trailers"));
         headers.remove(TE);
         if keeps_trailers {
             headers.insert(TE, HeaderValue::from_static("trailers"));

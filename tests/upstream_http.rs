@@ -122,16 +122,32 @@ async fn a_broken_chunk_cuts_the_response() {
     baton.stop().await;
 }
 
-#[tokio::test]
-async fn an_answer_before_the_body_is_read_is_passed_on() {
-    let upstream = Upstream::early_answer().await;
-    // A body larger than what baton reads ahead, so it streams while the answer arrives.
-    let baton = Baton::in_front_of(
+/// Baton in front of `upstream`, reading ahead only 16 KiB of a body: a larger body
+/// streams while the upstream may already answer.
+async fn streaming_baton(upstream: &Upstream) -> Baton {
+    Baton::in_front_of(
         &[upstream.addr],
         r#"retry = { buffer_bytes = "16KiB" }"#,
         "",
     )
-    .await;
+    .await
+}
+
+/// POSTs `size` bytes (the whole body, then the read), within 10 s.
+async fn upload(baton: &Baton, size: usize) -> support::Response {
+    let body = vec![b'x'; size];
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        request(baton.addr, "POST", "/upload", &[], &body),
+    )
+    .await
+    .expect("an answer, not a hang")
+}
+
+#[tokio::test]
+async fn an_answer_before_the_body_is_read_is_passed_on() {
+    let upstream = Upstream::early_answer().await;
+    let baton = streaming_baton(&upstream).await;
     // The client sends its body while it reads: the answer may come first.
     let stream = TcpStream::connect(baton.addr).await.unwrap();
     let (mut read_half, mut write_half) = stream.into_split();
@@ -165,19 +181,8 @@ async fn an_answer_before_the_body_is_read_is_passed_on() {
 #[tokio::test]
 async fn an_unasked_100_continue_does_not_stop_the_body() {
     let upstream = Upstream::continue_first().await;
-    let baton = Baton::in_front_of(
-        &[upstream.addr],
-        r#"retry = { buffer_bytes = "16KiB" }"#,
-        "",
-    )
-    .await;
-    let body = vec![b'x'; 1 << 20];
-    let response = tokio::time::timeout(
-        Duration::from_secs(10),
-        request(baton.addr, "POST", "/upload", &[], &body),
-    )
-    .await
-    .expect("an answer, not a hang");
+    let baton = streaming_baton(&upstream).await;
+    let response = upload(&baton, 1 << 20).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.text(), (1 << 20).to_string());
     baton.stop().await;
@@ -188,19 +193,8 @@ async fn an_early_answer_reaches_a_client_that_sends_its_whole_body_first() {
     // What curl and most clients do: write the whole request, then read. Baton must not
     // close with the body unread (a reset would destroy the answer), but drain it.
     let upstream = Upstream::early_answer().await;
-    let baton = Baton::in_front_of(
-        &[upstream.addr],
-        r#"retry = { buffer_bytes = "16KiB" }"#,
-        "",
-    )
-    .await;
-    let body = vec![b'x'; 8 << 20];
-    let response = tokio::time::timeout(
-        Duration::from_secs(10),
-        request(baton.addr, "POST", "/upload", &[], &body),
-    )
-    .await
-    .expect("an answer, not a hang");
+    let baton = streaming_baton(&upstream).await;
+    let response = upload(&baton, 8 << 20).await;
     assert_eq!(response.status(), 413);
     assert_eq!(response.text(), "big!");
     baton.stop().await;

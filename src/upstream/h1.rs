@@ -13,6 +13,7 @@
 //! without `Connection: close`, or HTTP/1.0 with `keep-alive`), its body was delimited
 //! and read to the end, and nothing followed it.
 
+use std::fmt::Write;
 use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
@@ -31,6 +32,7 @@ use tokio::time::Instant;
 
 use crate::body::RequestBody;
 use crate::cause::Cause;
+use crate::forward::header_tokens;
 
 /// The largest response head accepted.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -297,11 +299,9 @@ impl Conn {
         pin!(self.io.read_buf(&mut self.buf)).poll(cx)
     }
 
-    /// Ready for the pool: a buffer with nothing in it is given back.
+    /// Ready for the pool: the (empty) read buffer's memory is given back.
     fn idle(mut self) -> Conn {
-        if self.buf.capacity() > 0 {
-            self.buf = BytesMut::new();
-        }
+        self.buf = BytesMut::new();
         self
     }
 }
@@ -368,7 +368,12 @@ fn encode_head(out: &mut BytesMut, parts: &http::request::Parts) {
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
+    encode_fields(out, &parts.headers);
+}
+
+/// Header or trailer fields and the empty line that ends them.
+fn encode_fields(out: &mut BytesMut, fields: &HeaderMap) {
+    for (name, value) in fields {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
@@ -382,7 +387,8 @@ fn encode_data(out: &mut BytesMut, data: &[u8], framing: Outgoing) {
         Outgoing::Length(_) => out.extend_from_slice(data),
         Outgoing::Chunked if data.is_empty() => {}
         Outgoing::Chunked => {
-            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            // Writing to a BytesMut cannot fail.
+            let _ = write!(out, "{:x}\r\n", data.len());
             out.extend_from_slice(data);
             out.extend_from_slice(b"\r\n");
         }
@@ -391,13 +397,7 @@ fn encode_data(out: &mut BytesMut, data: &[u8], framing: Outgoing) {
 
 fn encode_trailers(out: &mut BytesMut, trailers: &HeaderMap) {
     out.extend_from_slice(b"0\r\n");
-    for (name, value) in trailers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
+    encode_fields(out, trailers);
 }
 
 struct ParsedHead {
@@ -464,14 +464,10 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, Cause> {
 
 /// Whether the upstream lets the connection carry another request.
 fn keep_alive(version: Version, headers: &HeaderMap) -> bool {
-    let mut close = false;
-    let mut keep = false;
-    for value in headers.get_all(CONNECTION) {
-        for token in value.to_str().unwrap_or("").split(',') {
-            let token = token.trim();
-            close |= token.eq_ignore_ascii_case("close");
-            keep |= token.eq_ignore_ascii_case("keep-alive");
-        }
+    let (mut close, mut keep) = (false, false);
+    for token in header_tokens(headers, CONNECTION) {
+        close |= token.eq_ignore_ascii_case("close");
+        keep |= token.eq_ignore_ascii_case("keep-alive");
     }
     !close && (version == Version::HTTP_11 || keep)
 }
@@ -510,26 +506,21 @@ fn response_framing(
         return Ok(Framing::Upgraded);
     }
     let transfer_encoding = headers.contains_key(TRANSFER_ENCODING);
-    let mut lengths = headers.get_all(CONTENT_LENGTH).iter().peekable();
-    let length = if lengths.peek().is_some() {
-        let mut length: Option<u64> = None;
-        for value in lengths {
-            for part in value.to_str().map_err(|_| invalid)?.split(',') {
-                let part = part.trim();
-                if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(invalid);
-                }
-                let parsed: u64 = part.parse().map_err(|_| invalid)?;
-                if length.is_some_and(|l| l != parsed) {
-                    return Err(invalid);
-                }
-                length = Some(parsed);
+    // Every `Content-Length` field and list element must be the same number.
+    let mut length: Option<u64> = None;
+    for value in &headers.get_all(CONTENT_LENGTH) {
+        for part in value.to_str().map_err(|_| invalid)?.split(',') {
+            let part = part.trim();
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(invalid);
             }
+            let parsed: u64 = part.parse().map_err(|_| invalid)?;
+            if length.is_some_and(|l| l != parsed) {
+                return Err(invalid);
+            }
+            length = Some(parsed);
         }
-        length
-    } else {
-        None
-    };
+    }
     if transfer_encoding && length.is_some() {
         return Err(invalid);
     }
@@ -541,13 +532,8 @@ fn response_framing(
         return Ok(Framing::Done);
     }
     if transfer_encoding {
-        let chunked_last = headers
-            .get_all(TRANSFER_ENCODING)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .rfind(|t| !t.is_empty())
+        let chunked_last = header_tokens(headers, TRANSFER_ENCODING)
+            .next_back()
             .is_some_and(|t| t.eq_ignore_ascii_case("chunked"));
         return Ok(if chunked_last {
             Framing::Chunked(Chunk::Size)
