@@ -415,12 +415,14 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, Cause> {
         buf,
         &mut fields,
     );
+    let invalid = Cause::UpstreamInvalidResponse;
     let len = match parsed {
+        // A read can complete a head past the limit the caller checks between reads.
+        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD_BYTES => return Err(invalid),
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => return Err(Cause::UpstreamInvalidResponse),
+        Err(_) => return Err(invalid),
     };
-    let invalid = Cause::UpstreamInvalidResponse;
     let status = response
         .code
         .and_then(|code| StatusCode::from_u16(code).ok())
@@ -434,7 +436,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, Cause> {
     let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
     let count = response.headers.len();
     for (span, field) in spans.iter_mut().zip(response.headers.iter()) {
-        // Offsets within a head of at most MAX_HEAD_BYTES (checked by the caller).
+        // Offsets within a head of at most MAX_HEAD_BYTES (checked above).
         let offset = |p: *const u8| (p as usize - base) as u32;
         let name = offset(field.name.as_ptr());
         let value = offset(field.value.as_ptr());
@@ -833,6 +835,11 @@ mod tests {
         assert!(parse_head(&mut partial).unwrap().is_none());
         let mut garbage = BytesMut::from(&b"HTTX/1.1 200 OK\r\n\r\n"[..]);
         assert!(parse_head(&mut garbage).is_err());
+        let long = format!(
+            "HTTP/1.1 200 OK\r\nx-long: {}\r\n\r\n",
+            "a".repeat(MAX_HEAD_BYTES)
+        );
+        assert!(parse_head(&mut BytesMut::from(long.as_bytes())).is_err());
     }
 
     #[test]
