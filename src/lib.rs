@@ -39,6 +39,7 @@ pub mod attempt;
 pub mod body;
 pub mod cause;
 pub mod classify;
+pub mod codec;
 pub mod config;
 pub mod demo;
 pub mod forward;

@@ -13,7 +13,6 @@
 //! without `Connection: close`, or HTTP/1.0 with `keep-alive`), its body was delimited
 //! and read to the end, and nothing followed it.
 
-use std::fmt::Write;
 use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
@@ -21,7 +20,7 @@ use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
@@ -32,16 +31,11 @@ use tokio::time::Instant;
 
 use crate::body::RequestBody;
 use crate::cause::Cause;
+use crate::codec::{
+    encode_data, encode_fields, encode_trailers, Decoder, MAX_HEADERS, MAX_HEAD_BYTES, READ_MIN,
+};
 use crate::forward::header_tokens;
 
-/// The largest response head accepted.
-pub const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// The most header fields a response head may have.
-pub const MAX_HEADERS: usize = 100;
-/// The longest chunk-size line (with extensions) accepted.
-const MAX_CHUNK_LINE: usize = 4 * 1024;
-/// Free room made in the read buffer before a read.
-const READ_MIN: usize = 8 * 1024;
 /// The most room made for a read of body bytes whose length is known.
 const READ_MAX: usize = 64 * 1024;
 /// Request body data this small is written with the head, in one system call.
@@ -132,7 +126,7 @@ impl Conn {
         // is taken from the body only once written.
         let coalesced = match body.front_data() {
             Some(data) if data.len() <= COALESCE_BYTES => {
-                encode_data(&mut out, data, framing);
+                encode_data(&mut out, data, matches!(framing, Outgoing::Chunked));
                 Some(data.len() as u64)
             }
             _ => None,
@@ -199,7 +193,7 @@ impl Conn {
                             if matches!(framing, Outgoing::Length(length) if sent > length) {
                                 return Err(Cause::BadRequest);
                             }
-                            encode_data(&mut out, &data, framing);
+                            encode_data(&mut out, &data, matches!(framing, Outgoing::Chunked));
                             false
                         }
                         // Trailers end the body; only chunked framing can carry them.
@@ -268,6 +262,7 @@ impl Conn {
                 let body = Body {
                     conn: Some(self),
                     framing,
+                    upgraded: status == StatusCode::SWITCHING_PROTOCOLS,
                     reusable: keep_alive,
                     failed: None,
                 };
@@ -371,35 +366,6 @@ fn encode_head(out: &mut BytesMut, parts: &http::request::Parts) {
     encode_fields(out, &parts.headers);
 }
 
-/// Header or trailer fields and the empty line that ends them.
-fn encode_fields(out: &mut BytesMut, fields: &HeaderMap) {
-    for (name, value) in fields {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-}
-
-fn encode_data(out: &mut BytesMut, data: &[u8], framing: Outgoing) {
-    match framing {
-        Outgoing::Length(_) => out.extend_from_slice(data),
-        Outgoing::Chunked if data.is_empty() => {}
-        Outgoing::Chunked => {
-            // Writing to a BytesMut cannot fail.
-            let _ = write!(out, "{:x}\r\n", data.len());
-            out.extend_from_slice(data);
-            out.extend_from_slice(b"\r\n");
-        }
-    }
-}
-
-fn encode_trailers(out: &mut BytesMut, trailers: &HeaderMap) {
-    out.extend_from_slice(b"0\r\n");
-    encode_fields(out, trailers);
-}
-
 struct ParsedHead {
     status: StatusCode,
     version: Version,
@@ -474,38 +440,15 @@ fn keep_alive(version: Version, headers: &HeaderMap) -> bool {
     !close && (version == Version::HTTP_11 || keep)
 }
 
-/// How the response body is delimited (RFC 9112 §6.3).
-enum Framing {
-    /// No body, or all of it read.
-    Done,
-    Length(u64),
-    Chunked(Chunk),
-    /// Until the upstream closes.
-    Close,
-    /// `101 Switching Protocols`: what follows is not HTTP.
-    Upgraded,
-}
-
-#[derive(Clone, Copy)]
-enum Chunk {
-    /// Expecting a chunk-size line.
-    Size,
-    /// Inside chunk data, this much left.
-    Data(u64),
-    /// Expecting the CRLF after chunk data.
-    DataEnd,
-    /// After the last chunk: trailer fields and the final CRLF.
-    Trailers,
-}
-
 fn response_framing(
     status: StatusCode,
     headers: &HeaderMap,
     head_request: bool,
-) -> Result<Framing, Cause> {
+) -> Result<Decoder, Cause> {
     let invalid = Cause::UpstreamInvalidResponse;
     if status == StatusCode::SWITCHING_PROTOCOLS {
-        return Ok(Framing::Upgraded);
+        // What follows is not HTTP: see `Body::take_upgraded`.
+        return Ok(Decoder::Done);
     }
     let transfer_encoding = headers.contains_key(TRANSFER_ENCODING);
     // Every `Content-Length` field and list element must be the same number.
@@ -531,29 +474,31 @@ fn response_framing(
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
-        return Ok(Framing::Done);
+        return Ok(Decoder::Done);
     }
     if transfer_encoding {
         let chunked_last = header_tokens(headers, TRANSFER_ENCODING)
             .next_back()
             .is_some_and(|t| t.eq_ignore_ascii_case("chunked"));
         return Ok(if chunked_last {
-            Framing::Chunked(Chunk::Size)
+            Decoder::chunked()
         } else {
-            Framing::Close
+            Decoder::Close
         });
     }
     Ok(match length {
-        Some(0) => Framing::Done,
-        Some(length) => Framing::Length(length),
-        None => Framing::Close,
+        Some(0) => Decoder::Done,
+        Some(length) => Decoder::Length(length),
+        None => Decoder::Close,
     })
 }
 
 /// A response body read from its connection as the client takes it.
 pub struct Body {
     conn: Option<Conn>,
-    framing: Framing,
+    framing: Decoder,
+    /// `101 Switching Protocols`: the connection now carries another protocol.
+    upgraded: bool,
     /// The response allows reuse, and the request was sent whole.
     reusable: bool,
     /// A failure to report at the next poll (see [`Body::poll_frame`]).
@@ -563,22 +508,23 @@ pub struct Body {
 impl Body {
     /// The connection, once the body ended cleanly and the exchange allows its reuse.
     pub fn take_reusable(&mut self) -> Option<Conn> {
-        let ended = matches!(self.framing, Framing::Done);
+        let ended = self.framing.is_done() && !self.upgraded;
         let conn = self.conn.take()?;
         (ended && self.reusable && conn.buf.is_empty()).then(|| conn.idle())
     }
 
     /// The connection after `101 Switching Protocols`.
     pub fn take_upgraded(&mut self) -> Option<Conn> {
-        match self.framing {
-            Framing::Upgraded => self.conn.take(),
-            _ => None,
+        if self.upgraded {
+            self.conn.take()
+        } else {
+            None
         }
     }
 
     fn fail(&mut self, message: &str) -> io::Error {
         self.conn = None;
-        self.framing = Framing::Done;
+        self.framing = Decoder::Done;
         self.reusable = false;
         io::Error::new(io::ErrorKind::InvalidData, message.to_owned())
     }
@@ -588,135 +534,9 @@ impl Body {
         let Some(conn) = self.conn.as_mut() else {
             return Ok(Some(None));
         };
-        let buf = &mut conn.buf;
-        loop {
-            match self.framing {
-                Framing::Done | Framing::Upgraded => return Ok(Some(None)),
-                Framing::Close => {
-                    if buf.is_empty() {
-                        return Ok(None);
-                    }
-                    return Ok(Some(Some(Frame::data(buf.split().freeze()))));
-                }
-                Framing::Length(left) => {
-                    if buf.is_empty() {
-                        return Ok(None);
-                    }
-                    let (data, left) = take_data(buf, left);
-                    self.framing = if left == 0 {
-                        Framing::Done
-                    } else {
-                        Framing::Length(left)
-                    };
-                    return Ok(Some(Some(Frame::data(data))));
-                }
-                Framing::Chunked(Chunk::Size) => {
-                    let Some(end) = buf.iter().position(|&b| b == b'\n') else {
-                        if buf.len() > MAX_CHUNK_LINE {
-                            return Err(self.fail("chunk size line too long"));
-                        }
-                        return Ok(None);
-                    };
-                    let line = &buf[..end];
-                    let line = line.strip_suffix(b"\r").unwrap_or(line);
-                    let digits = line
-                        .iter()
-                        .position(|&b| b == b';' || b == b' ' || b == b'\t')
-                        .map_or(line, |i| &line[..i]);
-                    let size = parse_hex(digits);
-                    let Some(size) = size else {
-                        return Err(self.fail("bad chunk size"));
-                    };
-                    buf.advance(end + 1);
-                    self.framing = Framing::Chunked(if size == 0 {
-                        Chunk::Trailers
-                    } else {
-                        Chunk::Data(size)
-                    });
-                }
-                Framing::Chunked(Chunk::Data(left)) => {
-                    if buf.is_empty() {
-                        return Ok(None);
-                    }
-                    let (data, left) = take_data(buf, left);
-                    self.framing = Framing::Chunked(if left == 0 {
-                        Chunk::DataEnd
-                    } else {
-                        Chunk::Data(left)
-                    });
-                    return Ok(Some(Some(Frame::data(data))));
-                }
-                Framing::Chunked(Chunk::DataEnd) => {
-                    if buf.len() < 2 {
-                        if buf.first().is_some_and(|&b| b != b'\r' && b != b'\n') {
-                            return Err(self.fail("no CRLF after chunk data"));
-                        }
-                        if buf.first() == Some(&b'\n') {
-                            buf.advance(1);
-                            self.framing = Framing::Chunked(Chunk::Size);
-                            continue;
-                        }
-                        return Ok(None);
-                    }
-                    if buf.starts_with(b"\r\n") {
-                        buf.advance(2);
-                    } else if buf.starts_with(b"\n") {
-                        buf.advance(1);
-                    } else {
-                        return Err(self.fail("no CRLF after chunk data"));
-                    }
-                    self.framing = Framing::Chunked(Chunk::Size);
-                }
-                Framing::Chunked(Chunk::Trailers) => {
-                    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                    let (len, trailers) = match httparse::parse_headers(buf, &mut fields) {
-                        Ok(httparse::Status::Complete((len, fields))) => {
-                            let mut trailers = HeaderMap::new();
-                            for field in fields.iter() {
-                                let name = HeaderName::from_bytes(field.name.as_bytes());
-                                let value = HeaderValue::from_bytes(field.value);
-                                if let (Ok(name), Ok(value)) = (name, value) {
-                                    trailers.append(name, value);
-                                }
-                            }
-                            (len, trailers)
-                        }
-                        Ok(httparse::Status::Partial) => {
-                            if buf.len() > MAX_HEAD_BYTES {
-                                return Err(self.fail("trailers too large"));
-                            }
-                            return Ok(None);
-                        }
-                        Err(_) => return Err(self.fail("malformed trailers")),
-                    };
-                    buf.advance(len);
-                    self.framing = Framing::Done;
-                    if trailers.is_empty() {
-                        return Ok(Some(None));
-                    }
-                    return Ok(Some(Some(Frame::trailers(trailers))));
-                }
-            }
-        }
+        let decoded = self.framing.decode(&mut conn.buf);
+        decoded.map_err(|message| self.fail(message))
     }
-}
-
-/// Up to `left` bytes of body from the front of `buf`, and how many are left after them.
-fn take_data(buf: &mut BytesMut, left: u64) -> (Bytes, u64) {
-    let take = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-    (buf.split_to(take).freeze(), left - take as u64)
-}
-
-fn parse_hex(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() || digits.len() > 16 {
-        return None;
-    }
-    let mut size = 0u64;
-    for &digit in digits {
-        let value = (digit as char).to_digit(16)?;
-        size = size.checked_mul(16)?.checked_add(u64::from(value))?;
-    }
-    Some(size)
 }
 
 impl http_body::Body for Body {
@@ -737,18 +557,13 @@ impl http_body::Body for Body {
                 Ok(None) => None,
                 Err(err) => Some(err),
             };
-            let want = match this.framing {
-                Framing::Length(left) | Framing::Chunked(Chunk::Data(left)) => {
-                    usize::try_from(left).unwrap_or(usize::MAX)
-                }
-                _ => READ_MIN,
-            };
+            let want = this.framing.wants();
             let failure = match (failure, this.conn.as_mut()) {
                 (Some(failure), _) => failure,
                 (None, None) => return Poll::Ready(None),
                 (None, Some(conn)) => match ready!(conn.poll_fill(cx, want)) {
-                    Ok(0) if matches!(this.framing, Framing::Close) => {
-                        this.framing = Framing::Done;
+                    Ok(0) if matches!(this.framing, Decoder::Close) => {
+                        this.framing = Decoder::Done;
                         this.reusable = false;
                         return Poll::Ready(None);
                     }
@@ -769,15 +584,11 @@ impl http_body::Body for Body {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.failed.is_none() && matches!(self.framing, Framing::Done | Framing::Upgraded)
+        self.failed.is_none() && self.framing.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.framing {
-            Framing::Done | Framing::Upgraded => SizeHint::with_exact(0),
-            Framing::Length(left) => SizeHint::with_exact(left),
-            _ => SizeHint::default(),
-        }
+        self.framing.size_hint()
     }
 }
 
@@ -785,7 +596,7 @@ impl http_body::Body for Body {
 mod tests {
     use super::*;
 
-    fn framing(pairs: &[(&str, &str)]) -> Result<Framing, Cause> {
+    fn framing(pairs: &[(&str, &str)]) -> Result<Decoder, Cause> {
         let mut headers = HeaderMap::new();
         for (name, value) in pairs {
             headers.append(
@@ -800,20 +611,20 @@ mod tests {
     fn response_framing_follows_rfc_9112() {
         assert!(matches!(
             framing(&[("content-length", "5")]),
-            Ok(Framing::Length(5))
+            Ok(Decoder::Length(5))
         ));
         assert!(matches!(
             framing(&[("content-length", "0")]),
-            Ok(Framing::Done)
+            Ok(Decoder::Done)
         ));
-        assert!(matches!(framing(&[]), Ok(Framing::Close)));
+        assert!(matches!(framing(&[]), Ok(Decoder::Close)));
         assert!(matches!(
             framing(&[("transfer-encoding", "gzip, chunked")]),
-            Ok(Framing::Chunked(Chunk::Size))
+            Ok(Decoder::Chunked(crate::codec::Chunk::Size))
         ));
         assert!(matches!(
             framing(&[("transfer-encoding", "gzip")]),
-            Ok(Framing::Close)
+            Ok(Decoder::Close)
         ));
         assert!(framing(&[("content-length", "5"), ("content-length", "6")]).is_err());
         assert!(framing(&[("content-length", "5, 5")]).is_ok());
@@ -856,14 +667,5 @@ mod tests {
         assert!(buf.is_empty());
         let mut buf = BytesMut::from(&b"HTTP/1.1 101 Switching"[..]);
         assert!(matches!(early(&mut buf), Ok(Early::Final)));
-    }
-
-    #[test]
-    fn chunk_sizes() {
-        assert_eq!(parse_hex(b"1a"), Some(26));
-        assert_eq!(parse_hex(b"FFFFFFFFFFFFFFFF"), Some(u64::MAX));
-        assert_eq!(parse_hex(b"10000000000000000"), None);
-        assert_eq!(parse_hex(b""), None);
-        assert_eq!(parse_hex(b"-1"), None);
     }
 }

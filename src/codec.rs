@@ -1,0 +1,299 @@
+//! HTTP/1.1 message bodies on the wire (RFC 9112 §6–7), for both sides of baton: the
+//! upstream client decodes response bodies with [`Decoder`], the client-facing server
+//! request bodies; both encode what they send with the `encode_` functions.
+
+use std::fmt::Write;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use http_body::{Frame, SizeHint};
+
+/// The largest head (or trailer section) accepted.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// The most header fields a head may have.
+pub const MAX_HEADERS: usize = 100;
+/// The longest chunk-size line (with extensions) accepted.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+/// Free room made in a read buffer before a read.
+pub const READ_MIN: usize = 8 * 1024;
+
+/// Where a message body ends, and how far it has been read.
+#[derive(Clone, Copy, Debug)]
+pub enum Decoder {
+    /// No body, or all of it read.
+    Done,
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the peer closes (responses only).
+    Close,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside chunk data, this much left.
+    Data(u64),
+    /// Expecting the CRLF after chunk data.
+    DataEnd,
+    /// After the last chunk: trailer fields and the final CRLF.
+    Trailers,
+}
+
+impl Decoder {
+    pub fn chunked() -> Decoder {
+        Decoder::Chunked(Chunk::Size)
+    }
+
+    pub fn is_done(&self) -> bool {
+        matches!(self, Decoder::Done)
+    }
+
+    /// How much a read should make room for: the rest of the data when its length is known.
+    pub fn wants(&self) -> usize {
+        match *self {
+            Decoder::Length(left) | Decoder::Chunked(Chunk::Data(left)) => {
+                usize::try_from(left).unwrap_or(usize::MAX)
+            }
+            _ => READ_MIN,
+        }
+    }
+
+    pub fn size_hint(&self) -> SizeHint {
+        match *self {
+            Decoder::Done => SizeHint::with_exact(0),
+            Decoder::Length(left) => SizeHint::with_exact(left),
+            _ => SizeHint::default(),
+        }
+    }
+
+    /// The next frame of body from the front of `buf`: `Ok(None)` when more must be read,
+    /// `Ok(Some(None))` at the end. An error says what is malformed; the decoder is then
+    /// `Done`.
+    pub fn decode(
+        &mut self,
+        buf: &mut BytesMut,
+    ) -> Result<Option<Option<Frame<Bytes>>>, &'static str> {
+        let decoded = self.decode_inner(buf);
+        if decoded.is_err() {
+            *self = Decoder::Done;
+        }
+        decoded
+    }
+
+    fn decode_inner(
+        &mut self,
+        buf: &mut BytesMut,
+    ) -> Result<Option<Option<Frame<Bytes>>>, &'static str> {
+        loop {
+            match *self {
+                Decoder::Done => return Ok(Some(None)),
+                Decoder::Close => {
+                    if buf.is_empty() {
+                        return Ok(None);
+                    }
+                    return Ok(Some(Some(Frame::data(buf.split().freeze()))));
+                }
+                Decoder::Length(left) => {
+                    if buf.is_empty() {
+                        return Ok(None);
+                    }
+                    let (data, left) = take_data(buf, left);
+                    *self = if left == 0 {
+                        Decoder::Done
+                    } else {
+                        Decoder::Length(left)
+                    };
+                    return Ok(Some(Some(Frame::data(data))));
+                }
+                Decoder::Chunked(Chunk::Size) => {
+                    let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+                        if buf.len() > MAX_CHUNK_LINE {
+                            return Err("chunk size line too long");
+                        }
+                        return Ok(None);
+                    };
+                    let line = &buf[..end];
+                    let line = line.strip_suffix(b"\r").unwrap_or(line);
+                    let digits = line
+                        .iter()
+                        .position(|&b| b == b';' || b == b' ' || b == b'\t')
+                        .map_or(line, |i| &line[..i]);
+                    let size = parse_hex(digits).ok_or("bad chunk size")?;
+                    buf.advance(end + 1);
+                    *self = Decoder::Chunked(if size == 0 {
+                        Chunk::Trailers
+                    } else {
+                        Chunk::Data(size)
+                    });
+                }
+                Decoder::Chunked(Chunk::Data(left)) => {
+                    if buf.is_empty() {
+                        return Ok(None);
+                    }
+                    let (data, left) = take_data(buf, left);
+                    *self = Decoder::Chunked(if left == 0 {
+                        Chunk::DataEnd
+                    } else {
+                        Chunk::Data(left)
+                    });
+                    return Ok(Some(Some(Frame::data(data))));
+                }
+                Decoder::Chunked(Chunk::DataEnd) => {
+                    if buf.starts_with(b"\r\n") {
+                        buf.advance(2);
+                    } else if buf.starts_with(b"\n") {
+                        buf.advance(1);
+                    } else if buf.is_empty() || &buf[..] == b"\r" {
+                        return Ok(None);
+                    } else {
+                        return Err("no CRLF after chunk data");
+                    }
+                    *self = Decoder::Chunked(Chunk::Size);
+                }
+                Decoder::Chunked(Chunk::Trailers) => {
+                    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                    let (len, trailers) = match httparse::parse_headers(buf, &mut fields) {
+                        Ok(httparse::Status::Complete((len, fields))) => {
+                            let mut trailers = HeaderMap::new();
+                            for field in fields.iter() {
+                                let name = HeaderName::from_bytes(field.name.as_bytes());
+                                let value = HeaderValue::from_bytes(field.value);
+                                if let (Ok(name), Ok(value)) = (name, value) {
+                                    trailers.append(name, value);
+                                }
+                            }
+                            (len, trailers)
+                        }
+                        Ok(httparse::Status::Partial) => {
+                            if buf.len() > MAX_HEAD_BYTES {
+                                return Err("trailers too large");
+                            }
+                            return Ok(None);
+                        }
+                        Err(_) => return Err("malformed trailers"),
+                    };
+                    buf.advance(len);
+                    *self = Decoder::Done;
+                    if trailers.is_empty() {
+                        return Ok(Some(None));
+                    }
+                    return Ok(Some(Some(Frame::trailers(trailers))));
+                }
+            }
+        }
+    }
+}
+
+/// Up to `left` bytes of body from the front of `buf`, and how many are left after them.
+fn take_data(buf: &mut BytesMut, left: u64) -> (Bytes, u64) {
+    let take = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+    (buf.split_to(take).freeze(), left - take as u64)
+}
+
+fn parse_hex(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 16 {
+        return None;
+    }
+    let mut size = 0u64;
+    for &digit in digits {
+        let value = (digit as char).to_digit(16)?;
+        size = size.checked_mul(16)?.checked_add(u64::from(value))?;
+    }
+    Some(size)
+}
+
+/// Header or trailer fields and the empty line that ends them.
+pub fn encode_fields(out: &mut BytesMut, fields: &HeaderMap) {
+    for (name, value) in fields {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The line that starts a chunk of `len` bytes.
+pub fn encode_chunk_size(out: &mut BytesMut, len: usize) {
+    // Writing to a BytesMut cannot fail.
+    let _ = write!(out, "{len:x}\r\n");
+}
+
+/// Data, as is or as one chunk.
+pub fn encode_data(out: &mut BytesMut, data: &[u8], chunked: bool) {
+    if !chunked {
+        out.extend_from_slice(data);
+    } else if !data.is_empty() {
+        encode_chunk_size(out, data.len());
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// The last chunk of a chunked body, with its trailer fields.
+pub fn encode_trailers(out: &mut BytesMut, trailers: &HeaderMap) {
+    out.extend_from_slice(b"0\r\n");
+    encode_fields(out, trailers);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_sizes() {
+        assert_eq!(parse_hex(b"1a"), Some(26));
+        assert_eq!(parse_hex(b"FFFFFFFFFFFFFFFF"), Some(u64::MAX));
+        assert_eq!(parse_hex(b"10000000000000000"), None);
+        assert_eq!(parse_hex(b""), None);
+        assert_eq!(parse_hex(b"-1"), None);
+    }
+
+    /// Decodes `wire` fed in pieces of `step` bytes; the data, the trailers, and what is
+    /// left after the body.
+    fn decode_in_pieces(
+        mut decoder: Decoder,
+        wire: &[u8],
+        step: usize,
+    ) -> Result<(Vec<u8>, usize, Vec<u8>), &'static str> {
+        let mut buf = BytesMut::new();
+        let mut data = Vec::new();
+        let mut trailers = 0;
+        let mut fed = 0;
+        loop {
+            match decoder.decode(&mut buf)? {
+                Some(Some(frame)) => match frame.into_data() {
+                    Ok(bytes) => data.extend_from_slice(&bytes),
+                    Err(frame) => trailers += frame.into_trailers().map_or(0, |t| t.len()),
+                },
+                Some(None) => break,
+                None if fed == wire.len() => return Err("ran out"),
+                None => {
+                    let next = (fed + step).min(wire.len());
+                    buf.extend_from_slice(&wire[fed..next]);
+                    fed = next;
+                }
+            }
+        }
+        let mut rest = buf.to_vec();
+        rest.extend_from_slice(&wire[fed..]);
+        Ok((data, trailers, rest))
+    }
+
+    #[test]
+    fn chunked_bodies_decode_whatever_the_split() {
+        let wire = b"5\r\nhello\r\n3;ext=1\r\nabc\r\n0\r\nx-trailer: x\r\n\r\nGET /next";
+        for step in 1..wire.len() {
+            let (data, trailers, rest) = decode_in_pieces(Decoder::chunked(), wire, step).unwrap();
+            assert_eq!(data, b"helloabc", "step {step}");
+            assert_eq!(trailers, 1);
+            assert_eq!(rest, b"GET /next");
+        }
+        assert!(decode_in_pieces(Decoder::chunked(), b"zz\r\n", 4).is_err());
+        assert!(decode_in_pieces(Decoder::chunked(), b"11111111111111111\r\n", 4).is_err());
+        assert!(decode_in_pieces(Decoder::chunked(), b"1\r\nab\r\n", 8).is_err());
+        let (data, _, rest) = decode_in_pieces(Decoder::Length(3), b"abcdef", 2).unwrap();
+        assert_eq!((&data[..], &rest[..]), (&b"abc"[..], &b"def"[..]));
+    }
+}
