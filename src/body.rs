@@ -18,13 +18,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::cause::Cause;
-use crate::classify;
 use crate::idempotency::{BodyHash, StoredResponse, MAX_STORED_BODY};
 use crate::observe::Exchange;
+use crate::server::ClientBody;
 use crate::upstream::balance::StableHasher;
 use crate::upstream::h1;
 use crate::upstream::pool::Lease;
@@ -40,7 +39,7 @@ pub struct BodyError(pub Cause);
 pub struct RequestBody {
     buffered: VecDeque<Frame<Bytes>>,
     buffered_len: u64,
-    rest: Option<Incoming>,
+    rest: Option<ClientBody>,
     limit: u64,
     idle: Option<Duration>,
     timer: Option<Pin<Box<Sleep>>>,
@@ -80,7 +79,7 @@ impl RequestBody {
     /// malformed or oversized body is refused before anything is forwarded. Fails with the
     /// cause to answer with.
     pub async fn read_ahead(
-        mut incoming: Incoming,
+        mut incoming: ClientBody,
         buffer_bytes: usize,
         limit: u64,
         idle: Option<Duration>,
@@ -122,7 +121,7 @@ impl RequestBody {
 /// The next frame of a client's request body, waiting at most `idle` for it; errors are
 /// classified as the client's.
 pub async fn client_frame(
-    incoming: &mut Incoming,
+    incoming: &mut ClientBody,
     idle: Option<Duration>,
 ) -> Result<Option<Frame<Bytes>>, Cause> {
     let frame = http_body_util::BodyExt::frame(incoming);
@@ -132,9 +131,7 @@ pub async fn client_frame(
             .map_err(|_| Cause::ClientTimeout)?,
         None => frame.await,
     };
-    frame
-        .transpose()
-        .map_err(|err| classify::client_body_error(&err))
+    frame.transpose()
 }
 
 /// A fully read request body, kept so that the request can be sent again.
@@ -275,7 +272,7 @@ impl RequestBody {
             }
             Some(Err(err)) => {
                 this.rest = None;
-                Poll::Ready(Some(Err(BodyError(classify::client_body_error(&err)))))
+                Poll::Ready(Some(Err(BodyError(err))))
             }
             Some(Ok(frame)) => {
                 if let (Some(data), Some(read)) = (frame.data_ref(), &this.read) {

@@ -205,13 +205,18 @@ fn parse_hex(digits: &[u8]) -> Option<u64> {
 
 /// Header or trailer fields and the empty line that ends them.
 pub fn encode_fields(out: &mut BytesMut, fields: &HeaderMap) {
+    encode_field_lines(out, fields);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Header fields, a line each.
+pub fn encode_field_lines(out: &mut BytesMut, fields: &HeaderMap) {
     for (name, value) in fields {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b"\r\n");
 }
 
 /// The line that starts a chunk of `len` bytes.

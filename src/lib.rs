@@ -5,19 +5,20 @@
 //! ```text
 //! listener ─▶ route ─▶ maintenance ─▶ idempotency ─▶ read body ─▶ balance ─▶ attempt ─▶ respond
 //! (listener,  (route)  (proxy)        (idempotency)  ahead        (upstream) (attempt)  (body,
-//!  gate)                                             (body)          ▲          │        respond)
+//!  server)                                           (body)          ▲          │        respond)
 //!                                                                    └─ retry ◀─┘
 //!                                                                       (retry)
 //! ```
 //!
-//! - [`listener`] accepts connections and serves HTTP/1.1 and h2c on them (the shell),
-//!   behind the [`gate`] that checks every HTTP/1.1 request head before hyper sees it;
+//! - [`listener`] accepts connections; [`server`] serves HTTP/1.1 on each (checking every
+//!   request head, writing every answer) and hands h2c to hyper's HTTP/2 server;
 //! - [`proxy`] is the handler: [`proxy::handle`] wraps the work of `handle_inner` and is the
 //!   one place that turns a result into a response;
 //! - [`route`] picks the route by host and longest path prefix;
 //! - [`forward`] applies the header rules on the way in and out;
 //! - [`idempotency`] keys POSTs and PATCHes so that each is executed once, in memory or
 //!   in Redis;
+//! - [`codec`] decodes and encodes HTTP/1.1 bodies for both sides;
 //! - [`upstream`] holds endpoints and their health ([`upstream::endpoint`],
 //!   [`upstream::health`], [`upstream::dns`]), the balancers ([`upstream::balance`]), the
 //!   keep-alive [`upstream::pool`] and the HTTP/1.1 client [`upstream::h1`];
@@ -43,7 +44,6 @@ pub mod codec;
 pub mod config;
 pub mod demo;
 pub mod forward;
-pub mod gate;
 pub mod gateway;
 pub mod idempotency;
 pub mod listener;
@@ -53,6 +53,7 @@ pub mod proxy;
 pub mod respond;
 pub mod retry;
 pub mod route;
+pub mod server;
 pub mod status;
 pub mod upstream;
 

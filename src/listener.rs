@@ -1,31 +1,23 @@
-//! The shell at the edge: accept client connections, serve HTTP/1.1 and h2c (prior
-//! knowledge) on them, and drain them gracefully at shutdown.
+//! The shell at the edge: accept client connections, serve each with [`server::serve`]
+//! (HTTP/1.1, or h2c with prior knowledge), and drain them gracefully at shutdown.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::config::Listener;
 use crate::forward;
-use crate::gate::{ConnState, Gate, InFlight, Limits, Refusal, Refuse};
 use crate::gateway::{stop_requested, Gateway, SHUTDOWN_GRACE};
 use crate::observe::metrics::{ListenerLabel, Metrics};
 use crate::observe::Exchange;
-use crate::proxy;
 use crate::respond::{self, ErrorReply};
-
-/// hyper's smallest allowed read buffer.
-const HYPER_MIN_BUF: usize = 8 * 1024;
+use crate::server::{self, Limits, Refusal, Refuse, Setup};
+use crate::upstream::h1;
 
 /// Pause after a failed accept (out of file descriptors, typically) before trying again,
 /// so the loop does not spin while the condition lasts.
@@ -37,8 +29,22 @@ pub struct ClientConn {
     /// The peer's address as a header value, for `X-Forwarded-For`.
     pub peer_ip: http::HeaderValue,
     pub listener: Arc<ListenerState>,
-    /// Shared with the connection's [`Gate`].
-    pub state: Arc<ConnState>,
+    /// The upstream's connection after it accepted an upgrade, for the tunnel that follows
+    /// the `101` to the client.
+    upgraded: Mutex<Option<h1::Conn>>,
+}
+
+impl ClientConn {
+    pub fn set_upgraded(&self, upstream: h1::Conn) {
+        *self.upgraded.lock().unwrap_or_else(PoisonError::into_inner) = Some(upstream);
+    }
+
+    pub fn take_upgraded(&self) -> Option<h1::Conn> {
+        self.upgraded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
 }
 
 /// A listener while it runs; a reload that keeps it swaps in its new settings.
@@ -64,24 +70,6 @@ impl ListenerState {
     }
 }
 
-fn connection_builder(config: &Listener) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        // The gate enforces the head timeout and size, with a proper answer; hyper's own
-        // limits stay out of its way. The gate's header count limit is hyper's default
-        // (`gate::MAX_HEADERS`): setting it explicitly would make hyper allocate and fill a
-        // header index per request instead of using its array on the stack.
-        .header_read_timeout(None)
-        .max_buf_size(config.max_header_bytes.saturating_mul(2).max(HYPER_MIN_BUF));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
-    builder
-}
-
 /// Serves a listener until `stopped` turns true (shutdown, or a reload removed it), then
 /// waits up to [`SHUTDOWN_GRACE`] for its connections to finish their requests. Each
 /// connection takes the listener's settings as they are when it is accepted.
@@ -91,9 +79,8 @@ pub async fn serve(
     gateway: Arc<Gateway>,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let graceful = GracefulShutdown::new();
-    let mut builder = connection_builder(&state.config.load());
-    let mut built_for = state.config.load_full();
+    // Every connection task holds a sender; when all are gone, `recv` returns `None`.
+    let (open_tx, mut all_closed) = mpsc::channel::<()>(1);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = socket.accept() => match accepted {
@@ -107,50 +94,34 @@ pub async fn serve(
             () = stop_requested(&mut stopped) => break,
         };
         let _ = stream.set_nodelay(true);
-        let config = state.config.load_full();
-        if !Arc::ptr_eq(&config, &built_for) {
-            builder = connection_builder(&config);
-            built_for = config.clone();
-        }
-        let conn = Arc::new(ClientConn {
-            peer,
-            peer_ip: forward::ip_header(peer.ip()),
-            listener: state.clone(),
-            state: Arc::default(),
-        });
-        let stream = Gate::new(
-            stream,
-            Limits {
+        let config = state.config.load();
+        let setup = Setup {
+            gateway: gateway.clone(),
+            conn: Arc::new(ClientConn {
+                peer,
+                peer_ip: forward::ip_header(peer.ip()),
+                listener: state.clone(),
+                upgraded: Mutex::new(None),
+            }),
+            limits: Limits {
                 max_head_bytes: config.max_header_bytes,
                 header_read_timeout: config.header_read_timeout,
             },
-            conn.state.clone(),
-            refuser(gateway.clone(), peer),
-        );
-        let handler_gateway = gateway.clone();
-        let service = service_fn(move |request| {
-            let gateway = handler_gateway.clone();
-            let conn = conn.clone();
-            // Counted now, as hyper hands the request over, not when the handler first
-            // runs: the gate must not end the connection in between.
-            let in_flight = InFlight::enter(&conn.state);
-            async move { Ok::<_, Infallible>(proxy::handle(gateway, &conn, request, in_flight).await) }
-        });
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+            refuse: refuser(gateway.clone(), peer),
+            stopped: stopped.clone(),
+        };
         let open = state.open.clone();
+        let open_tx = open_tx.clone();
         open.inc();
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(%peer, error = %err, "client connection ended with an error");
-            }
+            server::serve(stream, setup).await;
             open.dec();
+            drop(open_tx);
         });
     }
     drop(socket);
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+    drop(open_tx);
+    if tokio::time::timeout(SHUTDOWN_GRACE, all_closed.recv())
         .await
         .is_err()
     {
@@ -158,7 +129,7 @@ pub async fn serve(
     }
 }
 
-/// Answers a head the [`Gate`] refused, through the same error responses, metrics and
+/// Answers a head the server refused, through the same error responses, metrics and
 /// access log as every other generated error.
 fn refuser(gateway: Arc<Gateway>, peer: SocketAddr) -> Refuse {
     Arc::new(move |refusal: Refusal| {

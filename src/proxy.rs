@@ -14,8 +14,6 @@ use http::header::{
     EXPECT, HOST,
 };
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
-use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 use crate::attempt::{attempt, Success};
@@ -23,7 +21,6 @@ use crate::body::{client_frame, Capture, RequestBody, ResponseBody};
 use crate::cause::{is_idempotent, Cause, Delivery};
 use crate::config::Route;
 use crate::forward::{self, Peer};
-use crate::gate::InFlight;
 use crate::gateway::{Gateway, RouteState, Snapshot};
 use crate::idempotency::{Decision, Refused, StoredResponse};
 use crate::listener::ClientConn;
@@ -33,6 +30,7 @@ use crate::observe::Exchange;
 use crate::respond::{self, ErrorReply, DEFAULT_RETRY_AFTER};
 use crate::retry::{backoff, may_retry};
 use crate::route;
+use crate::server::ClientBody;
 use crate::status;
 use crate::upstream::balance::StableHasher;
 use crate::upstream::endpoint::now_ms;
@@ -88,13 +86,11 @@ pub enum Answer {
     Page(Response<ResponseBody>),
 }
 
-/// Answers one client request. `in_flight` counts it on its connection until the exchange
-/// ends.
+/// Answers one client request.
 pub async fn handle(
     gateway: Arc<Gateway>,
     conn: &ClientConn,
-    request: Request<Incoming>,
-    in_flight: InFlight,
+    request: Request<ClientBody>,
 ) -> Response<ResponseBody> {
     let request_id = forward::incoming_request_id(request.headers())
         .cloned()
@@ -109,7 +105,6 @@ pub async fn handle(
         request.uri().clone(),
         request_id,
     );
-    exchange.in_flight = Some(in_flight);
     let snapshot = gateway.current();
     match handle_inner(&gateway, &snapshot, conn, request, &mut exchange).await {
         Ok(Answer::Proxied(proxied)) => {
@@ -195,7 +190,7 @@ pub async fn handle(
 }
 
 /// The public status page, as HTML or (when the client accepts it) JSON; never cached.
-fn status_page(snapshot: &Snapshot, request: &Request<Incoming>) -> Response<ResponseBody> {
+fn status_page(snapshot: &Snapshot, request: &Request<ClientBody>) -> Response<ResponseBody> {
     let json = request
         .headers()
         .get(ACCEPT)
@@ -213,7 +208,7 @@ fn status_page(snapshot: &Snapshot, request: &Request<Incoming>) -> Response<Res
     response
 }
 
-fn declared_length(request: &Request<Incoming>) -> Option<u64> {
+fn declared_length(request: &Request<ClientBody>) -> Option<u64> {
     request
         .headers()
         .get(CONTENT_LENGTH)?
@@ -245,7 +240,7 @@ async fn handle_inner(
     gateway: &Gateway,
     snapshot: &Snapshot,
     conn: &ClientConn,
-    mut request: Request<Incoming>,
+    request: Request<ClientBody>,
     exchange: &mut Exchange,
 ) -> Result<Answer, ProxyError> {
     let host = request_host(&request)?;
@@ -333,7 +328,6 @@ async fn handle_inner(
     };
 
     let upgrade = forward::is_upgrade(request.version(), request.headers());
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let deadline = route.timeouts.total.map(|total| exchange.started + total);
     let (mut parts, incoming) = request.into_parts();
     let body = if http_body::Body::is_end_stream(&incoming) {
@@ -399,15 +393,15 @@ async fn handle_inner(
     .await?;
     let mut response = success.response;
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-    match (switching, client_upgrade) {
-        (true, Some(client_upgrade)) => {
+    match (switching, upgrade) {
+        // The client's connection becomes a tunnel to this one once the 101 is written.
+        (true, true) => {
             if let Some(upstream) = response.body_mut().take_upgraded() {
-                conn.state.mark_upgraded();
-                tunnel(client_upgrade, upstream);
+                conn.set_upgraded(upstream);
             }
         }
         // A 101 nobody asked for cannot be passed on.
-        (true, None) => {
+        (true, false) => {
             return Err(ProxyError {
                 delivery: Delivery::Sent,
                 ..ProxyError::from(Cause::UpstreamInvalidResponse)
@@ -417,8 +411,8 @@ async fn handle_inner(
     }
     forward::prepare_response_headers(response.headers_mut(), switching, &exchange.request_id);
     if upgrade && !switching {
-        // hyper keeps the connection reserved for the upgrade that did not happen; end it
-        // after this answer.
+        // The client may have started speaking the protocol it asked for; end the
+        // connection after this answer.
         response
             .headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
@@ -434,7 +428,7 @@ async fn handle_inner(
 /// Reads a whole request body only to hash it (a repeat of a keyed request), holding no
 /// more than one frame at a time.
 async fn hash_body(
-    mut incoming: Incoming,
+    mut incoming: ClientBody,
     limit: u64,
     idle: Option<Duration>,
 ) -> Result<u64, Cause> {
@@ -460,7 +454,7 @@ const DISCARD_TIME: Duration = Duration::from_secs(1);
 /// Prepares an answer given before the request body was read: the body is read and
 /// discarded (as nginx does), since a client still sending it would otherwise find the
 /// connection gone; if that takes too long or too much, the answer closes the connection.
-async fn answer_early(request: Request<Incoming>, mut error: ProxyError) -> ProxyError {
+async fn answer_early(request: Request<ClientBody>, mut error: ProxyError) -> ProxyError {
     let mut body = request.into_body();
     let drained = tokio::time::timeout(DISCARD_TIME, async {
         let mut read = 0u64;
@@ -486,7 +480,7 @@ async fn answer_early(request: Request<Incoming>, mut error: ProxyError) -> Prox
 /// The host the client asked for: the authority of an absolute-form or HTTP/2 URI, which
 /// takes precedence over `Host` (RFC 9112 §3.2.2), else `Host`. An HTTP/1.1 request without
 /// either is malformed (RFC 9112 §3.2).
-fn request_host(request: &Request<Incoming>) -> Result<Option<HeaderValue>, ProxyError> {
+fn request_host(request: &Request<ClientBody>) -> Result<Option<HeaderValue>, ProxyError> {
     let host = match request.uri().authority() {
         Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
         None => request.headers().get(HOST).cloned(),
@@ -653,30 +647,4 @@ async fn try_endpoints(
             ..ProxyError::from(Cause::NoHealthyUpstream)
         },
     })
-}
-
-/// Joins an upgraded client connection to the upgraded upstream connection and copies
-/// bytes both ways until either side closes.
-fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: h1::Conn) {
-    tokio::spawn(async move {
-        let client = match client.await {
-            Ok(client) => client,
-            Err(err) => {
-                tracing::debug!(error = %err, "client upgrade failed");
-                return;
-            }
-        };
-        let mut client = hyper_util::rt::TokioIo::new(client);
-        let (mut upstream, early) = upstream.into_parts();
-        // What the upstream sent right after its 101 came in with the head.
-        if !early.is_empty() {
-            if let Err(err) = client.write_all(&early).await {
-                tracing::debug!(error = %err, "upgraded connection ended");
-                return;
-            }
-        }
-        if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-            tracing::debug!(error = %err, "upgraded connection ended");
-        }
-    });
 }

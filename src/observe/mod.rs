@@ -14,7 +14,6 @@ use http::{HeaderValue, Method, Uri};
 use tokio::time::Instant;
 
 use crate::cause::{Cause, Delivery};
-use crate::gate::InFlight;
 use crate::gateway::{Gateway, RouteState};
 use crate::idempotency::Claim;
 use crate::upstream::endpoint::now_ms;
@@ -98,8 +97,6 @@ pub struct Exchange {
     pub bytes_in: Option<Arc<AtomicU64>>,
     pub connect: Option<Duration>,
     pub ttfb: Option<Duration>,
-    /// Counts this request on its connection until the exchange ends.
-    pub in_flight: Option<InFlight>,
     /// The idempotency key this request holds, settled when the exchange ends.
     pub claim: Option<Claim>,
 }
@@ -132,7 +129,6 @@ impl Exchange {
             bytes_in: None,
             connect: None,
             ttfb: None,
-            in_flight: None,
             claim: None,
         }
     }

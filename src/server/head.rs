@@ -1,28 +1,36 @@
-//! Checking one request head: where it ends, whether it parses as hyper will parse it, and
-//! whether its framing is unambiguous (RFC 9112 §6, SPEC §13).
+//! Reading one request head: where it ends, whether it parses, whether its framing is
+//! unambiguous (RFC 9112 §6, SPEC §13), and the request it makes.
 
 use std::mem::MaybeUninit;
 
-use http::HeaderValue;
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, Version};
 
-use super::framing::{Chunk, Framing};
 use super::Refusal;
 use crate::cause::Cause;
+use crate::codec::{Decoder, MAX_HEADERS};
 
-/// The most header fields a request may have; hyper's default, so the two agree.
-pub const MAX_HEADERS: usize = 100;
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// The verdict on the bytes of a head.
+/// A request head, taken off the buffer.
+pub(super) struct Head {
+    pub parts: http::request::Parts,
+    /// How its body is framed; `None` when it has none.
+    pub body: Option<Decoder>,
+    /// It asks for a protocol upgrade (or is a CONNECT).
+    pub upgrade: bool,
+    /// The client may send another request on the connection after this one.
+    pub keep_alive: bool,
+    /// `Expect: 100-continue` with a body to come.
+    pub expects_continue: bool,
+}
+
+/// The verdict on the bytes at the front of the buffer.
 pub(super) enum Verdict {
-    /// Not all of it yet.
+    /// Not all of the head yet.
     Partial,
-    /// `len` bytes of valid head, followed by a body framed so.
-    Complete {
-        len: usize,
-        body: Option<Framing>,
-        upgrade: bool,
-    },
+    Complete(Box<Head>),
+    /// The HTTP/2 connection preface (h2c with prior knowledge).
     H2,
     Refused(Refusal),
 }
@@ -54,7 +62,9 @@ fn head_end(buf: &[u8], from: usize) -> Option<usize> {
     None
 }
 
-pub(super) fn inspect(buf: &[u8], scanned: &mut usize, first: bool, max: usize) -> Verdict {
+/// Looks at the bytes at the front of `buf`; a complete, valid head is taken off it.
+/// `scanned` keeps how far an earlier call searched for the head's end.
+pub(super) fn inspect(buf: &mut BytesMut, scanned: &mut usize, first: bool, max: usize) -> Verdict {
     if first {
         let n = buf.len().min(H2_PREFACE.len());
         if buf[..n] == H2_PREFACE[..n] {
@@ -76,12 +86,12 @@ pub(super) fn inspect(buf: &[u8], scanned: &mut usize, first: bool, max: usize) 
     if end > max {
         return Verdict::Refused(refusal(Cause::HeadersTooLarge));
     }
-    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut []);
     let parsed = httparse::ParserConfig::default().parse_request_with_uninit_headers(
         &mut request,
         &buf[..end],
-        &mut headers,
+        &mut fields,
     );
     let len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
@@ -91,16 +101,98 @@ pub(super) fn inspect(buf: &[u8], scanned: &mut usize, first: bool, max: usize) 
         }
         Err(_) => return Verdict::Refused(refusal(Cause::BadRequest)),
     };
-    check_framing(&request, len)
+    let framing = match check_framing(&request) {
+        Ok(framing) => framing,
+        Err(refused) => return Verdict::Refused(*refused),
+    };
+    // Where the target and each field lie in the head, so that they can share its bytes.
+    // Offsets fit in u32: the head is at most `max` bytes, which the config keeps small.
+    let base = buf.as_ptr() as usize;
+    let span = |s: &[u8]| {
+        let start = (s.as_ptr() as usize - base) as u32;
+        (start, start + s.len() as u32)
+    };
+    let mut spans = [((0u32, 0u32), (0u32, 0u32)); MAX_HEADERS];
+    let count = request.headers.len();
+    for (slot, field) in spans.iter_mut().zip(request.headers.iter()) {
+        *slot = (span(field.name.as_bytes()), span(field.value));
+    }
+    let method = span(request.method.unwrap_or_default().as_bytes());
+    let target = span(request.path.unwrap_or_default().as_bytes());
+    let version = match request.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let head = buf.split_to(len).freeze();
+    let slice = |(start, end): (u32, u32)| head.slice(start as usize..end as usize);
+    let parts = build(
+        &slice(method),
+        slice(target),
+        version,
+        &spans[..count],
+        &slice,
+    );
+    match parts {
+        Some(parts) => Verdict::Complete(Box::new(Head {
+            parts,
+            body: framing.body,
+            upgrade: framing.upgrade,
+            keep_alive: framing.keep_alive,
+            expects_continue: framing.expects_continue && version == Version::HTTP_11,
+        })),
+        None => Verdict::Refused(Refusal {
+            cause: Some(Cause::BadRequest),
+            method: Some(String::from_utf8_lossy(&slice(method)).into_owned()),
+            path: Some(String::from_utf8_lossy(&slice(target)).into_owned()),
+            ..Refusal::default()
+        }),
+    }
+}
+
+type Span = (u32, u32);
+
+/// The request's method, target and fields as `http` types; `None` when one is not valid
+/// for them (a target that is no URI, say).
+fn build(
+    method: &[u8],
+    target: Bytes,
+    version: Version,
+    fields: &[(Span, Span)],
+    slice: &impl Fn(Span) -> Bytes,
+) -> Option<http::request::Parts> {
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.method = Method::from_bytes(method).ok()?;
+    parts.uri = Uri::from_maybe_shared(target).ok()?;
+    parts.version = version;
+    // Room for the five fields baton adds on the way upstream (`X-Forwarded-For`,
+    // `-Proto`, `-Host`, `Via`, `X-Request-Id`), so that the map does not grow for them.
+    let mut headers = HeaderMap::with_capacity(fields.len() + 6);
+    for &(name, value) in fields {
+        let name = HeaderName::from_bytes(&slice(name)).ok()?;
+        let value = HeaderValue::from_maybe_shared(slice(value)).ok()?;
+        headers.append(name, value);
+    }
+    parts.headers = headers;
+    Some(parts)
+}
+
+/// What the fields of a head say about its body and its connection.
+struct Framing {
+    body: Option<Decoder>,
+    upgrade: bool,
+    keep_alive: bool,
+    expects_continue: bool,
 }
 
 /// Applies the framing rules of RFC 9112 §6 and SPEC §13 to a parsed head.
-fn check_framing(request: &httparse::Request<'_, '_>, len: usize) -> Verdict {
+fn check_framing(request: &httparse::Request<'_, '_>) -> Result<Framing, Box<Refusal>> {
     let mut length: Option<u64> = None;
     let mut transfer_encoding: Option<&[u8]> = None;
     let mut hosts = 0;
-    let mut connection_upgrade = false;
+    let (mut connection_upgrade, mut connection_close, mut connection_keep_alive) =
+        (false, false, false);
     let mut has_upgrade = false;
+    let mut expects_continue = false;
     // Kept as bytes: they become header values only for a refusal.
     let mut accept: Option<&[u8]> = None;
     let mut request_id: Option<&[u8]> = None;
@@ -126,10 +218,16 @@ fn check_framing(request: &httparse::Request<'_, '_>, len: usize) -> Verdict {
         } else if name.eq_ignore_ascii_case("host") {
             hosts += 1;
         } else if name.eq_ignore_ascii_case("connection") {
-            connection_upgrade |= header
+            for token in header.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                connection_upgrade |= token.eq_ignore_ascii_case(b"upgrade");
+                connection_close |= token.eq_ignore_ascii_case(b"close");
+                connection_keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name.eq_ignore_ascii_case("expect") {
+            expects_continue = header
                 .value
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"));
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"100-continue");
         } else if name.eq_ignore_ascii_case("upgrade") {
             has_upgrade = true;
         } else if name.eq_ignore_ascii_case("accept") {
@@ -157,24 +255,26 @@ fn check_framing(request: &httparse::Request<'_, '_>, len: usize) -> Verdict {
         valid = false;
     }
     if !valid {
-        return Verdict::Refused(Refusal {
+        return Err(Box::new(Refusal {
             cause: Some(Cause::BadRequest),
             method: request.method.map(str::to_owned),
             path: request.path.map(str::to_owned),
             accept: accept.and_then(|v| HeaderValue::from_bytes(v).ok()),
             request_id: request_id.and_then(|v| HeaderValue::from_bytes(v).ok()),
-        });
+        }));
     }
     let body = if chunked {
-        Some(Framing::Chunked(Chunk::start()))
+        Some(Decoder::chunked())
     } else {
-        length.filter(|&n| n > 0).map(Framing::Length)
+        length.filter(|&n| n > 0).map(Decoder::Length)
     };
-    Verdict::Complete {
-        len,
+    let keep_alive = !connection_close && (request.version == Some(1) || connection_keep_alive);
+    Ok(Framing {
+        expects_continue: expects_continue && body.is_some(),
         body,
         upgrade: (connection_upgrade && has_upgrade) || request.method == Some("CONNECT"),
-    }
+        keep_alive,
+    })
 }
 
 #[cfg(test)]
@@ -182,7 +282,12 @@ mod tests {
     use super::*;
 
     fn verdict(head: &str) -> Verdict {
-        inspect(head.as_bytes(), &mut 0, false, 64 << 10)
+        inspect(
+            &mut BytesMut::from(head.as_bytes()),
+            &mut 0,
+            false,
+            64 << 10,
+        )
     }
 
     fn refused_cause(head: &str) -> Option<Cause> {
@@ -212,23 +317,41 @@ mod tests {
 
     #[test]
     fn good_heads_pass_with_their_framing() {
-        match verdict("POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 3, 3\r\n\r\nabc") {
-            Verdict::Complete {
-                len,
-                body: Some(Framing::Length(3)),
-                upgrade: false,
-            } => assert_eq!(len, 50),
+        let mut buf = BytesMut::from(
+            &b"POST /x?y HTTP/1.1\r\nhost: a\r\ncontent-length: 3, 3\r\nexpect: 100-continue\r\n\r\nabc"[..],
+        );
+        match inspect(&mut buf, &mut 0, false, 64 << 10) {
+            Verdict::Complete(head) => {
+                assert!(matches!(head.body, Some(Decoder::Length(3))));
+                assert!(!head.upgrade && head.keep_alive && head.expects_continue);
+                assert_eq!(head.parts.method, Method::POST);
+                assert_eq!(head.parts.uri, "/x?y");
+                assert_eq!(head.parts.headers["host"], "a");
+                assert_eq!(&buf[..], b"abc");
+            }
+            _ => panic!("expected a complete head"),
+        }
+        match verdict(
+            "GET / HTTP/1.1\r\nhost: a\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n",
+        ) {
+            Verdict::Complete(head) => assert!(head.body.is_none() && head.upgrade),
+            _ => panic!("expected a complete head"),
+        }
+        match verdict("GET / HTTP/1.0\r\n\r\n") {
+            Verdict::Complete(head) => assert!(!head.keep_alive),
+            _ => panic!("expected a complete head"),
+        }
+        match verdict("GET / HTTP/1.0\r\nconnection: keep-alive\r\n\r\n") {
+            Verdict::Complete(head) => assert!(head.keep_alive),
+            _ => panic!("expected a complete head"),
+        }
+        match verdict("GET / HTTP/1.1\r\nconnection: close\r\n\r\n") {
+            Verdict::Complete(head) => assert!(!head.keep_alive),
             _ => panic!("expected a complete head"),
         }
         assert!(matches!(
-            verdict(
-                "GET / HTTP/1.1\r\nhost: a\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n"
-            ),
-            Verdict::Complete {
-                body: None,
-                upgrade: true,
-                ..
-            }
+            verdict("GET /a b HTTP/1.1\r\n\r\n"),
+            Verdict::Refused(_)
         ));
         assert!(matches!(
             verdict("GET / HTTP/1.1\r\nhost: a\r\n"),
@@ -240,7 +363,7 @@ mod tests {
     fn oversized_heads_are_431() {
         let head = format!("GET / HTTP/1.1\r\nx: {}\r\n\r\n", "a".repeat(100));
         assert!(matches!(
-            inspect(head.as_bytes(), &mut 0, false, 64),
+            inspect(&mut BytesMut::from(head.as_bytes()), &mut 0, false, 64),
             Verdict::Refused(Refusal {
                 cause: Some(Cause::HeadersTooLarge),
                 ..
@@ -248,7 +371,7 @@ mod tests {
         ));
         let partial = format!("GET / HTTP/1.1\r\nx: {}", "a".repeat(100));
         assert!(matches!(
-            inspect(partial.as_bytes(), &mut 0, false, 64),
+            inspect(&mut BytesMut::from(partial.as_bytes()), &mut 0, false, 64),
             Verdict::Refused(Refusal {
                 cause: Some(Cause::HeadersTooLarge),
                 ..
@@ -271,18 +394,18 @@ mod tests {
         assert_eq!(head_end(head, 26), Some(27));
         assert!(matches!(
             verdict("\r\nGET / HTTP/1.1\r\nhost: a\r\n\r\n"),
-            Verdict::Complete { len: 29, .. }
+            Verdict::Complete(_)
         ));
     }
 
     #[test]
     fn the_h2_preface_passes() {
         assert!(matches!(
-            inspect(H2_PREFACE, &mut 0, true, 1024),
+            inspect(&mut BytesMut::from(H2_PREFACE), &mut 0, true, 1024),
             Verdict::H2
         ));
         assert!(matches!(
-            inspect(&H2_PREFACE[..10], &mut 0, true, 1024),
+            inspect(&mut BytesMut::from(&H2_PREFACE[..10]), &mut 0, true, 1024),
             Verdict::Partial
         ));
     }

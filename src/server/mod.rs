@@ -1,0 +1,652 @@
+//! HTTP/1.1 to clients: one task per connection reads each request head, hands the request
+//! to the proxy, writes the answer, and goes on to the next.
+//!
+//! A gateway owes the client a cause code, a request ID and a readable page for every
+//! request it refuses (SPEC §5, §13), and it should cost little on the hot path; both are
+//! simpler with a server of its own than around hyper's. Here
+//!
+//! - each head is checked once, with httparse and the framing rules of SPEC §13 (no
+//!   `Content-Length` together with `Transfer-Encoding`, no differing `Content-Length`s,
+//!   `chunked` last, one `Host`), within `max_header_bytes` (431 `headers-too-large`) and
+//!   `header_read_timeout` (408 `client-timeout`); its fields share the bytes read;
+//! - the request body is read from the socket only as the proxy takes it (`100 Continue`
+//!   is written then, if asked for);
+//! - the answer's head and small body go out in one write; its framing is its
+//!   `Content-Length`, else chunked (close-delimited for HTTP/1.0 clients);
+//! - keep-alive connections idle for [`CLIENT_KEEPALIVE_IDLE`] are closed, and an idle
+//!   connection holds no buffer;
+//! - a closing connection whose client may still be sending reads and discards what comes
+//!   for up to [`LINGER_TIME`] first (a "lingering close"): closing a socket with unread
+//!   data resets the connection, and a reset can destroy the answer before the client read
+//!   it;
+//! - the HTTP/2 preface (h2c with prior knowledge) hands the connection to hyper's HTTP/2
+//!   server, and an accepted upgrade (`101`) turns it into a tunnel to the upstream.
+
+mod body;
+mod head;
+
+use std::cell::RefCell;
+use std::convert::Infallible;
+use std::future::poll_fn;
+use std::io;
+use std::mem;
+use std::pin::{pin, Pin};
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::body::ResponseBody;
+use crate::cause::Cause;
+use crate::codec::{encode_chunk_size, encode_field_lines, encode_trailers};
+use crate::forward::header_tokens;
+use crate::gateway::{stop_requested, Gateway};
+use crate::listener::ClientConn;
+use crate::proxy;
+use crate::upstream::h1;
+use body::{lock, poll_read, poll_write, Continue, H1Body, Reader};
+use head::{inspect, refusal, Head, Verdict};
+
+pub use body::ClientBody;
+
+/// How long a client keep-alive connection may sit idle between requests.
+pub const CLIENT_KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+/// How long a closing connection keeps reading (and discarding) what the client still
+/// sends after the last answer.
+pub const LINGER_TIME: Duration = Duration::from_secs(5);
+/// Body data this small is copied next to the head or chunk line before it, so that both go
+/// out in one write; larger data is written from where it is.
+const COPY_MAX: usize = 16 * 1024;
+/// Room made for a read of head bytes: most heads fit, and a longer one takes more reads.
+/// Small on purpose: the buffer is allocated per request and freed when the connection
+/// goes idle, and buffers of 8 KiB left the allocator's free memory fragmented by the
+/// small long-lived allocations of later connections (bench/README.md).
+const HEAD_READ: usize = 2 * 1024;
+/// Output gathered before it is written, when the body has more ready.
+const FLUSH_AT: usize = 64 * 1024;
+
+/// What the server knows about a request it refused.
+#[derive(Debug, Default)]
+pub struct Refusal {
+    pub cause: Option<Cause>,
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub accept: Option<HeaderValue>,
+    pub request_id: Option<HeaderValue>,
+}
+
+/// Turns a refusal into the bytes of the response to send (and records it).
+pub type Refuse = Arc<dyn Fn(Refusal) -> Vec<u8> + Send + Sync>;
+
+#[derive(Clone, Copy)]
+pub struct Limits {
+    pub max_head_bytes: usize,
+    pub header_read_timeout: Duration,
+}
+
+/// What a connection needs besides its socket.
+pub struct Setup {
+    pub gateway: Arc<Gateway>,
+    pub conn: Arc<ClientConn>,
+    pub limits: Limits,
+    pub refuse: Refuse,
+    pub stopped: watch::Receiver<bool>,
+}
+
+/// Serves one client connection until it closes.
+pub async fn serve(stream: TcpStream, mut cx: Setup) {
+    let io = Arc::new(stream);
+    let mut buf = BytesMut::new();
+    let mut first = true;
+    loop {
+        let head = match read_head(&io, &mut buf, first, &mut cx).await {
+            HeadRead::Request(head) => head,
+            // Boxed, as are the tunnel and the lingering close: an idle connection's task
+            // is as large as its largest state, and these are rare.
+            HeadRead::H2 => return Box::pin(serve_h2(io, buf, cx)).await,
+            HeadRead::Refused(refusal) => {
+                let answer = (cx.refuse)(refusal);
+                if write_all(&io, &answer).await.is_ok() {
+                    Box::pin(close(io, true)).await;
+                }
+                return;
+            }
+            HeadRead::Closed { unread } => return Box::pin(close(io, unread)).await,
+        };
+        first = false;
+        let Head {
+            parts,
+            body,
+            upgrade,
+            keep_alive,
+            expects_continue,
+        } = *head;
+        let facts = Facts {
+            head_request: parts.method == Method::HEAD,
+            version: parts.version,
+            upgrade,
+        };
+        let (request_body, shared) = match body {
+            None => (ClientBody::Empty, None),
+            Some(decoder) => {
+                let shared = Arc::new(Mutex::new(Reader {
+                    buf: mem::take(&mut buf),
+                    decoder,
+                    continue_state: if expects_continue {
+                        Continue::Pending
+                    } else {
+                        Continue::No
+                    },
+                    failed: false,
+                }));
+                let body = H1Body::new(io.clone(), shared.clone());
+                (ClientBody::H1(body), Some(shared))
+            }
+        };
+        let request = Request::from_parts(parts, request_body);
+        // Boxed: the request's state lives on the heap while it is answered, so that an
+        // idle connection's task stays small (see bench/README.md).
+        let response = Box::pin(proxy::handle(cx.gateway.clone(), &cx.conn, request)).await;
+
+        // The body is no longer read: take back what was read past it, and finish a
+        // `100 Continue` half written (one not yet begun is not wanted any more).
+        let mut body_done = true;
+        let mut continue_rest: &[u8] = &[];
+        if let Some(shared) = shared {
+            let mut reader = lock(&shared);
+            body_done = reader.decoder.is_done() && !reader.failed;
+            buf = mem::take(&mut reader.buf);
+            if let Continue::Writing(written) = reader.continue_state {
+                continue_rest = &body::CONTINUE[written.min(body::CONTINUE.len())..];
+            }
+            reader.continue_state = Continue::No;
+        }
+        let close_after = !keep_alive || !body_done || *cx.stopped.borrow();
+        let written = write_response(&io, response, &facts, close_after, continue_rest).await;
+        match written {
+            Err(err) => {
+                tracing::debug!(peer = %cx.conn.peer, error = %err, "writing a response failed");
+                return;
+            }
+            Ok(Written::Upgraded) => {
+                let upstream = cx.conn.take_upgraded();
+                if let Some(upstream) = upstream {
+                    Box::pin(tunnel(io, buf, upstream)).await;
+                }
+                return;
+            }
+            Ok(Written::Close) => {
+                return Box::pin(close(io, !body_done || !buf.is_empty())).await;
+            }
+            Ok(Written::KeepAlive) => {}
+        }
+        if buf.is_empty() {
+            // An idle connection holds no buffer.
+            buf = BytesMut::new();
+        }
+    }
+}
+
+/// What the answer's framing depends on in the request.
+struct Facts {
+    head_request: bool,
+    version: Version,
+    upgrade: bool,
+}
+
+enum HeadRead {
+    Request(Box<Head>),
+    H2,
+    Refused(Refusal),
+    /// The client closed, the connection sat idle too long, or baton is stopping.
+    /// `unread`: bytes of a request the client may still be sending.
+    Closed {
+        unread: bool,
+    },
+}
+
+/// Reads until a whole request head is in `buf`, within the connection's time limits: the
+/// first head must be complete `header_read_timeout` after the connection opened; a later
+/// one may keep the connection idle for [`CLIENT_KEEPALIVE_IDLE`], and must then be
+/// complete `header_read_timeout` after its first byte.
+async fn read_head(io: &TcpStream, buf: &mut BytesMut, first: bool, cx: &mut Setup) -> HeadRead {
+    let limits = cx.limits;
+    let mut scanned = 0;
+    let mut started = !buf.is_empty();
+    let mut deadline = Instant::now()
+        + if first || started {
+            limits.header_read_timeout
+        } else {
+            CLIENT_KEEPALIVE_IDLE
+        };
+    loop {
+        if !buf.is_empty() {
+            match inspect(buf, &mut scanned, first, limits.max_head_bytes) {
+                Verdict::Partial => {}
+                Verdict::Complete(head) => return HeadRead::Request(head),
+                Verdict::H2 => return HeadRead::H2,
+                Verdict::Refused(refusal) => return HeadRead::Refused(refusal),
+            }
+        }
+        tokio::select! {
+            biased;
+            read = poll_fn(|cx| poll_read(io, cx, buf, HEAD_READ)) => match read {
+                Ok(0) | Err(_) => return HeadRead::Closed { unread: false },
+                Ok(_) => {
+                    if !started && !first {
+                        deadline = Instant::now() + limits.header_read_timeout;
+                    }
+                    started = true;
+                }
+            },
+            () = tokio::time::sleep_until(deadline) => {
+                return if started {
+                    HeadRead::Refused(refusal(Cause::ClientTimeout))
+                } else {
+                    HeadRead::Closed { unread: false }
+                };
+            }
+            () = stop_requested(&mut cx.stopped), if !started => {
+                return HeadRead::Closed { unread: false };
+            }
+        }
+    }
+}
+
+/// How a response was written, and what comes next on its connection.
+enum Written {
+    KeepAlive,
+    Close,
+    /// `101 Switching Protocols` to an upgrade request: a tunnel follows.
+    Upgraded,
+}
+
+/// How the answer's body is framed on the wire.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// No body (HEAD, 1xx, 204, 304).
+    None,
+    Length(u64),
+    Chunked,
+    /// Until the connection closes (an HTTP/1.0 client, length unknown).
+    Close,
+}
+
+/// Writes `response` (after `prefix`, the rest of a `100 Continue`).
+async fn write_response(
+    io: &TcpStream,
+    response: Response<ResponseBody>,
+    facts: &Facts,
+    mut close: bool,
+    prefix: &[u8],
+) -> io::Result<Written> {
+    let (parts, body) = response.into_parts();
+    let status = parts.status;
+    let headers = &parts.headers;
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS && facts.upgrade;
+    close |= header_tokens(headers, CONNECTION).any(|t| t.eq_ignore_ascii_case("close"));
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let mut out = BytesMut::with_capacity(1000);
+    out.extend_from_slice(prefix);
+    encode_status(&mut out, status);
+    encode_field_lines(&mut out, headers);
+    let no_body = facts.head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let framing = if no_body {
+        Framing::None
+    } else if let Some(length) = declared {
+        Framing::Length(length)
+    } else if let Some(length) = body.size_hint().exact() {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
+        out.extend_from_slice(b"\r\n");
+        Framing::Length(length)
+    } else if facts.version == Version::HTTP_11 {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        Framing::Chunked
+    } else {
+        close = true;
+        Framing::Close
+    };
+    if !headers.contains_key(DATE) {
+        encode_date(&mut out);
+    }
+    if !switching && !headers.contains_key(CONNECTION) {
+        if close {
+            out.extend_from_slice(b"connection: close\r\n");
+        } else if facts.version == Version::HTTP_10 {
+            out.extend_from_slice(b"connection: keep-alive\r\n");
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    let mut output = Output {
+        out,
+        data: Bytes::new(),
+        tail: b"",
+        framing,
+        failed: false,
+        ended: false,
+    };
+    let mut body = pin!(body);
+    poll_fn(|cx| output.poll_send(io, cx, body.as_mut())).await?;
+    Ok(if switching {
+        Written::Upgraded
+    } else if close {
+        Written::Close
+    } else {
+        Written::KeepAlive
+    })
+}
+
+/// An answer on its way out: encoded bytes, then data written from where it is, then a
+/// short tail (the CRLF after chunk data).
+struct Output {
+    out: BytesMut,
+    data: Bytes,
+    tail: &'static [u8],
+    framing: Framing,
+    /// The body failed, or did not match its declared length: the connection must end
+    /// without the answer looking complete.
+    failed: bool,
+    ended: bool,
+}
+
+impl Output {
+    fn has_output(&self) -> bool {
+        !self.out.is_empty() || !self.data.is_empty() || !self.tail.is_empty()
+    }
+
+    /// Polls the body and writes what it gives until both are done.
+    fn poll_send(
+        &mut self,
+        io: &TcpStream,
+        cx: &mut Context<'_>,
+        mut body: Pin<&mut ResponseBody>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if !self.ended && self.data.is_empty() && self.out.len() < FLUSH_AT {
+                match body.as_mut().poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        self.encode(frame);
+                        continue;
+                    }
+                    Poll::Ready(None) => {
+                        self.finish();
+                        continue;
+                    }
+                    Poll::Ready(Some(Err(_))) => {
+                        // Why is logged with the exchange; what came before still goes out.
+                        self.failed = true;
+                        self.ended = true;
+                        continue;
+                    }
+                    Poll::Pending if !self.has_output() => return Poll::Pending,
+                    Poll::Pending => {}
+                }
+            }
+            if !self.has_output() {
+                return Poll::Ready(if self.failed {
+                    Err(io::Error::other("the response body failed"))
+                } else {
+                    Ok(())
+                });
+            }
+            let bufs = [
+                io::IoSlice::new(&self.out),
+                io::IoSlice::new(&self.data),
+                io::IoSlice::new(self.tail),
+            ];
+            let n = ready!(poll_write(io, cx, &bufs))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.consume(n);
+        }
+    }
+
+    fn consume(&mut self, mut n: usize) {
+        let from_out = n.min(self.out.len());
+        self.out.advance(from_out);
+        n -= from_out;
+        let from_data = n.min(self.data.len());
+        self.data.advance(from_data);
+        n -= from_data;
+        self.tail = &self.tail[n.min(self.tail.len())..];
+    }
+
+    fn push(&mut self, data: Bytes, tail: &'static [u8]) {
+        if data.len() <= COPY_MAX {
+            self.out.extend_from_slice(&data);
+            self.out.extend_from_slice(tail);
+        } else {
+            self.data = data;
+            self.tail = tail;
+        }
+    }
+
+    fn encode(&mut self, frame: Frame<Bytes>) {
+        let mut data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                if let (Framing::Chunked, Ok(trailers)) = (self.framing, frame.into_trailers()) {
+                    encode_trailers(&mut self.out, &trailers);
+                    self.framing = Framing::None;
+                }
+                return;
+            }
+        };
+        match &mut self.framing {
+            Framing::None => {}
+            Framing::Length(left) => {
+                if data.len() as u64 > *left {
+                    // More than declared: send what was declared, then end the connection.
+                    data.truncate(*left as usize);
+                    self.failed = true;
+                    self.ended = true;
+                }
+                *left -= data.len() as u64;
+                self.push(data, b"");
+            }
+            Framing::Close => self.push(data, b""),
+            Framing::Chunked if data.is_empty() => {}
+            Framing::Chunked => {
+                encode_chunk_size(&mut self.out, data.len());
+                self.push(data, b"\r\n");
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        self.ended = true;
+        match self.framing {
+            Framing::Chunked => self.out.extend_from_slice(b"0\r\n\r\n"),
+            // Less than declared.
+            Framing::Length(left) if left > 0 => self.failed = true,
+            _ => {}
+        }
+    }
+}
+
+fn encode_status(out: &mut BytesMut, status: StatusCode) {
+    if status == StatusCode::OK {
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+        return;
+    }
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The `Date` field, formatted once a second per thread.
+fn encode_date(out: &mut BytesMut) {
+    thread_local! {
+        static CACHED: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
+    }
+    let now = SystemTime::now();
+    let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    CACHED.with_borrow_mut(|(cached_second, text)| {
+        if *cached_second != second || text.is_empty() {
+            *cached_second = second;
+            *text = httpdate::fmt_http_date(now);
+        }
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(text.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    });
+}
+
+async fn write_all(io: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let n = poll_fn(|cx| poll_write(io, cx, &[io::IoSlice::new(bytes)])).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        bytes = &bytes[n..];
+    }
+    Ok(())
+}
+
+/// Ends the connection: shuts its write side and, when the client may still be sending
+/// (`linger`), reads and discards what comes for up to [`LINGER_TIME`].
+async fn close(io: Arc<TcpStream>, linger: bool) {
+    // A request body still held elsewhere keeps the socket open until it is dropped.
+    let Ok(mut stream) = Arc::try_unwrap(io) else {
+        return;
+    };
+    if stream.shutdown().await.is_err() || !linger {
+        return;
+    }
+    let discard = async {
+        let mut scratch = [0u8; 4096];
+        while let Ok(n) = stream.read(&mut scratch).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, discard).await;
+}
+
+/// Joins the client and the upstream after `101 Switching Protocols`: what either sent past
+/// the heads goes first, then bytes flow both ways until one side closes.
+async fn tunnel(io: Arc<TcpStream>, client_early: BytesMut, upstream: h1::Conn) {
+    let Ok(mut client) = Arc::try_unwrap(io) else {
+        return;
+    };
+    let (mut upstream, upstream_early) = upstream.into_parts();
+    let result = async {
+        client.write_all(&upstream_early).await?;
+        upstream.write_all(&client_early).await?;
+        tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+    };
+    if let Err(err) = result.await {
+        tracing::debug!(error = %err, "upgraded connection ended");
+    }
+}
+
+/// Serves an h2c connection with hyper's HTTP/2 server, after the bytes already read.
+async fn serve_h2(io: Arc<TcpStream>, read: BytesMut, mut cx: Setup) {
+    let Ok(stream) = Arc::try_unwrap(io) else {
+        return;
+    };
+    let gateway = cx.gateway.clone();
+    let conn = cx.conn.clone();
+    let service = service_fn(move |request: Request<Incoming>| {
+        let gateway = gateway.clone();
+        let conn = conn.clone();
+        async move {
+            let request = request.map(ClientBody::H2);
+            Ok::<_, Infallible>(proxy::handle(gateway, &conn, request).await)
+        }
+    });
+    let max_header_list = u32::try_from(cx.limits.max_head_bytes).unwrap_or(u32::MAX);
+    let io = TokioIo::new(Prefixed {
+        read: read.freeze(),
+        io: stream,
+    });
+    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_header_list_size(max_header_list)
+        .serve_connection(io, service);
+    let mut connection = pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = stop_requested(&mut cx.stopped) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(err) = result {
+        tracing::debug!(peer = %cx.conn.peer, error = %err, "h2c connection ended with an error");
+    }
+}
+
+/// A socket with bytes already read from it in front.
+struct Prefixed {
+    read: Bytes,
+    io: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.read.is_empty() {
+            let n = self.read.len().min(buf.remaining());
+            buf.put_slice(&self.read[..n]);
+            self.read.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,126 @@
+//! How baton speaks HTTP/1.1 to clients: the framing of its answers, HTTP/1.0 clients,
+//! request bodies arriving in pieces, and clients that go away mid-request.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{read_response, Baton, Reader, Upstream};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+async fn connect(baton: &Baton) -> Reader<TcpStream> {
+    Reader::new(TcpStream::connect(baton.addr).await.unwrap())
+}
+
+/// An answer of unknown length goes to an HTTP/1.1 client chunked, and the connection
+/// carries the next request.
+#[tokio::test]
+async fn an_answer_of_unknown_length_is_chunked_for_http11() {
+    let upstream = Upstream::raw_then_close(b"HTTP/1.1 200 OK\r\n\r\nuntil the end").await;
+    let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
+    let mut client = connect(&baton).await;
+    for _ in 0..2 {
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let response = read_response(&mut client, "GET").await;
+        assert_eq!(response.header("transfer-encoding"), Some("chunked"));
+        assert!(response.complete);
+        assert_eq!(response.text(), "until the end");
+    }
+    baton.stop().await;
+}
+
+/// HTTP/1.0 clients: kept alive only when they ask, with a length; an answer of unknown
+/// length is delimited by closing the connection.
+#[tokio::test]
+async fn http10_clients_get_framing_they_understand() {
+    let upstream = Upstream::ok("known").await;
+    let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
+
+    let mut client = connect(&baton).await;
+    for _ in 0..2 {
+        client
+            .write_all(b"GET / HTTP/1.0\r\nconnection: keep-alive\r\n\r\n")
+            .await
+            .unwrap();
+        let response = read_response(&mut client, "GET").await;
+        assert_eq!(response.text(), "known");
+        assert_eq!(response.header("connection"), Some("keep-alive"));
+        assert_eq!(response.header("content-length"), Some("5"));
+    }
+
+    let mut client = connect(&baton).await;
+    client.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    let response = read_response(&mut client, "GET").await;
+    assert_eq!(response.text(), "known");
+    assert_eq!(response.header("connection"), Some("close"));
+    let mut rest = Vec::new();
+    let mut stream = client.stream;
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+    assert!(matches!(read, Ok(Ok(0))), "the connection closes after it");
+    baton.stop().await;
+
+    let upstream = Upstream::raw_then_close(b"HTTP/1.1 200 OK\r\n\r\nno length").await;
+    let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
+    let mut client = connect(&baton).await;
+    client
+        .write_all(b"GET / HTTP/1.0\r\nconnection: keep-alive\r\n\r\n")
+        .await
+        .unwrap();
+    let response = read_response(&mut client, "GET").await;
+    assert_eq!(response.header("transfer-encoding"), None);
+    assert_eq!(response.header("connection"), Some("close"));
+    assert_eq!(response.text(), "no length");
+    baton.stop().await;
+}
+
+/// A chunked request body sent a few bytes at a time arrives whole; the request after it
+/// on the same connection is answered too.
+#[tokio::test]
+async fn a_request_body_in_small_pieces_arrives_whole() {
+    let upstream = Upstream::sink().await;
+    let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
+    let mut client = connect(&baton).await;
+    let request = b"POST /up HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n\
+                    4\r\nabcd\r\n10;note=x\r\n0123456789abcdef\r\n0\r\nx-sum: 20\r\n\r\n\
+                    GET /next HTTP/1.1\r\nhost: a\r\n\r\n";
+    for piece in request.chunks(3) {
+        client.write_all(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(read_response(&mut client, "POST").await.text(), "20");
+    assert_eq!(read_response(&mut client, "GET").await.text(), "0");
+    assert_eq!(upstream.body_bytes(), 20);
+    baton.stop().await;
+}
+
+/// A client that closes in the middle of its body: the upstream never gets a complete
+/// request, and baton keeps serving.
+#[tokio::test]
+async fn a_client_gone_mid_body_sends_no_complete_request() {
+    let upstream = Upstream::sink().await;
+    let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
+    let mut client = connect(&baton).await;
+    client
+        .write_all(b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 100\r\n\r\nonly part")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(client);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        upstream.body_bytes(),
+        0,
+        "no request body was completed upstream"
+    );
+    let mut client = connect(&baton).await;
+    client
+        .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut client, "GET").await.status(), 200);
+    baton.stop().await;
+}
