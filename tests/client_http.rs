@@ -124,3 +124,36 @@ async fn a_client_gone_mid_body_sends_no_complete_request() {
     assert_eq!(read_response(&mut client, "GET").await.status(), 200);
     baton.stop().await;
 }
+
+/// At shutdown an idle keep-alive connection is closed at once, and one whose request is
+/// still being answered gets its answer, marked as the last, and then closes.
+#[tokio::test]
+async fn shutdown_closes_idle_connections_and_finishes_busy_ones() {
+    let upstream = Upstream::slow_head(Duration::from_millis(600)).await;
+    let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
+    let mut idle = connect(&baton).await;
+    idle.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut idle, "GET").await.status(), 200);
+    let mut busy = connect(&baton).await;
+    busy.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let stopping = tokio::spawn(baton.stop());
+
+    let mut rest = Vec::new();
+    let mut idle = idle.stream;
+    let closed = tokio::time::timeout(Duration::from_secs(2), idle.read_to_end(&mut rest)).await;
+    assert!(matches!(closed, Ok(Ok(0))), "the idle connection is closed");
+    let response = read_response(&mut busy, "GET").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.header("connection"), Some("close"));
+    tokio::time::timeout(Duration::from_secs(5), stopping)
+        .await
+        .expect("shutdown ends once the busy connection is done")
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
