@@ -83,7 +83,8 @@ pub(super) fn inspect(buf: &mut BytesMut, scanned: &mut usize, first: bool, max:
             Verdict::Partial
         };
     };
-    if end > max {
+    // Offsets into the head are kept as u32 below, whatever the configured limit.
+    if end > max || u32::try_from(end).is_err() {
         return Verdict::Refused(refusal(Cause::HeadersTooLarge));
     }
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -106,7 +107,7 @@ pub(super) fn inspect(buf: &mut BytesMut, scanned: &mut usize, first: bool, max:
         Err(refused) => return Verdict::Refused(*refused),
     };
     // Where the target and each field lie in the head, so that they can share its bytes.
-    // Offsets fit in u32: the head is at most `max` bytes, which the config keeps small.
+    // Offsets fit in u32: the head is shorter than 4 GiB (checked above).
     let base = buf.as_ptr() as usize;
     let span = |s: &[u8]| {
         let start = (s.as_ptr() as usize - base) as u32;
