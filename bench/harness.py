@@ -290,20 +290,23 @@ def baton_proxy(baton, work, name, backend_endpoints, pool, access="off", routes
     return Proxy(name, port, port, [str(baton), "run", "-c", str(conf)])
 
 
-def nginx_proxy(work, backend_port, pool):
+def nginx_proxy(work, backend_port, pool, servers=None, name="nginx"):
+    """nginx as the proxy, in front of the back-end (or of `servers`, "host:port" each)."""
     port, h2 = free_port(), free_port()
-    conf = work / "nginx.conf"
+    conf = work / f"{name}.conf"
+    upstream_servers = " ".join(
+        f"server {server};" for server in (servers or [f"127.0.0.1:{backend_port}"]))
     conf.write_text(f"""
 worker_processes 1;
 daemon off;
 error_log {work}/nginx-error.log;
-pid {work}/nginx.pid;
+pid {work}/{name}.pid;
 worker_rlimit_nofile 65536;
 events {{ worker_connections 16384; }}
 http {{
     access_log off;
     keepalive_requests 100000000;
-    upstream backend {{ server 127.0.0.1:{backend_port}; keepalive {pool}; keepalive_requests 100000000; }}
+    upstream backend {{ {upstream_servers} keepalive {pool}; keepalive_requests 100000000; }}
     server {{
         listen 127.0.0.1:{port} backlog=4096;
         listen 127.0.0.1:{h2} http2 backlog=4096;
@@ -312,7 +315,7 @@ http {{
     }}
 }}
 """)
-    return Proxy("nginx", port, h2, ["nginx", "-c", str(conf)])
+    return Proxy(name, port, h2, ["nginx", "-c", str(conf)])
 
 
 def haproxy_proxy(work, backend_port, pool):
