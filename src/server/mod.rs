@@ -105,18 +105,18 @@ pub struct Setup {
 }
 
 /// Serves one client connection until it closes.
-pub async fn serve(stream: TcpStream, mut cx: Setup) {
+pub async fn serve(stream: TcpStream, mut setup: Setup) {
     let io = Arc::new(stream);
     let mut buf = BytesMut::new();
     let mut first = true;
     loop {
-        let head = match read_head(&io, &mut buf, first, &mut cx).await {
+        let head = match read_head(&io, &mut buf, first, &mut setup).await {
             HeadRead::Request(head) => head,
             // Boxed, as are the tunnel and the lingering close: an idle connection's task
             // is as large as its largest state, and these are rare.
-            HeadRead::H2 => return Box::pin(serve_h2(io, buf, cx)).await,
+            HeadRead::H2 => return Box::pin(serve_h2(io, buf, setup)).await,
             HeadRead::Refused(refusal) => {
-                let answer = (cx.refuse)(refusal);
+                let answer = (setup.refuse)(refusal);
                 if write_all(&io, &answer).await.is_ok() {
                     Box::pin(close(io, true)).await;
                 }
@@ -157,30 +157,33 @@ pub async fn serve(stream: TcpStream, mut cx: Setup) {
         let request = Request::from_parts(parts, request_body);
         // Boxed: the request's state lives on the heap while it is answered, so that an
         // idle connection's task stays small (see bench/README.md).
-        let response = Box::pin(proxy::handle(cx.gateway.clone(), &cx.conn, request)).await;
+        let response = Box::pin(proxy::handle(setup.gateway.clone(), &setup.conn, request)).await;
 
         // The body is no longer read: take back what was read past it, and finish a
         // `100 Continue` half written (one not yet begun is not wanted any more).
         let mut body_done = true;
         let mut continue_rest: &[u8] = &[];
         if let Some(shared) = shared {
+            // A body still held elsewhere could still read from the socket: the connection
+            // cannot go on to another request.
+            let held_elsewhere = Arc::strong_count(&shared) > 1;
             let mut reader = lock(&shared);
-            body_done = reader.decoder.is_done() && !reader.failed;
+            body_done = reader.decoder.is_done() && !reader.failed && !held_elsewhere;
             buf = mem::take(&mut reader.buf);
             if let Continue::Writing(written) = reader.continue_state {
                 continue_rest = &body::CONTINUE[written.min(body::CONTINUE.len())..];
             }
             reader.continue_state = Continue::No;
         }
-        let close_after = !keep_alive || !body_done || *cx.stopped.borrow();
+        let close_after = !keep_alive || !body_done || *setup.stopped.borrow();
         let written = write_response(&io, response, &facts, close_after, continue_rest).await;
         match written {
             Err(err) => {
-                tracing::debug!(peer = %cx.conn.peer, error = %err, "writing a response failed");
+                tracing::debug!(peer = %setup.conn.peer, error = %err, "writing a response failed");
                 return;
             }
             Ok(Written::Upgraded) => {
-                let upstream = cx.conn.take_upgraded();
+                let upstream = setup.conn.take_upgraded();
                 if let Some(upstream) = upstream {
                     Box::pin(tunnel(io, buf, upstream)).await;
                 }
@@ -220,8 +223,8 @@ enum HeadRead {
 /// first head must be complete `header_read_timeout` after the connection opened; a later
 /// one may keep the connection idle for [`CLIENT_KEEPALIVE_IDLE`], and must then be
 /// complete `header_read_timeout` after its first byte.
-async fn read_head(io: &TcpStream, buf: &mut BytesMut, first: bool, cx: &mut Setup) -> HeadRead {
-    let limits = cx.limits;
+async fn read_head(io: &TcpStream, buf: &mut BytesMut, first: bool, setup: &mut Setup) -> HeadRead {
+    let limits = setup.limits;
     let mut scanned = 0;
     let mut started = !buf.is_empty();
     let mut deadline = Instant::now()
@@ -257,7 +260,7 @@ async fn read_head(io: &TcpStream, buf: &mut BytesMut, first: bool, cx: &mut Set
                     HeadRead::Closed { unread: false }
                 };
             }
-            () = stop_requested(&mut cx.stopped), if !started => {
+            () = stop_requested(&mut setup.stopped), if !started => {
                 return HeadRead::Closed { unread: false };
             }
         }
@@ -563,12 +566,12 @@ async fn tunnel(io: Arc<TcpStream>, client_early: BytesMut, upstream: h1::Conn) 
 }
 
 /// Serves an h2c connection with hyper's HTTP/2 server, after the bytes already read.
-async fn serve_h2(io: Arc<TcpStream>, read: BytesMut, mut cx: Setup) {
+async fn serve_h2(io: Arc<TcpStream>, read: BytesMut, mut setup: Setup) {
     let Ok(stream) = Arc::try_unwrap(io) else {
         return;
     };
-    let gateway = cx.gateway.clone();
-    let conn = cx.conn.clone();
+    let gateway = setup.gateway.clone();
+    let conn = setup.conn.clone();
     let service = service_fn(move |request: Request<Incoming>| {
         let gateway = gateway.clone();
         let conn = conn.clone();
@@ -577,7 +580,7 @@ async fn serve_h2(io: Arc<TcpStream>, read: BytesMut, mut cx: Setup) {
             Ok::<_, Infallible>(proxy::handle(gateway, &conn, request).await)
         }
     });
-    let max_header_list = u32::try_from(cx.limits.max_head_bytes).unwrap_or(u32::MAX);
+    let max_header_list = u32::try_from(setup.limits.max_head_bytes).unwrap_or(u32::MAX);
     let io = TokioIo::new(Prefixed {
         read: read.freeze(),
         io: stream,
@@ -589,13 +592,13 @@ async fn serve_h2(io: Arc<TcpStream>, read: BytesMut, mut cx: Setup) {
     let mut connection = pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,
-        () = stop_requested(&mut cx.stopped) => {
+        () = stop_requested(&mut setup.stopped) => {
             connection.as_mut().graceful_shutdown();
             connection.await
         }
     };
     if let Err(err) = result {
-        tracing::debug!(peer = %cx.conn.peer, error = %err, "h2c connection ended with an error");
+        tracing::debug!(peer = %setup.conn.peer, error = %err, "h2c connection ended with an error");
     }
 }
 
