@@ -95,10 +95,9 @@ impl Decoder {
                     return Ok(Some(Some(Frame::data(buf.split().freeze()))));
                 }
                 Decoder::Length(left) => {
-                    if buf.is_empty() {
+                    let Some((data, left)) = take_data(buf, left) else {
                         return Ok(None);
-                    }
-                    let (data, left) = take_data(buf, left);
+                    };
                     *self = if left == 0 {
                         Decoder::Done
                     } else {
@@ -128,10 +127,9 @@ impl Decoder {
                     });
                 }
                 Decoder::Chunked(Chunk::Data(left)) => {
-                    if buf.is_empty() {
+                    let Some((data, left)) = take_data(buf, left) else {
                         return Ok(None);
-                    }
-                    let (data, left) = take_data(buf, left);
+                    };
                     *self = Decoder::Chunked(if left == 0 {
                         Chunk::DataEnd
                     } else {
@@ -185,10 +183,14 @@ impl Decoder {
     }
 }
 
-/// Up to `left` bytes of body from the front of `buf`, and how many are left after them.
-fn take_data(buf: &mut BytesMut, left: u64) -> (Bytes, u64) {
+/// Up to `left` bytes of body from the front of `buf`, and how many are left after them;
+/// `None` when `buf` is empty.
+fn take_data(buf: &mut BytesMut, left: u64) -> Option<(Bytes, u64)> {
+    if buf.is_empty() {
+        return None;
+    }
     let take = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-    (buf.split_to(take).freeze(), left - take as u64)
+    Some((buf.split_to(take).freeze(), left - take as u64))
 }
 
 fn parse_hex(digits: &[u8]) -> Option<u64> {
@@ -201,6 +203,54 @@ fn parse_hex(digits: &[u8]) -> Option<u64> {
         size = size.checked_mul(16)?.checked_add(u64::from(value))?;
     }
     Some(size)
+}
+
+/// Where a part of a head lies in it: start and end offsets.
+pub type Span = (u32, u32);
+
+/// Where a parsed head's field names and values lie in its buffer, so that once the head is
+/// taken off the buffer (frozen), the header map's values can share its bytes.
+pub struct FieldSpans {
+    spans: [(Span, Span); MAX_HEADERS],
+    count: usize,
+}
+
+impl FieldSpans {
+    /// The spans of `fields`, parsed by httparse from `buf`, which is shorter than 4 GiB
+    /// (the callers' head limits see to it).
+    pub fn of(buf: &[u8], fields: &[httparse::Header<'_>]) -> FieldSpans {
+        let mut spans = [((0, 0), (0, 0)); MAX_HEADERS];
+        for (slot, field) in spans.iter_mut().zip(fields) {
+            *slot = (span(buf, field.name.as_bytes()), span(buf, field.value));
+        }
+        FieldSpans {
+            spans,
+            count: fields.len().min(MAX_HEADERS),
+        }
+    }
+
+    /// The fields as a header map over `head` (the buffer, frozen), with room for `extra`
+    /// more; `None` when a name or value is not valid for `http`.
+    pub fn to_map(&self, head: &Bytes, extra: usize) -> Option<HeaderMap> {
+        let mut map = HeaderMap::with_capacity(self.count + extra);
+        for &(name, value) in &self.spans[..self.count] {
+            let name = HeaderName::from_bytes(&head[name.0 as usize..name.1 as usize]).ok()?;
+            let value = HeaderValue::from_maybe_shared(slice(head, value)).ok()?;
+            map.append(name, value);
+        }
+        Some(map)
+    }
+}
+
+/// Where `part`, a slice of `buf` shorter than 4 GiB, lies in it.
+pub fn span(buf: &[u8], part: &[u8]) -> Span {
+    let start = (part.as_ptr() as usize - buf.as_ptr() as usize) as u32;
+    (start, start + part.len() as u32)
+}
+
+/// The bytes of `head` at `span`, sharing its memory.
+pub fn slice(head: &Bytes, (start, end): Span) -> Bytes {
+    head.slice(start as usize..end as usize)
 }
 
 /// Header or trailer fields and the empty line that ends them.

@@ -4,11 +4,11 @@
 use std::mem::MaybeUninit;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, Version};
+use http::{HeaderValue, Method, Uri, Version};
 
 use super::Refusal;
 use crate::cause::Cause;
-use crate::codec::{Decoder, MAX_HEADERS};
+use crate::codec::{slice, span, Decoder, FieldSpans, Span, MAX_HEADERS};
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -108,32 +108,15 @@ pub(super) fn inspect(buf: &mut BytesMut, scanned: &mut usize, first: bool, max:
     };
     // Where the target and each field lie in the head, so that they can share its bytes.
     // Offsets fit in u32: the head is shorter than 4 GiB (checked above).
-    let base = buf.as_ptr() as usize;
-    let span = |s: &[u8]| {
-        let start = (s.as_ptr() as usize - base) as u32;
-        (start, start + s.len() as u32)
-    };
-    let mut spans = [((0u32, 0u32), (0u32, 0u32)); MAX_HEADERS];
-    let count = request.headers.len();
-    for (slot, field) in spans.iter_mut().zip(request.headers.iter()) {
-        *slot = (span(field.name.as_bytes()), span(field.value));
-    }
-    let method = span(request.method.unwrap_or_default().as_bytes());
-    let target = span(request.path.unwrap_or_default().as_bytes());
+    let fields = FieldSpans::of(buf, request.headers);
+    let method = span(buf, request.method.unwrap_or_default().as_bytes());
+    let target = span(buf, request.path.unwrap_or_default().as_bytes());
     let version = match request.version {
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
     let head = buf.split_to(len).freeze();
-    let slice = |(start, end): (u32, u32)| head.slice(start as usize..end as usize);
-    let parts = build(
-        &slice(method),
-        slice(target),
-        version,
-        &spans[..count],
-        &slice,
-    );
-    match parts {
+    match build(&head, method, target, version, &fields) {
         Some(parts) => Verdict::Complete(Box::new(Head {
             parts,
             body: framing.body,
@@ -143,37 +126,29 @@ pub(super) fn inspect(buf: &mut BytesMut, scanned: &mut usize, first: bool, max:
         })),
         None => Verdict::Refused(Refusal {
             cause: Some(Cause::BadRequest),
-            method: Some(String::from_utf8_lossy(&slice(method)).into_owned()),
-            path: Some(String::from_utf8_lossy(&slice(target)).into_owned()),
+            method: Some(String::from_utf8_lossy(&slice(&head, method)).into_owned()),
+            path: Some(String::from_utf8_lossy(&slice(&head, target)).into_owned()),
             ..Refusal::default()
         }),
     }
 }
 
-type Span = (u32, u32);
-
 /// The request's method, target and fields as `http` types; `None` when one is not valid
 /// for them (a target that is no URI, say).
 fn build(
-    method: &[u8],
-    target: Bytes,
+    head: &Bytes,
+    method: Span,
+    target: Span,
     version: Version,
-    fields: &[(Span, Span)],
-    slice: &impl Fn(Span) -> Bytes,
+    fields: &FieldSpans,
 ) -> Option<http::request::Parts> {
     let (mut parts, ()) = http::Request::new(()).into_parts();
-    parts.method = Method::from_bytes(method).ok()?;
-    parts.uri = Uri::from_maybe_shared(target).ok()?;
+    parts.method = Method::from_bytes(&slice(head, method)).ok()?;
+    parts.uri = Uri::from_maybe_shared(slice(head, target)).ok()?;
     parts.version = version;
     // Room for the five fields baton adds on the way upstream (`X-Forwarded-For`,
     // `-Proto`, `-Host`, `Via`, `X-Request-Id`), so that the map does not grow for them.
-    let mut headers = HeaderMap::with_capacity(fields.len() + 6);
-    for &(name, value) in fields {
-        let name = HeaderName::from_bytes(&slice(name)).ok()?;
-        let value = HeaderValue::from_maybe_shared(slice(value)).ok()?;
-        headers.append(name, value);
-    }
-    parts.headers = headers;
+    parts.headers = fields.to_map(head, 6)?;
     Some(parts)
 }
 

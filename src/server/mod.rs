@@ -122,7 +122,7 @@ pub async fn serve(stream: TcpStream, mut setup: Setup) {
                 }
                 return;
             }
-            HeadRead::Closed { unread } => return Box::pin(close(io, unread)).await,
+            HeadRead::Closed => return Box::pin(close(io, false)).await,
         };
         first = false;
         let Head {
@@ -212,11 +212,9 @@ enum HeadRead {
     Request(Box<Head>),
     H2,
     Refused(Refusal),
-    /// The client closed, the connection sat idle too long, or baton is stopping.
-    /// `unread`: bytes of a request the client may still be sending.
-    Closed {
-        unread: bool,
-    },
+    /// The client closed, the connection sat idle too long, or baton is stopping: nothing
+    /// is left to answer.
+    Closed,
 }
 
 /// Reads until a whole request head is in `buf`, within the connection's time limits: the
@@ -245,7 +243,7 @@ async fn read_head(io: &TcpStream, buf: &mut BytesMut, first: bool, setup: &mut 
         tokio::select! {
             biased;
             read = poll_fn(|cx| poll_read(io, cx, buf, HEAD_READ)) => match read {
-                Ok(0) | Err(_) => return HeadRead::Closed { unread: false },
+                Ok(0) | Err(_) => return HeadRead::Closed,
                 Ok(_) => {
                     if !started && !first {
                         deadline = Instant::now() + limits.header_read_timeout;
@@ -257,11 +255,11 @@ async fn read_head(io: &TcpStream, buf: &mut BytesMut, first: bool, setup: &mut 
                 return if started {
                     HeadRead::Refused(refusal(Cause::ClientTimeout))
                 } else {
-                    HeadRead::Closed { unread: false }
+                    HeadRead::Closed
                 };
             }
             () = stop_requested(&mut setup.stopped), if !started => {
-                return HeadRead::Closed { unread: false };
+                return HeadRead::Closed;
             }
         }
     }

@@ -22,7 +22,7 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,7 +32,8 @@ use tokio::time::Instant;
 use crate::body::RequestBody;
 use crate::cause::Cause;
 use crate::codec::{
-    encode_data, encode_fields, encode_trailers, Decoder, MAX_HEADERS, MAX_HEAD_BYTES, READ_MIN,
+    encode_data, encode_fields, encode_trailers, Decoder, FieldSpans, MAX_HEADERS, MAX_HEAD_BYTES,
+    READ_MIN,
 };
 use crate::forward::header_tokens;
 
@@ -397,32 +398,11 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, Cause> {
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    // Where each field lies in the head, so that the values can share its bytes.
-    let base = buf.as_ptr() as usize;
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
-    let count = response.headers.len();
-    for (span, field) in spans.iter_mut().zip(response.headers.iter()) {
-        // Offsets within a head of at most MAX_HEAD_BYTES (checked above).
-        let offset = |p: *const u8| (p as usize - base) as u32;
-        let name = offset(field.name.as_ptr());
-        let value = offset(field.value.as_ptr());
-        *span = (
-            name,
-            name + field.name.len() as u32,
-            value,
-            value + field.value.len() as u32,
-        );
-    }
+    // Offsets fit in u32: the head is at most MAX_HEAD_BYTES (checked above).
+    let spans = FieldSpans::of(buf, response.headers);
     let head = buf.split_to(len).freeze();
     // Room for the fields baton adds on the way to the client.
-    let mut headers = HeaderMap::with_capacity(count + 4);
-    for &(name_start, name_end, value_start, value_end) in &spans[..count] {
-        let name = &head[name_start as usize..name_end as usize];
-        let name = HeaderName::from_bytes(name).map_err(|_| invalid)?;
-        let value = head.slice(value_start as usize..value_end as usize);
-        let value = HeaderValue::from_maybe_shared(value).map_err(|_| invalid)?;
-        headers.append(name, value);
-    }
+    let headers = spans.to_map(&head, 4).ok_or(invalid)?;
     Ok(Some(ParsedHead {
         status,
         version,
@@ -595,6 +575,7 @@ impl http_body::Body for Body {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderName;
 
     fn framing(pairs: &[(&str, &str)]) -> Result<Decoder, Cause> {
         let mut headers = HeaderMap::new();
