@@ -9,6 +9,7 @@ use std::task::{ready, Context, Poll};
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use crate::cause::Cause;
@@ -166,6 +167,10 @@ fn poll_continue(
 
 /// Reads what the socket has into `buf`, making `room` for it once there is something to
 /// read (so that a buffer waiting for a read can stay unallocated).
+///
+/// A read that leaves part of the room empty has drained the socket, so its readiness is
+/// cleared then (as tokio's own `AsyncRead` does): the next read waits for the next
+/// readiness event instead of costing a system call that can only fail.
 pub(super) fn poll_read(
     io: &TcpStream,
     cx: &mut Context<'_>,
@@ -175,9 +180,21 @@ pub(super) fn poll_read(
     loop {
         ready!(io.poll_read_ready(cx))?;
         buf.reserve(room);
-        match io.try_read_buf(buf) {
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
-            result => return Poll::Ready(result),
+        let space = buf.capacity() - buf.len();
+        let mut read = None;
+        let result = io.try_io(Interest::READABLE, || {
+            let n = io.try_read_buf(buf)?;
+            read = Some(n);
+            if n > 0 && n < space {
+                // Returning `WouldBlock` is how `try_io` is told to clear the readiness.
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        match (read, result) {
+            (Some(n), _) => return Poll::Ready(Ok(n)),
+            (None, Err(err)) if err.kind() == io::ErrorKind::WouldBlock => continue,
+            (None, result) => return Poll::Ready(result),
         }
     }
 }
