@@ -57,6 +57,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    keep_heap_top();
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => run(&config),
@@ -130,6 +131,23 @@ fn init_logging(level: tracing::Level) {
         .with_max_level(level)
         .init();
 }
+
+/// glibc gives the free top of its heap back to the kernel once 128 KiB are free there. A
+/// proxy's heap rises and falls by more than that as requests come and go, so with that
+/// default it can fall into shrinking and regrowing the heap all the time: a `brk` call and
+/// a page fault for every page touched again, up to a few microseconds per request (seen as
+/// 0.4 page faults per request under load). Free memory at the top is kept up to 64 MiB.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn keep_heap_top() {
+    const KEEP: libc::c_int = 64 << 20;
+    // SAFETY: `mallopt` only sets an allocator parameter; it runs before any other thread.
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, KEEP);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn keep_heap_top() {}
 
 /// The async runtime: one thread when baton may use one core (as `taskset` or a container's
 /// CPU set decide), where a single-threaded scheduler does the same work for less; else one
