@@ -49,11 +49,15 @@ impl Decoder {
         matches!(self, Decoder::Done)
     }
 
-    /// How much a read should make room for: the rest of the data when its length is known.
+    /// How much a read should make room for: when the length of the rest is known, one byte
+    /// more than that. The read that completes the body then comes up short if nothing
+    /// follows, which is how the runtime learns that the socket is drained; a read that
+    /// exactly fills the room leaves the socket marked readable, and the next look at it
+    /// (the pool's check that an idle connection is still open) costs a failing system call.
     pub fn wants(&self) -> usize {
         match *self {
             Decoder::Length(left) | Decoder::Chunked(Chunk::Data(left)) => {
-                usize::try_from(left).unwrap_or(usize::MAX)
+                usize::try_from(left.saturating_add(1)).unwrap_or(usize::MAX)
             }
             _ => READ_MIN,
         }
