@@ -91,12 +91,9 @@ impl RouteTable {
 /// The prefixes that can match `path` on a segment boundary, longest first: the path, and
 /// before each `/` the part up to it with and without the slash.
 fn candidate_prefixes(path: &str) -> impl Iterator<Item = &str> {
-    let slashes = path.match_indices('/').map(|(i, _)| i).collect::<Vec<_>>();
     std::iter::once(path).chain(
-        slashes
-            .into_iter()
-            .rev()
-            .flat_map(move |i| [&path[..=i], &path[..i]])
+        path.rmatch_indices('/')
+            .flat_map(move |(i, _)| [&path[..=i], &path[..i]])
             .filter(move |prefix| prefix.len() < path.len() && !prefix.is_empty()),
     )
 }
