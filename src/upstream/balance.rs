@@ -130,6 +130,9 @@ impl Pick<'_> {
                 a
             }
         };
+        if n == 1 {
+            return self.candidate(0).then_some(0);
+        }
         let mut first = None;
         for _ in 0..DRAWS {
             let i = (random() % n as u64) as usize;
@@ -142,14 +145,14 @@ impl Pick<'_> {
             }
         }
         // Most endpoints are out (or were tried): choose among those left.
-        let left: Vec<usize> = (0..n).filter(|&i| self.candidate(i)).collect();
-        match left.len() {
+        let left = || (0..n).filter(|&i| self.candidate(i));
+        match left().count() {
             0 => None,
-            1 => Some(left[0]),
+            1 => left().next(),
             len => {
                 let a = (random() % len as u64) as usize;
                 let b = (a + 1 + (random() % (len as u64 - 1)) as usize) % len;
-                Some(better(left[a], left[b]))
+                Some(better(left().nth(a)?, left().nth(b)?))
             }
         }
     }
