@@ -581,7 +581,10 @@ async fn serve_h2(io: Arc<TcpStream>, read: BytesMut, mut setup: Setup) {
         let conn = conn.clone();
         async move {
             let request = request.map(ClientBody::H2);
-            Ok::<_, Infallible>(proxy::handle(gateway, &conn, request).await)
+            // Boxed, and built in its box: hyper moves this future into a task of its own
+            // for each stream, and the request future inline would be copied each time.
+            let handling = Box::write(Box::new_uninit(), proxy::handle(gateway, &conn, request));
+            Ok::<_, Infallible>(Box::into_pin(handling).await)
         }
     });
     let max_header_list = u32::try_from(setup.limits.max_head_bytes).unwrap_or(u32::MAX);
