@@ -221,7 +221,12 @@ pub fn append_via(headers: &mut HeaderMap, version: Version) {
 pub fn prepare_response_headers(headers: &mut HeaderMap, upgrade: bool, request_id: &HeaderValue) {
     remove_hop_by_hop(headers, upgrade);
     append_via(headers, Version::HTTP_11);
-    headers.insert(X_REQUEST_ID, request_id.clone());
+    // A value that no other response repeats: marked so that HTTP/2's header compression
+    // sends it as a literal instead of adding it to the connection's table, where it could
+    // only push out values that do repeat.
+    let mut request_id = request_id.clone();
+    request_id.set_sensitive(true);
+    headers.insert(X_REQUEST_ID, request_id);
 }
 
 /// A new request ID: 16 hex digits from a per-process random seed and a counter, so IDs
