@@ -373,12 +373,12 @@ impl ResponseBody {
         exchange: Exchange,
         capture: Option<Capture>,
     ) -> ResponseBody {
-        let timer_at = next_timer(idle, deadline);
         let mut body = UpstreamBody {
             inner,
             idle,
             deadline,
-            timer: timer_at.map(|at| Box::pin(tokio::time::sleep_until(at))),
+            timer: None,
+            waiting: false,
             lease: Some(lease),
             exchange: Some(exchange),
             capture,
@@ -405,7 +405,11 @@ struct UpstreamBody {
     inner: h1::Body,
     idle: Option<Duration>,
     deadline: Option<Instant>,
+    /// Set when a read has to wait, for the sooner of the idle limit from then and the
+    /// deadline: most bodies arrive with their head and never wait, and then cost no timer.
     timer: Option<Pin<Box<Sleep>>>,
+    /// Whether the timer is set for the current wait; a frame ends the wait.
+    waiting: bool,
     lease: Option<Lease>,
     exchange: Option<Exchange>,
     /// The answer being kept for an idempotency key, if the request has one.
@@ -459,14 +463,20 @@ impl UpstreamBody {
                 }
                 if self.inner.is_end_stream() {
                     self.finish(None);
-                } else if let (Some(timer), Some(at)) =
-                    (self.timer.as_mut(), next_timer(self.idle, self.deadline))
-                {
-                    timer.as_mut().reset(at);
                 }
+                self.waiting = false;
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Pending => {
+                if !self.waiting {
+                    self.waiting = true;
+                    if let Some(at) = next_timer(self.idle, self.deadline) {
+                        match self.timer.as_mut() {
+                            Some(timer) => timer.as_mut().reset(at),
+                            None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+                        }
+                    }
+                }
                 if let Some(timer) = self.timer.as_mut() {
                     if timer.as_mut().poll(cx).is_ready() {
                         let total_ran_out = self.deadline.is_some_and(|d| Instant::now() >= d);

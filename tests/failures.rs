@@ -196,6 +196,19 @@ async fn a_stalled_body_is_cut_after_the_idle_timeout() {
 }
 
 #[tokio::test]
+async fn the_total_timeout_cuts_a_stalled_body() {
+    let upstream = Upstream::stall_body().await;
+    let baton = Baton::in_front_of(&[upstream.addr], r#"timeouts = { total = "300ms" }"#, "").await;
+    let started = Instant::now();
+    let response = get(baton.addr, "/").await;
+    assert_eq!(response.status(), 200);
+    assert!(!response.complete);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(started.elapsed() < Duration::from_secs(3));
+    baton.stop().await;
+}
+
+#[tokio::test]
 async fn no_route_is_404() {
     let upstream = Upstream::ok("hi").await;
     let baton = Baton::in_front_of(&[upstream.addr], r#"path_prefix = "/api""#, "").await;
