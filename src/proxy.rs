@@ -33,7 +33,7 @@ use crate::route;
 use crate::server::ClientBody;
 use crate::status;
 use crate::upstream::balance::StableHasher;
-use crate::upstream::endpoint::now_ms;
+use crate::upstream::endpoint::ms_at;
 use crate::upstream::h1;
 use crate::upstream::pool::Lease;
 use crate::upstream::Upstream;
@@ -542,14 +542,14 @@ async fn try_endpoints(
         }
         exchange.endpoint = Some(endpoint.label.clone());
         exchange.attempts += 1;
+        let sent_at = Instant::now();
         let head_deadline = route
             .timeouts
             .response_header
-            .map(|limit| Instant::now() + limit)
+            .map(|limit| sent_at + limit)
             .into_iter()
             .chain(deadline)
             .min();
-        let sent_at = Instant::now();
         let result = attempt(endpoint, pending, route.timeouts.connect, head_deadline).await;
         match &result {
             Ok(_) => endpoint
@@ -571,24 +571,29 @@ async fn try_endpoints(
         };
         let failure = match result {
             Ok(success) => {
-                let (latency, now) = (sent_at.elapsed(), now_ms());
+                // One clock reading for the latency, the balancer's clock and the TTFB.
+                let answered = Instant::now();
+                let (latency, now) = (answered.saturating_duration_since(sent_at), ms_at(answered));
                 endpoint.ok.fetch_add(1, Ordering::Relaxed);
                 endpoint.record_success();
                 endpoint.observe_latency(latency, now);
                 endpoint.recent.record(now, latency, None);
                 exchange.delivery = Delivery::Sent;
                 exchange.connect = success.connect;
-                exchange.ttfb = Some(exchange.started.elapsed());
+                exchange.ttfb = Some(answered.saturating_duration_since(exchange.started));
                 return Ok(success);
             }
             Err(failure) => failure,
         };
-        let now = now_ms();
+        let failed_at = Instant::now();
+        let now = ms_at(failed_at);
         endpoint.failed.fetch_add(1, Ordering::Relaxed);
         endpoint.record_failure(failure.cause, now);
-        endpoint
-            .recent
-            .record(now, sent_at.elapsed(), Some(failure.cause));
+        endpoint.recent.record(
+            now,
+            failed_at.saturating_duration_since(sent_at),
+            Some(failure.cause),
+        );
         exchange.delivery = exchange.delivery.max(failure.delivery);
         if failure.connect.is_some() {
             exchange.connect = failure.connect;

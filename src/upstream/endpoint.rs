@@ -23,9 +23,14 @@ use crate::observe::window::Window;
 
 /// Milliseconds on baton's monotonic clock (tokio's, so tests may pause it), from 1.
 pub fn now_ms() -> u64 {
+    ms_at(Instant::now())
+}
+
+/// [`now_ms`] at `at`, for a caller that has just read the clock anyway.
+pub fn ms_at(at: Instant) -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
-    let start = *START.get_or_init(Instant::now);
-    Instant::now().saturating_duration_since(start).as_millis() as u64 + 1
+    let start = *START.get_or_init(|| at);
+    at.saturating_duration_since(start).as_millis() as u64 + 1
 }
 
 /// How fast the latency estimate forgets: the weight of the past halves about every 7 s.
