@@ -14,6 +14,7 @@ use http::header::{
     EXPECT, HOST,
 };
 use http::{Method, Request, Response, StatusCode, Uri, Version};
+use smallvec::SmallVec;
 use tokio::time::Instant;
 
 use crate::attempt::{attempt, Success};
@@ -518,7 +519,8 @@ async fn try_endpoints(
         .then(|| request.body().copy())
         .flatten();
     let mut request = Some(request);
-    let mut tried = Vec::new();
+    // Inline for the usual few attempts: no allocation per request.
+    let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
     let mut last_failure: Option<Cause> = None;
     loop {
         let Some(mut pending) = request.take() else {
