@@ -252,7 +252,11 @@ pub fn new_request_id() -> HeaderValue {
     for (i, byte) in text.iter_mut().enumerate() {
         *byte = b"0123456789abcdef"[((z >> (60 - 4 * i)) & 0xf) as usize];
     }
-    HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("0000000000000000"))
+    // Owned by its own reference-counted allocation: the ID is cloned into the request, the
+    // answer and the log, and a value copied from a slice would allocate again at its first
+    // clone.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text))
+        .unwrap_or(HeaderValue::from_static("0000000000000000"))
 }
 
 #[cfg(test)]
