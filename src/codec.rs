@@ -16,6 +16,8 @@ pub const MAX_HEADERS: usize = 100;
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 /// Free room made in a read buffer before a read.
 pub const READ_MIN: usize = 8 * 1024;
+/// The most room made for one read of body bytes whose length is known.
+const READ_MAX: usize = 64 * 1024;
 
 /// Where a message body ends, and how far it has been read.
 #[derive(Clone, Copy, Debug)]
@@ -49,15 +51,17 @@ impl Decoder {
         matches!(self, Decoder::Done)
     }
 
-    /// How much a read should make room for: when the length of the rest is known, one byte
-    /// more than that. The read that completes the body then comes up short if nothing
-    /// follows, which is how the runtime learns that the socket is drained; a read that
-    /// exactly fills the room leaves the socket marked readable, and the next look at it
-    /// (the pool's check that an idle connection is still open) costs a failing system call.
-    pub fn wants(&self) -> usize {
+    /// How much a read of body bytes should make room for, between [`READ_MIN`] and
+    /// `READ_MAX`: when the length of the rest is known, one byte more than that. The read
+    /// that completes the body then comes up short if nothing follows, which is how the
+    /// runtime learns that the socket is drained; a read that exactly fills the room leaves
+    /// the socket marked readable, and the next look at it (the pool's check that an idle
+    /// connection is still open) costs a failing system call.
+    pub fn read_room(&self) -> usize {
         match *self {
             Decoder::Length(left) | Decoder::Chunked(Chunk::Data(left)) => {
-                usize::try_from(left.saturating_add(1)).unwrap_or(usize::MAX)
+                usize::try_from(left.saturating_add(1))
+                    .map_or(READ_MAX, |room| room.clamp(READ_MIN, READ_MAX))
             }
             _ => READ_MIN,
         }

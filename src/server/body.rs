@@ -14,10 +14,8 @@ use tokio::net::TcpStream;
 
 use crate::cause::Cause;
 use crate::classify;
-use crate::codec::{Decoder, READ_MIN};
+use crate::codec::Decoder;
 
-/// The most room made for one read of body bytes whose length is known.
-const READ_MAX: usize = 64 * 1024;
 pub(super) const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// The body of a client's request, whatever protocol brought it.
@@ -120,7 +118,7 @@ impl H1Body {
                     return Poll::Ready(Some(Err(Cause::BadRequest)));
                 }
             }
-            let room = reader.decoder.wants().clamp(READ_MIN, READ_MAX);
+            let room = reader.decoder.read_room();
             match ready!(poll_read(&self.io, cx, &mut reader.buf, room)) {
                 Ok(0) | Err(_) => {
                     reader.failed = true;

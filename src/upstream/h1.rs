@@ -37,8 +37,6 @@ use crate::codec::{
 };
 use crate::forward::header_tokens;
 
-/// The most room made for a read of body bytes whose length is known.
-const READ_MAX: usize = 64 * 1024;
 /// Request body data this small is written with the head, in one system call.
 const COALESCE_BYTES: usize = 16 * 1024;
 
@@ -290,8 +288,8 @@ impl Conn {
         (self.io, self.buf)
     }
 
-    fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
-        self.buf.reserve(want.clamp(READ_MIN, READ_MAX));
+    fn poll_fill(&mut self, cx: &mut Context<'_>, room: usize) -> Poll<io::Result<usize>> {
+        self.buf.reserve(room);
         pin!(self.io.read_buf(&mut self.buf)).poll(cx)
     }
 
@@ -537,11 +535,11 @@ impl http_body::Body for Body {
                 Ok(None) => None,
                 Err(err) => Some(err),
             };
-            let want = this.framing.wants();
+            let room = this.framing.read_room();
             let failure = match (failure, this.conn.as_mut()) {
                 (Some(failure), _) => failure,
                 (None, None) => return Poll::Ready(None),
-                (None, Some(conn)) => match ready!(conn.poll_fill(cx, want)) {
+                (None, Some(conn)) => match ready!(conn.poll_fill(cx, room)) {
                     Ok(0) if matches!(this.framing, Decoder::Close) => {
                         this.framing = Decoder::Done;
                         this.reusable = false;
