@@ -120,6 +120,18 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+/// A request's ID: the client's `X-Request-Id` when it is valid, else a new one. It is
+/// marked sensitive: no other answer repeats it, so HTTP/2's header compression should
+/// send it as a literal instead of adding it to the connection's table, where it could
+/// only push out values that do repeat.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    let mut id = incoming_request_id(headers)
+        .cloned()
+        .unwrap_or_else(new_request_id);
+    id.set_sensitive(true);
+    id
+}
+
 /// The request ID: the client's `X-Request-Id` when it is valid, otherwise `None` (the
 /// caller makes a new one).
 pub fn incoming_request_id(headers: &HeaderMap) -> Option<&HeaderValue> {
@@ -221,12 +233,7 @@ pub fn append_via(headers: &mut HeaderMap, version: Version) {
 pub fn prepare_response_headers(headers: &mut HeaderMap, upgrade: bool, request_id: &HeaderValue) {
     remove_hop_by_hop(headers, upgrade);
     append_via(headers, Version::HTTP_11);
-    // A value that no other response repeats: marked so that HTTP/2's header compression
-    // sends it as a literal instead of adding it to the connection's table, where it could
-    // only push out values that do repeat.
-    let mut request_id = request_id.clone();
-    request_id.set_sensitive(true);
-    headers.insert(X_REQUEST_ID, request_id);
+    headers.insert(X_REQUEST_ID, request_id.clone());
 }
 
 /// A new request ID: 16 hex digits from a per-process random seed and a counter, so IDs

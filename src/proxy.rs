@@ -93,9 +93,7 @@ pub async fn handle(
     conn: &ClientConn,
     request: Request<ClientBody>,
 ) -> Response<ResponseBody> {
-    let request_id = forward::incoming_request_id(request.headers())
-        .cloned()
-        .unwrap_or_else(forward::new_request_id);
+    let request_id = forward::request_id(request.headers());
     let accept = request.headers().get(ACCEPT).cloned();
     let method = request.method().clone();
     let client_version = request.version();

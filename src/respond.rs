@@ -71,7 +71,10 @@ pub fn error_response(
         BATON_DELIVERY,
         HeaderValue::from_static(reply.delivery.as_str()),
     );
-    if let Ok(id) = HeaderValue::from_str(reply.request_id) {
+    if let Ok(mut id) = HeaderValue::from_str(reply.request_id) {
+        // Unique to this answer: kept out of HTTP/2's compression table (see
+        // `forward::request_id`).
+        id.set_sensitive(true);
         headers.insert(X_REQUEST_ID, id);
     }
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
