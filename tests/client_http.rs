@@ -5,13 +5,8 @@ mod support;
 
 use std::time::Duration;
 
-use support::{read_response, Baton, Reader, Upstream};
+use support::{read_response, Baton, Upstream};
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
-
-async fn connect(baton: &Baton) -> Reader<TcpStream> {
-    Reader::new(TcpStream::connect(baton.addr).await.unwrap())
-}
 
 /// An answer of unknown length goes to an HTTP/1.1 client chunked, and the connection
 /// carries the next request.
@@ -19,7 +14,7 @@ async fn connect(baton: &Baton) -> Reader<TcpStream> {
 async fn an_answer_of_unknown_length_is_chunked_for_http11() {
     let upstream = Upstream::raw_then_close(b"HTTP/1.1 200 OK\r\n\r\nuntil the end").await;
     let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
-    let mut client = connect(&baton).await;
+    let mut client = baton.connect().await;
     for _ in 0..2 {
         client
             .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
@@ -40,7 +35,7 @@ async fn http10_clients_get_framing_they_understand() {
     let upstream = Upstream::ok("known").await;
     let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
 
-    let mut client = connect(&baton).await;
+    let mut client = baton.connect().await;
     for _ in 0..2 {
         client
             .write_all(b"GET / HTTP/1.0\r\nconnection: keep-alive\r\n\r\n")
@@ -52,7 +47,7 @@ async fn http10_clients_get_framing_they_understand() {
         assert_eq!(response.header("content-length"), Some("5"));
     }
 
-    let mut client = connect(&baton).await;
+    let mut client = baton.connect().await;
     client.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
     let response = read_response(&mut client, "GET").await;
     assert_eq!(response.text(), "known");
@@ -65,7 +60,7 @@ async fn http10_clients_get_framing_they_understand() {
 
     let upstream = Upstream::raw_then_close(b"HTTP/1.1 200 OK\r\n\r\nno length").await;
     let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
-    let mut client = connect(&baton).await;
+    let mut client = baton.connect().await;
     client
         .write_all(b"GET / HTTP/1.0\r\nconnection: keep-alive\r\n\r\n")
         .await
@@ -83,7 +78,7 @@ async fn http10_clients_get_framing_they_understand() {
 async fn a_request_body_in_small_pieces_arrives_whole() {
     let upstream = Upstream::sink().await;
     let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
-    let mut client = connect(&baton).await;
+    let mut client = baton.connect().await;
     let request = b"POST /up HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n\
                     4\r\nabcd\r\n10;note=x\r\n0123456789abcdef\r\n0\r\nx-sum: 20\r\n\r\n\
                     GET /next HTTP/1.1\r\nhost: a\r\n\r\n";
@@ -103,7 +98,7 @@ async fn a_request_body_in_small_pieces_arrives_whole() {
 async fn a_client_gone_mid_body_sends_no_complete_request() {
     let upstream = Upstream::sink().await;
     let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
-    let mut client = connect(&baton).await;
+    let mut client = baton.connect().await;
     client
         .write_all(b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 100\r\n\r\nonly part")
         .await
@@ -116,7 +111,7 @@ async fn a_client_gone_mid_body_sends_no_complete_request() {
         0,
         "no request body was completed upstream"
     );
-    let mut client = connect(&baton).await;
+    let mut client = baton.connect().await;
     client
         .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
         .await
@@ -131,12 +126,12 @@ async fn a_client_gone_mid_body_sends_no_complete_request() {
 async fn shutdown_closes_idle_connections_and_finishes_busy_ones() {
     let upstream = Upstream::slow_head(Duration::from_millis(600)).await;
     let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
-    let mut idle = connect(&baton).await;
+    let mut idle = baton.connect().await;
     idle.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
         .await
         .unwrap();
     assert_eq!(read_response(&mut idle, "GET").await.status(), 200);
-    let mut busy = connect(&baton).await;
+    let mut busy = baton.connect().await;
     busy.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
         .await
         .unwrap();
@@ -238,7 +233,7 @@ async fn pipelined_requests_of_every_framing_survive_any_split() {
             .map(|_| rng.below(input.len() as u64))
             .collect();
         cuts.sort_unstable();
-        let mut client = connect(&baton).await;
+        let mut client = baton.connect().await;
         let mut start = 0;
         for cut in cuts.into_iter().chain([input.len()]) {
             client

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::{get, read_response, request, send_raw, Baton, Reader, Upstream};
+use support::{get, read_response, request, send_raw, Baton, Upstream};
 use tokio::net::TcpStream;
 
 #[tokio::test]
@@ -138,8 +138,7 @@ async fn h2c_get_with_prior_knowledge() {
 async fn websocket_upgrade_is_passed_through() {
     let upstream = Upstream::upgrade_echo().await;
     let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
-    let stream = TcpStream::connect(baton.addr).await.unwrap();
-    let mut reader = Reader::new(stream);
+    let mut reader = baton.connect().await;
     reader
         .write_all(
             b"GET /chat HTTP/1.1\r\nhost: a\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\
@@ -238,8 +237,7 @@ async fn malformed_requests_get_400_and_never_reach_the_upstream() {
 async fn pipelined_requests_are_answered_in_order() {
     let upstream = Upstream::sink().await;
     let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
-    let stream = TcpStream::connect(baton.addr).await.unwrap();
-    let mut reader = Reader::new(stream);
+    let mut reader = baton.connect().await;
     reader
         .write_all(
             b"POST /a HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\n\r\nabc\
@@ -265,8 +263,7 @@ async fn the_keep_alive_race_gives_no_errors() {
     let pauses_ms = [
         700, 950, 1000, 1050, 600, 990, 1010, 1100, 800, 1000, 500, 1020,
     ];
-    let stream = TcpStream::connect(baton.addr).await.unwrap();
-    let mut client = Reader::new(stream);
+    let mut client = baton.connect().await;
     for (i, pause) in pauses_ms.iter().enumerate() {
         tokio::time::sleep(Duration::from_millis(*pause)).await;
         let (method, body) = if i % 2 == 0 {
@@ -304,8 +301,7 @@ async fn the_keep_alive_race_gives_no_errors() {
 async fn head_and_keep_alive_on_the_client_side() {
     let upstream = Upstream::ok("body").await;
     let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
-    let stream = TcpStream::connect(baton.addr).await.unwrap();
-    let mut client = Reader::new(stream);
+    let mut client = baton.connect().await;
     for _ in 0..3 {
         client
             .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
@@ -324,8 +320,7 @@ async fn head_and_keep_alive_on_the_client_side() {
 async fn the_client_gets_its_own_protocol_version() {
     let upstream = Upstream::http10("old").await;
     let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
-    let stream = TcpStream::connect(baton.addr).await.unwrap();
-    let mut client = Reader::new(stream);
+    let mut client = baton.connect().await;
     for _ in 0..2 {
         client
             .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
@@ -344,8 +339,7 @@ async fn the_client_gets_its_own_protocol_version() {
 async fn a_declined_upgrade_ends_the_connection() {
     let upstream = Upstream::ok("no upgrade here").await;
     let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
-    let stream = TcpStream::connect(baton.addr).await.unwrap();
-    let mut client = Reader::new(stream);
+    let mut client = baton.connect().await;
     client
         .write_all(
             b"GET / HTTP/1.1\r\nhost: a\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
@@ -369,8 +363,7 @@ async fn a_declined_upgrade_ends_the_connection() {
 async fn a_malformed_pipelined_request_does_not_cost_the_one_before_it() {
     let upstream = Upstream::slow_head(Duration::from_millis(300)).await;
     let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
-    let stream = TcpStream::connect(baton.addr).await.unwrap();
-    let mut client = Reader::new(stream);
+    let mut client = baton.connect().await;
     client
         .write_all(
             b"GET /good HTTP/1.1\r\nhost: a\r\n\r\n\
@@ -392,8 +385,7 @@ async fn a_malformed_pipelined_request_does_not_cost_the_one_before_it() {
 async fn expect_100_continue_is_answered_by_baton() {
     let upstream = Upstream::sink().await;
     let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
-    let stream = TcpStream::connect(baton.addr).await.unwrap();
-    let mut client = Reader::new(stream);
+    let mut client = baton.connect().await;
     client
         .write_all(
             b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n",
@@ -429,8 +421,7 @@ async fn idle_upstream_connections_close_after_keepalive_idle() {
 async fn an_early_answer_keeps_the_connection_for_the_next_request() {
     let upstream = Upstream::ok("hi").await;
     let baton = Baton::in_front_of(&[upstream.addr], r#"path_prefix = "/app""#, "").await;
-    let stream = TcpStream::connect(baton.addr).await.unwrap();
-    let mut client = Reader::new(stream);
+    let mut client = baton.connect().await;
     client
         .write_all(b"POST /elsewhere HTTP/1.1\r\nhost: a\r\ncontent-length: 8\r\n\r\n")
         .await

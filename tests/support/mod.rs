@@ -547,6 +547,11 @@ pub struct Baton {
 }
 
 impl Baton {
+    /// A raw HTTP/1.1 client connection to the listener.
+    pub async fn connect(&self) -> Reader<TcpStream> {
+        Reader::new(TcpStream::connect(self.addr).await.unwrap())
+    }
+
     pub async fn start(config: &str) -> Baton {
         Self::start_in(TempDir::new(), config).await
     }
