@@ -18,7 +18,8 @@
 //! - [`forward`] applies the header rules on the way in and out;
 //! - [`idempotency`] keys POSTs and PATCHes so that each is executed once, in memory or
 //!   in Redis;
-//! - [`codec`] decodes and encodes HTTP/1.1 bodies for both sides;
+//! - [`codec`] decodes and encodes HTTP/1.1 bodies for both sides, and [`sock`] reads and
+//!   writes their sockets;
 //! - [`upstream`] holds endpoints and their health ([`upstream::endpoint`],
 //!   [`upstream::health`], [`upstream::dns`]), the balancers ([`upstream::balance`]), the
 //!   keep-alive [`upstream::pool`] and the HTTP/1.1 client [`upstream::h1`];
@@ -54,6 +55,7 @@ pub mod respond;
 pub mod retry;
 pub mod route;
 pub mod server;
+pub mod sock;
 pub mod status;
 pub mod upstream;
 

@@ -75,6 +75,26 @@ async fn hop_by_hop_and_forwarding_headers() {
     baton.stop().await;
 }
 
+/// Heads are read at most 8 KiB at a time: longer ones, within the limit, arrive whole in
+/// both directions.
+#[tokio::test]
+async fn heads_longer_than_one_read_pass_whole() {
+    let long = "v".repeat(20_000);
+    let upstream = Upstream::ok_with_headers("hi", &[("x-long-answer", &long)]).await;
+    let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
+    for _ in 0..2 {
+        let response = request(baton.addr, "GET", "/", &[("x-long", &long)], b"").await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text(), "hi");
+        assert_eq!(response.header("x-long-answer"), Some(long.as_str()));
+    }
+    for seen in upstream.seen() {
+        assert_eq!(seen.header("x-long"), Some(long.as_str()));
+    }
+    assert_eq!(upstream.requests(), 2);
+    baton.stop().await;
+}
+
 #[tokio::test]
 async fn trusted_proxies_keep_the_chain_and_host_can_be_rewritten() {
     let upstream = Upstream::ok("hi").await;

@@ -9,12 +9,12 @@ use std::task::{ready, Context, Poll};
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use crate::cause::Cause;
 use crate::classify;
 use crate::codec::Decoder;
+use crate::sock::{poll_read, poll_write};
 
 pub(super) const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -160,54 +160,5 @@ fn poll_continue(
             return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
         }
         *state = Continue::Writing(written + n);
-    }
-}
-
-/// Reads what the socket has into `buf`, making `room` for it once there is something to
-/// read (so that a buffer waiting for a read can stay unallocated).
-///
-/// A read that leaves part of the room empty has drained the socket, so its readiness is
-/// cleared then (as tokio's own `AsyncRead` does): the next read waits for the next
-/// readiness event instead of costing a system call that can only fail.
-pub(super) fn poll_read(
-    io: &TcpStream,
-    cx: &mut Context<'_>,
-    buf: &mut BytesMut,
-    room: usize,
-) -> Poll<io::Result<usize>> {
-    loop {
-        ready!(io.poll_read_ready(cx))?;
-        buf.reserve(room);
-        let space = buf.capacity() - buf.len();
-        let mut read = None;
-        let result = io.try_io(Interest::READABLE, || {
-            let n = io.try_read_buf(buf)?;
-            read = Some(n);
-            if n > 0 && n < space {
-                // Returning `WouldBlock` is how `try_io` is told to clear the readiness.
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            Ok(n)
-        });
-        match (read, result) {
-            (Some(n), _) => return Poll::Ready(Ok(n)),
-            (None, Err(err)) if err.kind() == io::ErrorKind::WouldBlock => continue,
-            (None, result) => return Poll::Ready(result),
-        }
-    }
-}
-
-/// Writes as much of `bufs` as the socket takes.
-pub(super) fn poll_write(
-    io: &TcpStream,
-    cx: &mut Context<'_>,
-    bufs: &[io::IoSlice<'_>],
-) -> Poll<io::Result<usize>> {
-    loop {
-        ready!(io.poll_write_ready(cx))?;
-        match io.try_write_vectored(bufs) {
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
-            result => return Poll::Ready(result),
-        }
     }
 }

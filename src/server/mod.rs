@@ -54,8 +54,9 @@ use crate::forward::header_tokens;
 use crate::gateway::{stop_requested, Gateway};
 use crate::listener::ClientConn;
 use crate::proxy;
+use crate::sock::{poll_read_head, poll_write};
 use crate::upstream::h1;
-use body::{lock, poll_read, poll_write, Continue, H1Body, Reader};
+use body::{lock, Continue, H1Body, Reader};
 use head::{inspect, refusal, Head, Verdict};
 
 pub use body::ClientBody;
@@ -68,11 +69,6 @@ pub const LINGER_TIME: Duration = Duration::from_secs(5);
 /// Body data this small is copied next to the head or chunk line before it, so that both go
 /// out in one write; larger data is written from where it is.
 const COPY_MAX: usize = 16 * 1024;
-/// Room made for a read of head bytes: most heads fit, and a longer one takes more reads.
-/// Small on purpose: the buffer is allocated per request and freed when the connection
-/// goes idle, and buffers of 8 KiB left the allocator's free memory fragmented by the
-/// small long-lived allocations of later connections (bench/README.md).
-const HEAD_READ: usize = 2 * 1024;
 /// Output gathered before it is written, when the body has more ready.
 const FLUSH_AT: usize = 64 * 1024;
 
@@ -248,7 +244,7 @@ async fn read_head(io: &TcpStream, buf: &mut BytesMut, first: bool, setup: &mut 
         }
         tokio::select! {
             biased;
-            read = poll_fn(|cx| poll_read(io, cx, buf, HEAD_READ)) => match read {
+            read = poll_fn(|cx| poll_read_head(io, cx, buf)) => match read {
                 Ok(0) | Err(_) => return HeadRead::Closed,
                 Ok(_) => {
                     if !started && !first {

@@ -13,7 +13,7 @@
 //! without `Connection: close`, or HTTP/1.0 with `keep-alive`), its body was delimited
 //! and read to the end, and nothing followed it.
 
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
@@ -33,9 +33,9 @@ use crate::body::RequestBody;
 use crate::cause::Cause;
 use crate::codec::{
     encode_data, encode_fields, encode_trailers, Decoder, FieldSpans, MAX_HEADERS, MAX_HEAD_BYTES,
-    READ_MIN,
 };
 use crate::forward::header_tokens;
+use crate::sock::poll_read_head;
 
 /// Request body data this small is written with the head, in one system call.
 const COALESCE_BYTES: usize = 16 * 1024;
@@ -276,8 +276,7 @@ impl Conn {
 
     /// Reads more of a response head; the upstream closing first is a reset.
     async fn read_more(&mut self) -> Result<(), Cause> {
-        self.buf.reserve(READ_MIN);
-        match self.io.read_buf(&mut self.buf).await {
+        match poll_fn(|cx| poll_read_head(&self.io, cx, &mut self.buf)).await {
             Ok(0) | Err(_) => Err(Cause::UpstreamReset),
             Ok(_) => Ok(()),
         }
