@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use crate::body::RequestBody;
 use crate::cause::{Cause, Delivery};
 use crate::classify;
+use crate::forward::Forwarding;
 use crate::upstream::h1::{self, Conn, SendError};
 use crate::upstream::pool::{self, Lease};
 use crate::upstream::Endpoint;
@@ -38,6 +39,7 @@ pub struct Failure {
 pub async fn attempt(
     endpoint: &Arc<Endpoint>,
     mut request: Request<RequestBody>,
+    forwarding: &Forwarding,
     connect_timeout: Option<Duration>,
     head_deadline: Option<Instant>,
 ) -> Result<Success, Failure> {
@@ -76,7 +78,10 @@ pub async fn attempt(
             }
         };
         let lease = Lease::new(endpoint.clone());
-        match conn.send(request, head_deadline).await {
+        match conn
+            .send(request, forwarding, &endpoint.host_header, head_deadline)
+            .await
+        {
             Ok(response) => {
                 let mut lease = lease;
                 lease.set_keep_alive_hint(pool::keep_alive_timeout(response.headers()));

@@ -270,11 +270,16 @@ pub fn encode_fields(out: &mut BytesMut, fields: &HeaderMap) {
 /// Header fields, a line each.
 pub fn encode_field_lines(out: &mut BytesMut, fields: &HeaderMap) {
     for (name, value) in fields {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        encode_field(out, name.as_str(), value.as_bytes());
     }
+}
+
+/// One header field line.
+pub fn encode_field(out: &mut BytesMut, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// The line that starts a chunk of `len` bytes.

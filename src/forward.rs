@@ -7,12 +7,15 @@
 
 use std::net::IpAddr;
 
+use bytes::BytesMut;
 use http::header::{
-    HeaderName, HeaderValue, CONNECTION, FORWARDED, TE, TRANSFER_ENCODING, UPGRADE, VIA,
+    HeaderName, HeaderValue, CONNECTION, EXPECT, FORWARDED, HOST, TE, TRANSFER_ENCODING, UPGRADE,
+    VIA,
 };
 use http::{HeaderMap, Version};
 use ipnet::IpNet;
 
+use crate::codec::encode_field;
 use crate::respond::X_REQUEST_ID;
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -56,12 +59,6 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     TRANSFER_ENCODING,
     UPGRADE,
 ];
-
-/// Whether any of `names` is present. One pass over the header names, cheaper than a
-/// hash lookup per name when, as usual, none of them is there.
-fn any_present(headers: &HeaderMap, names: &[HeaderName]) -> bool {
-    headers.keys().any(|key| names.contains(key))
-}
 
 /// Removes hop-by-hop headers. With `upgrade`, `Upgrade` and `Connection: upgrade` stay.
 /// A `TE` that accepts `trailers` is sent on as `TE: trailers`.
@@ -165,58 +162,108 @@ pub fn ip_header(ip: IpAddr) -> HeaderValue {
     HeaderValue::try_from(ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
-const FORWARDING: [HeaderName; 4] = [
-    FORWARDED,
-    X_FORWARDED_FOR,
-    X_FORWARDED_PROTO,
-    X_FORWARDED_HOST,
-];
+/// The fields a request carries upstream besides the client's own (SPEC §3): the upstream
+/// `Host`, `X-Forwarded-For/Proto/Host`, `Via` and `X-Request-Id`. They are written after
+/// the client's fields when the request head is encoded ([`Forwarding::encode_fields`]),
+/// instead of being set in the request's header map: a map insertion costs a hash and a
+/// probe each, and the map would need room for them. The upstream side is always baton's
+/// own HTTP/1.1 client, so the head is the only place they are needed.
+pub struct Forwarding {
+    forwarded_for: HeaderValue,
+    /// `None` when a trusted client's own `X-Forwarded-Proto` is kept.
+    forwarded_proto: Option<HeaderValue>,
+    /// `None` when a trusted client's own is kept, or no host is known.
+    forwarded_host: Option<HeaderValue>,
+    /// Whether the client's own forwarding fields are believed (it is a trusted proxy).
+    trusted: bool,
+    via: &'static str,
+    request_id: HeaderValue,
+    /// The client's host, sent as `Host` instead of the endpoint's (`preserve_host`).
+    host: Option<HeaderValue>,
+}
 
-/// Sets the forwarding headers on a request going upstream. `host` is the host the client
-/// asked for (its `Host` header or URI authority), `version` the client's HTTP version.
-/// A client's own forwarding headers are kept only when it is a trusted proxy.
-pub fn set_forwarding_headers(
-    headers: &mut HeaderMap,
-    peer: &Peer<'_>,
-    host: Option<&HeaderValue>,
-    version: Version,
-    request_id: &HeaderValue,
-) {
-    let peer_ip = peer.ip_header.clone();
-    let (mut has_proto, mut has_host) = (false, false);
-    if any_present(headers, &FORWARDING) {
+impl Forwarding {
+    /// The fields for a request with `headers` (hop-by-hop fields already removed) from
+    /// `peer`. `host` is the host the client asked for (its `Host` header or URI
+    /// authority), `version` the client's HTTP version; `preserve_host` sends that host
+    /// upstream instead of the endpoint's. A client's own forwarding fields are kept only
+    /// when it is a trusted proxy.
+    pub fn new(
+        headers: &HeaderMap,
+        peer: &Peer<'_>,
+        host: Option<&HeaderValue>,
+        version: Version,
+        request_id: &HeaderValue,
+        preserve_host: bool,
+    ) -> Forwarding {
         let trusted = peer.is_trusted();
-        match headers.get(X_FORWARDED_FOR).filter(|_| trusted) {
-            Some(existing) => {
-                let mut chain = existing.as_bytes().to_vec();
-                chain.extend_from_slice(b", ");
-                chain.extend_from_slice(peer_ip.as_bytes());
-                let value = HeaderValue::from_bytes(&chain).unwrap_or(peer_ip);
-                headers.insert(X_FORWARDED_FOR, value);
+        let peer_ip = peer.ip_header.clone();
+        let forwarded_for = match headers.get(X_FORWARDED_FOR).filter(|_| trusted) {
+            Some(chain) => {
+                let mut value = chain.as_bytes().to_vec();
+                value.extend_from_slice(b", ");
+                value.extend_from_slice(peer_ip.as_bytes());
+                HeaderValue::from_bytes(&value).unwrap_or(peer_ip)
             }
-            None => {
-                headers.insert(X_FORWARDED_FOR, peer_ip);
+            None => peer_ip,
+        };
+        let kept = |name| trusted && headers.contains_key(name);
+        Forwarding {
+            forwarded_for,
+            forwarded_proto: (!kept(X_FORWARDED_PROTO)).then(|| HeaderValue::from_static("http")),
+            forwarded_host: host.filter(|_| !kept(X_FORWARDED_HOST)).cloned(),
+            trusted,
+            via: match version {
+                Version::HTTP_2 => "2 baton",
+                Version::HTTP_10 => "1.0 baton",
+                _ => "1.1 baton",
+            },
+            request_id: request_id.clone(),
+            host: host.filter(|_| preserve_host).cloned(),
+        }
+    }
+
+    /// Whether the client's field `name` stays out of the upstream request: baton sets
+    /// it, or the client is not trusted to set it. `Expect` stays out too: the server
+    /// answered `100-continue` when the body was first read, and the upstream gets the body
+    /// without having to ask for it.
+    fn replaces(&self, name: &HeaderName) -> bool {
+        name == HOST
+            || name == EXPECT
+            || name == X_FORWARDED_FOR
+            || name == X_REQUEST_ID
+            || (name == X_FORWARDED_PROTO && (!self.trusted || self.forwarded_proto.is_some()))
+            || (name == X_FORWARDED_HOST && (!self.trusted || self.forwarded_host.is_some()))
+            || (name == FORWARDED && !self.trusted)
+    }
+
+    /// The request's header fields for the upstream, and the empty line that ends them:
+    /// `Host` first (the client's with `preserve_host`, else `endpoint_host`), the client's
+    /// fields that stay, then baton's.
+    pub fn encode_fields(
+        &self,
+        out: &mut BytesMut,
+        headers: &HeaderMap,
+        endpoint_host: &HeaderValue,
+    ) {
+        let host = self.host.as_ref().unwrap_or(endpoint_host);
+        encode_field(out, HOST.as_str(), host.as_bytes());
+        for (name, value) in headers {
+            if !self.replaces(name) {
+                encode_field(out, name.as_str(), value.as_bytes());
             }
         }
-        if trusted {
-            has_proto = headers.contains_key(X_FORWARDED_PROTO);
-            has_host = headers.contains_key(X_FORWARDED_HOST);
-        } else {
-            headers.remove(FORWARDED);
-            headers.remove(X_FORWARDED_PROTO);
-            headers.remove(X_FORWARDED_HOST);
+        encode_field(out, X_FORWARDED_FOR.as_str(), self.forwarded_for.as_bytes());
+        if let Some(proto) = &self.forwarded_proto {
+            encode_field(out, X_FORWARDED_PROTO.as_str(), proto.as_bytes());
         }
-    } else {
-        headers.insert(X_FORWARDED_FOR, peer_ip);
+        if let Some(host) = &self.forwarded_host {
+            encode_field(out, X_FORWARDED_HOST.as_str(), host.as_bytes());
+        }
+        encode_field(out, VIA.as_str(), self.via.as_bytes());
+        encode_field(out, X_REQUEST_ID.as_str(), self.request_id.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
-    if !has_proto {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    }
-    if let (Some(host), false) = (host, has_host) {
-        headers.insert(X_FORWARDED_HOST, host.clone());
-    }
-    append_via(headers, version);
-    headers.insert(X_REQUEST_ID, request_id.clone());
 }
 
 /// Appends this hop to `Via`, naming the protocol version the message was received with.
@@ -329,8 +376,19 @@ mod tests {
         assert_eq!(map["connection"], "upgrade");
     }
 
+    /// The field lines `forwarding` writes for `map`, the endpoint's host being `upstream`.
+    fn encoded(forwarding: &Forwarding, map: &HeaderMap) -> Vec<String> {
+        let mut out = BytesMut::new();
+        forwarding.encode_fields(&mut out, map, &HeaderValue::from_static("upstream"));
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        let fields = text
+            .strip_suffix("\r\n\r\n")
+            .expect("the head ends in an empty line");
+        fields.split("\r\n").map(str::to_owned).collect()
+    }
+
     #[test]
-    fn forwarded_for_is_replaced_unless_trusted() {
+    fn forwarding_fields_are_replaced_unless_trusted() {
         let id = HeaderValue::from_static("r1");
         let ip = "10.0.0.9".parse().unwrap();
         let ip_text = ip_header(ip);
@@ -339,13 +397,30 @@ mod tests {
             ip_header: &ip_text,
             trusted_proxies: &[],
         };
-        let mut map = headers(&[
+        let map = headers(&[
+            ("host", "example.com"),
             ("x-forwarded-for", "1.2.3.4"),
             ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "elsewhere"),
+            ("forwarded", "for=1.2.3.4"),
+            ("x-request-id", "client-id"),
+            ("expect", "100-continue"),
+            ("via", "1.1 edge"),
+            ("x-kept", "yes"),
         ]);
-        set_forwarding_headers(&mut map, &untrusted, None, Version::HTTP_11, &id);
-        assert_eq!(map["x-forwarded-for"], "10.0.0.9");
-        assert_eq!(map["x-forwarded-proto"], "http");
+        let forwarding = Forwarding::new(&map, &untrusted, None, Version::HTTP_11, &id, false);
+        assert_eq!(
+            encoded(&forwarding, &map),
+            [
+                "host: upstream",
+                "via: 1.1 edge",
+                "x-kept: yes",
+                "x-forwarded-for: 10.0.0.9",
+                "x-forwarded-proto: http",
+                "via: 1.1 baton",
+                "x-request-id: r1",
+            ]
+        );
 
         let nets = ["10.0.0.0/8".parse().unwrap()];
         let trusted = Peer {
@@ -353,17 +428,38 @@ mod tests {
             ip_header: &ip_text,
             trusted_proxies: &nets,
         };
-        let mut map = headers(&[
-            ("x-forwarded-for", "1.2.3.4"),
-            ("x-forwarded-proto", "https"),
-        ]);
         let host = HeaderValue::from_static("example.com");
-        set_forwarding_headers(&mut map, &trusted, Some(&host), Version::HTTP_2, &id);
-        assert_eq!(map["x-forwarded-for"], "1.2.3.4, 10.0.0.9");
-        assert_eq!(map["x-forwarded-proto"], "https");
-        assert_eq!(map["x-forwarded-host"], "example.com");
-        assert_eq!(map["via"], "2 baton");
-        assert_eq!(map["x-request-id"], "r1");
+        let forwarding = Forwarding::new(&map, &trusted, Some(&host), Version::HTTP_2, &id, true);
+        assert_eq!(
+            encoded(&forwarding, &map),
+            [
+                "host: example.com",
+                "x-forwarded-proto: https",
+                "x-forwarded-host: elsewhere",
+                "forwarded: for=1.2.3.4",
+                "via: 1.1 edge",
+                "x-kept: yes",
+                "x-forwarded-for: 1.2.3.4, 10.0.0.9",
+                "via: 2 baton",
+                "x-request-id: r1",
+            ]
+        );
+
+        // A trusted proxy that sent no forwarding fields of its own gets baton's.
+        let plain = headers(&[("host", "example.com")]);
+        let forwarding =
+            Forwarding::new(&plain, &trusted, Some(&host), Version::HTTP_10, &id, false);
+        assert_eq!(
+            encoded(&forwarding, &plain),
+            [
+                "host: upstream",
+                "x-forwarded-for: 10.0.0.9",
+                "x-forwarded-proto: http",
+                "x-forwarded-host: example.com",
+                "via: 1.0 baton",
+                "x-request-id: r1",
+            ]
+        );
     }
 
     #[test]

@@ -10,8 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{
-    HeaderName, HeaderValue, ACCEPT, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE,
-    EXPECT, HOST,
+    HeaderName, HeaderValue, ACCEPT, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST,
 };
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use smallvec::SmallVec;
@@ -21,7 +20,7 @@ use crate::attempt::{attempt, Success};
 use crate::body::{client_frame, Capture, RequestBody, ResponseBody};
 use crate::cause::{is_idempotent, Cause, Delivery};
 use crate::config::Route;
-use crate::forward::{self, Peer};
+use crate::forward::{self, Forwarding, Peer};
 use crate::gateway::{Gateway, RouteState, Snapshot};
 use crate::idempotency::{Decision, Refused, StoredResponse};
 use crate::listener::ClientConn;
@@ -356,19 +355,14 @@ async fn handle_inner(
         trusted_proxies: &listener.trusted_proxies,
     };
     forward::remove_hop_by_hop(&mut parts.headers, upgrade);
-    // hyper answered `Expect: 100-continue` when the body was first read; the upstream
-    // gets the body without having to ask for it.
-    parts.headers.remove(EXPECT);
-    forward::set_forwarding_headers(
-        &mut parts.headers,
+    let forwarding = Forwarding::new(
+        &parts.headers,
         &peer,
         host.as_ref(),
         parts.version,
         &exchange.request_id,
+        route.preserve_host,
     );
-    if let (true, Some(host)) = (route.preserve_host, host) {
-        parts.headers.insert(HOST, host);
-    }
     parts.uri = parts
         .uri
         .path_and_query()
@@ -377,19 +371,14 @@ async fn handle_inner(
     let key = upstream
         .hash_key()
         .and_then(|key| key.of(&parts.headers, parts.uri.path(), conn.peer.ip()));
-    let request = Request::from_parts(parts, body);
+    let outgoing = Outgoing {
+        request: Request::from_parts(parts, body),
+        forwarding,
+        key,
+    };
 
     route_state.retry_budget.record_request();
-    let success = try_endpoints(
-        gateway,
-        upstream,
-        route_state,
-        route,
-        request,
-        key,
-        exchange,
-    )
-    .await?;
+    let success = try_endpoints(gateway, upstream, route_state, route, outgoing, exchange).await?;
     let mut response = success.response;
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     match (switching, upgrade) {
@@ -490,6 +479,14 @@ fn request_host(request: &Request<ClientBody>) -> Result<Option<HeaderValue>, Pr
     Ok(host)
 }
 
+/// A request on its way upstream: its head and body, the fields baton adds to the head,
+/// and its key for a hashing balancer.
+struct Outgoing {
+    request: Request<RequestBody>,
+    forwarding: Forwarding,
+    key: Option<u64>,
+}
+
 /// Tries the route's upstream until an endpoint answers with a response head, retrying as
 /// SPEC §6 allows: a failure before anything was sent, for any method; a failure after
 /// sending, for idempotent methods (or `non_idempotent`) whose body was read in full. Retries
@@ -501,10 +498,14 @@ async fn try_endpoints(
     upstream: &Upstream,
     stats: &RouteState,
     route: &Route,
-    request: Request<RequestBody>,
-    key: Option<u64>,
+    outgoing: Outgoing,
     exchange: &mut Exchange,
 ) -> Result<Success, ProxyError> {
+    let Outgoing {
+        request,
+        forwarding,
+        key,
+    } = outgoing;
     let deadline = route.timeouts.total.map(|total| exchange.started + total);
     let members = upstream.members();
     let metrics = &gateway.observer.metrics;
@@ -521,7 +522,7 @@ async fn try_endpoints(
     let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
     let mut last_failure: Option<Cause> = None;
     loop {
-        let Some(mut pending) = request.take() else {
+        let Some(pending) = request.take() else {
             break;
         };
         // Another endpoint while there is one; then any usable one again.
@@ -535,11 +536,6 @@ async fn try_endpoints(
         };
         tried.push(index);
         let endpoint = &members.endpoints[index];
-        if !route.preserve_host {
-            pending
-                .headers_mut()
-                .insert(HOST, endpoint.host_header.clone());
-        }
         exchange.endpoint = Some(endpoint.label.clone());
         exchange.attempts += 1;
         let sent_at = Instant::now();
@@ -550,7 +546,14 @@ async fn try_endpoints(
             .into_iter()
             .chain(deadline)
             .min();
-        let result = attempt(endpoint, pending, route.timeouts.connect, head_deadline).await;
+        let result = attempt(
+            endpoint,
+            pending,
+            &forwarding,
+            route.timeouts.connect,
+            head_deadline,
+        )
+        .await;
         match &result {
             Ok(_) => endpoint
                 .ok_attempts

@@ -146,9 +146,9 @@ fn build(
     parts.method = Method::from_bytes(&slice(head, method)).ok()?;
     parts.uri = Uri::from_maybe_shared(slice(head, target)).ok()?;
     parts.version = version;
-    // Room for the five fields baton adds on the way upstream (`X-Forwarded-For`,
-    // `-Proto`, `-Host`, `Via`, `X-Request-Id`), so that the map does not grow for them.
-    parts.headers = fields.to_map(head, 6)?;
+    // Room for a field baton may set on the way upstream (the body's framing, or
+    // `Connection: upgrade`); the forwarding fields are written with the head instead.
+    parts.headers = fields.to_map(head, 1)?;
     Some(parts)
 }
 

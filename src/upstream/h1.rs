@@ -32,9 +32,9 @@ use tokio::time::Instant;
 use crate::body::RequestBody;
 use crate::cause::Cause;
 use crate::codec::{
-    encode_data, encode_fields, encode_trailers, Decoder, FieldSpans, MAX_HEADERS, MAX_HEAD_BYTES,
+    encode_data, encode_trailers, Decoder, FieldSpans, MAX_HEADERS, MAX_HEAD_BYTES,
 };
-use crate::forward::header_tokens;
+use crate::forward::{header_tokens, Forwarding};
 use crate::sock::poll_read_head;
 
 /// Request body data this small is written with the head, in one system call.
@@ -83,20 +83,24 @@ impl Conn {
         matches!(self.io.try_read(&mut probe), Err(err) if err.kind() == io::ErrorKind::WouldBlock)
     }
 
-    /// Sends `request` and reads the response head, all by `deadline` (else
+    /// Sends `request`, with the fields of `forwarding` and `host` as its `Host` unless
+    /// the client's is kept, and reads the response head, all by `deadline` (else
     /// `upstream-response-timeout`). The response body streams from the connection through
     /// the returned [`Body`], which gives the connection back when the exchange allows its
     /// reuse.
     pub async fn send(
         self,
         request: Request<RequestBody>,
+        forwarding: &Forwarding,
+        host: &HeaderValue,
         deadline: Option<Instant>,
     ) -> Result<Response<Body>, SendError> {
         let head_request = request.method() == Method::HEAD;
         let (mut parts, body) = request.into_parts();
         let framing = request_framing(&mut parts.headers, &body);
         let mut head = BytesMut::with_capacity(512);
-        encode_head(&mut head, &parts);
+        encode_request_line(&mut head, &parts);
+        forwarding.encode_fields(&mut head, &parts.headers, host);
         let exchange = self.exchange(head, body, framing, head_request);
         let result = match deadline {
             Some(deadline) => tokio::time::timeout_at(deadline, exchange)
@@ -355,13 +359,13 @@ fn request_framing(headers: &mut HeaderMap, body: &RequestBody) -> Outgoing {
     Outgoing::Chunked
 }
 
-fn encode_head(out: &mut BytesMut, parts: &http::request::Parts) {
+/// The request line, as HTTP/1.1 with the target in origin form.
+fn encode_request_line(out: &mut BytesMut, parts: &http::request::Parts) {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.extend_from_slice(b" ");
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    encode_fields(out, &parts.headers);
 }
 
 struct ParsedHead {
