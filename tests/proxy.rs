@@ -126,6 +126,24 @@ async fn trusted_proxies_keep_the_chain_and_host_can_be_rewritten() {
     baton.stop().await;
 }
 
+/// An HTTP/1.0 client may leave out `Host`; the upstream, spoken to in HTTP/1.1, still
+/// gets one: the endpoint's, since there is no client host to preserve.
+#[tokio::test]
+async fn a_request_without_host_gets_the_endpoints() {
+    let upstream = Upstream::ok("hi").await;
+    let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
+    let response = send_raw(baton.addr, b"GET /old HTTP/1.0\r\n\r\n").await;
+    assert_eq!(response.status(), 200);
+    let seen = &upstream.seen()[0];
+    assert_eq!(
+        seen.header("host"),
+        Some(upstream.addr.to_string().as_str())
+    );
+    assert_eq!(seen.header("x-forwarded-host"), None);
+    assert_eq!(seen.header("via"), Some("1.0 baton"));
+    baton.stop().await;
+}
+
 #[tokio::test]
 async fn h2c_get_with_prior_knowledge() {
     let upstream = Upstream::ok("over h2").await;
