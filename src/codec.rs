@@ -7,6 +7,7 @@ use std::fmt::Write;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body::{Frame, SizeHint};
+use smallvec::SmallVec;
 
 /// The largest head (or trailer section) accepted.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -217,31 +218,28 @@ fn parse_hex(digits: &[u8]) -> Option<u64> {
 pub type Span = (u32, u32);
 
 /// Where a parsed head's field names and values lie in its buffer, so that once the head is
-/// taken off the buffer (frozen), the header map's values can share its bytes.
-pub struct FieldSpans {
-    spans: [(Span, Span); MAX_HEADERS],
-    count: usize,
-}
+/// taken off the buffer (frozen), the header map's values can share its bytes. Inline for
+/// the usual number of fields: an array for [`MAX_HEADERS`] was zeroed and copied (3 KiB)
+/// for every head.
+pub struct FieldSpans(SmallVec<[(Span, Span); 24]>);
 
 impl FieldSpans {
     /// The spans of `fields`, parsed by httparse from `buf`, which is shorter than 4 GiB
     /// (the callers' head limits see to it).
     pub fn of(buf: &[u8], fields: &[httparse::Header<'_>]) -> FieldSpans {
-        let mut spans = [((0, 0), (0, 0)); MAX_HEADERS];
-        for (slot, field) in spans.iter_mut().zip(fields) {
-            *slot = (span(buf, field.name.as_bytes()), span(buf, field.value));
-        }
-        FieldSpans {
-            spans,
-            count: fields.len().min(MAX_HEADERS),
-        }
+        FieldSpans(
+            fields
+                .iter()
+                .map(|field| (span(buf, field.name.as_bytes()), span(buf, field.value)))
+                .collect(),
+        )
     }
 
     /// The fields as a header map over `head` (the buffer, frozen), with room for `extra`
     /// more; `None` when a name or value is not valid for `http`.
     pub fn to_map(&self, head: &Bytes, extra: usize) -> Option<HeaderMap> {
-        let mut map = HeaderMap::with_capacity(self.count + extra);
-        for &(name, value) in &self.spans[..self.count] {
+        let mut map = HeaderMap::with_capacity(self.0.len() + extra);
+        for &(name, value) in &self.0 {
             let name = HeaderName::from_bytes(&head[name.0 as usize..name.1 as usize]).ok()?;
             let value = HeaderValue::from_maybe_shared(slice(head, value)).ok()?;
             map.append(name, value);
