@@ -502,7 +502,7 @@ async fn try_endpoints(
     exchange: &mut Exchange,
 ) -> Result<Success, ProxyError> {
     let Outgoing {
-        request,
+        mut request,
         forwarding,
         key,
     } = outgoing;
@@ -517,14 +517,10 @@ async fn try_endpoints(
     let resend = (policy.attempts > 1 && (policy.non_idempotent || is_idempotent(&method)))
         .then(|| request.body().copy())
         .flatten();
-    let mut request = Some(request);
     // Inline for the usual few attempts: no allocation per request.
     let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
     let mut last_failure: Option<Cause> = None;
     loop {
-        let Some(pending) = request.take() else {
-            break;
-        };
         // Another endpoint while there is one; then any usable one again.
         let index = members.pick(&tried, key).or_else(|| {
             (!tried.is_empty())
@@ -548,7 +544,7 @@ async fn try_endpoints(
             .min();
         let result = attempt(
             endpoint,
-            pending,
+            request,
             &forwarding,
             route.timeouts.connect,
             head_deadline,
@@ -638,7 +634,7 @@ async fn try_endpoints(
             })
             .inc();
         tokio::time::sleep(wait).await;
-        request = Some(next);
+        request = next;
     }
     Err(match last_failure {
         Some(cause) => ProxyError {
