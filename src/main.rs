@@ -185,6 +185,16 @@ fn run(path: &Path) -> ExitCode {
         return ExitCode::FAILURE;
     };
     runtime.block_on(async {
+        // Before anything listens: a signal sent once baton is reachable must find its
+        // handler, not the default action, which ends the process on the spot (requests in
+        // flight cut, for SIGTERM; and for SIGHUP too).
+        let signals = match Signals::new() {
+            Ok(signals) => signals,
+            Err(err) => {
+                tracing::error!("cannot listen for signals: {err}");
+                return ExitCode::FAILURE;
+            }
+        };
         let running = match baton::start(config).await {
             Ok(running) => running,
             Err(err) => {
@@ -192,10 +202,7 @@ fn run(path: &Path) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        if let Err(err) = serve_signals(&running.gateway).await {
-            tracing::error!("cannot listen for signals: {err}");
-            return ExitCode::FAILURE;
-        }
+        signals.serve(&running.gateway).await;
         tracing::info!("shutting down: no new connections, finishing requests in flight");
         running.shutdown().await;
         tracing::info!("stopped");
@@ -209,6 +216,18 @@ fn demo(options: baton::demo::Options, duration: Option<std::time::Duration>) ->
         return ExitCode::FAILURE;
     };
     runtime.block_on(async {
+        // Installed before the demo listens, as for `baton run`; with a duration, Ctrl-C
+        // keeps its default and ends the load at once.
+        let signals = match duration {
+            None => match Signals::new() {
+                Ok(signals) => Some(signals),
+                Err(err) => {
+                    eprintln!("baton demo: cannot listen for signals: {err}");
+                    return ExitCode::FAILURE;
+                }
+            },
+            Some(_) => None,
+        };
         let demo = match baton::demo::start(&options).await {
             Ok(demo) => demo,
             Err(err) => {
@@ -218,16 +237,16 @@ fn demo(options: baton::demo::Options, duration: Option<std::time::Duration>) ->
             }
         };
         println!("{}", demo.urls());
-        match duration {
-            Some(duration) => {
+        match (duration, signals) {
+            (Some(duration), _) => {
                 println!("Sending requests for {}…", humantime::format_duration(duration));
                 let summary = demo.load(duration).await;
                 println!("{summary}");
             }
-            None => {
+            (None, signals) => {
                 println!("Stop with Ctrl-C.");
-                if let Err(err) = serve_signals(&demo.running.gateway).await {
-                    eprintln!("baton demo: cannot listen for signals: {err}");
+                if let Some(signals) = signals {
+                    signals.serve(&demo.running.gateway).await;
                 }
             }
         }
@@ -236,20 +255,36 @@ fn demo(options: baton::demo::Options, duration: Option<std::time::Duration>) ->
     })
 }
 
-/// Reloads the config on SIGHUP; returns on SIGTERM or SIGINT.
-async fn serve_signals(gateway: &std::sync::Arc<baton::gateway::Gateway>) -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut hangup = signal(SignalKind::hangup())?;
-    loop {
-        tokio::select! {
-            _ = terminate.recv() => return Ok(()),
-            _ = interrupt.recv() => return Ok(()),
-            _ = hangup.recv() => {
-                tracing::info!("SIGHUP: reloading the config");
-                // The outcome is logged, counted and shown on the status page.
-                let _ = gateway.reload().await;
+/// The signals baton answers while it serves: SIGTERM and SIGINT stop it gracefully,
+/// SIGHUP reloads the config.
+struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers; from here on these signals are queued for [`Signals::serve`].
+    fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Reloads on SIGHUP until SIGTERM or SIGINT.
+    async fn serve(mut self, gateway: &std::sync::Arc<baton::gateway::Gateway>) {
+        loop {
+            tokio::select! {
+                _ = self.terminate.recv() => return,
+                _ = self.interrupt.recv() => return,
+                _ = self.hangup.recv() => {
+                    tracing::info!("SIGHUP: reloading the config");
+                    // The outcome is logged, counted and shown on the status page.
+                    let _ = gateway.reload().await;
+                }
             }
         }
     }

@@ -126,24 +126,25 @@ async fn sighup_reloads_the_config_file() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(body, "second", "the reload never took effect");
-    assert!(
-        baton.stderr().iter().any(|l| l.contains("config reloaded")),
-        "{:?}",
-        baton.stderr()
-    );
+    // The reload is logged once it took effect, and stderr is read by another thread.
+    logged(&baton, "config reloaded").await;
 
     // A broken file is refused; the process keeps serving the last good config.
     baton.dir.file("baton.toml", "[[listeners]\n");
     baton.signal("HUP");
+    logged(&baton, "reload refused").await;
+    assert_eq!(get(baton.addr, "/").await.text(), "second");
+}
+
+/// Waits up to 5 s for a line of baton's stderr that contains `text`.
+async fn logged(baton: &BatonProcess, text: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline && !baton.stderr().iter().any(|l| l.contains("reload refused"))
-    {
+    while Instant::now() < deadline && !baton.stderr().iter().any(|l| l.contains(text)) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(
-        baton.stderr().iter().any(|l| l.contains("reload refused")),
-        "{:?}",
+        baton.stderr().iter().any(|l| l.contains(text)),
+        "no {text:?} in {:?}",
         baton.stderr()
     );
-    assert_eq!(get(baton.addr, "/").await.text(), "second");
 }
