@@ -13,7 +13,7 @@ use crate::cause::{Cause, Delivery};
 use crate::classify;
 use crate::forward::Forwarding;
 use crate::upstream::h1::{self, Conn, SendError};
-use crate::upstream::pool::{self, Lease};
+use crate::upstream::pool::Lease;
 use crate::upstream::Endpoint;
 
 /// A response head from the endpoint; its body holds the connection it came on.
@@ -84,7 +84,7 @@ pub async fn attempt(
         {
             Ok(response) => {
                 let mut lease = lease;
-                lease.set_keep_alive_hint(pool::keep_alive_timeout(response.headers()));
+                lease.set_keep_alive_hint(response.body().keep_alive_hint());
                 return Ok(Success {
                     response,
                     lease,

@@ -227,9 +227,19 @@ impl FieldSpans {
     /// The spans of `fields`, parsed by httparse from `buf`, which is shorter than 4 GiB
     /// (the callers' head limits see to it).
     pub fn of(buf: &[u8], fields: &[httparse::Header<'_>]) -> FieldSpans {
+        FieldSpans::of_where(buf, fields, |_| true)
+    }
+
+    /// The spans of those of `fields` whose name `keep` accepts.
+    pub fn of_where(
+        buf: &[u8],
+        fields: &[httparse::Header<'_>],
+        keep: impl Fn(&str) -> bool,
+    ) -> FieldSpans {
         FieldSpans(
             fields
                 .iter()
+                .filter(|field| keep(field.name))
                 .map(|field| (span(buf, field.name.as_bytes()), span(buf, field.value)))
                 .collect(),
         )

@@ -60,6 +60,13 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     UPGRADE,
 ];
 
+/// Whether `name` is one of the standard hop-by-hop fields (any case).
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|hop| name.eq_ignore_ascii_case(hop.as_str().as_bytes()))
+}
+
 /// Removes hop-by-hop headers. With `upgrade`, `Upgrade` and `Connection: upgrade` stay.
 /// A `TE` that accepts `trailers` is sent on as `TE: trailers`.
 ///
@@ -77,11 +84,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     if connection {
         // Headers the client named as hop-by-hop, beyond the standard ones removed below.
         let named: Vec<HeaderName> = header_tokens(headers, CONNECTION)
-            .filter(|token| {
-                !HOP_BY_HOP
-                    .iter()
-                    .any(|name| token.eq_ignore_ascii_case(name.as_str()))
-            })
+            .filter(|token| !is_hop_by_hop(token.as_bytes()))
             .filter_map(|token| {
                 headers
                     .keys()

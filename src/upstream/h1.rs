@@ -19,9 +19,10 @@ use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -34,7 +35,7 @@ use crate::cause::Cause;
 use crate::codec::{
     encode_data, encode_trailers, Decoder, FieldSpans, MAX_HEADERS, MAX_HEAD_BYTES,
 };
-use crate::forward::{header_tokens, Forwarding};
+use crate::forward::{header_tokens, is_hop_by_hop, Forwarding};
 use crate::sock::poll_read_head;
 
 /// Request body data this small is written with the head, in one system call.
@@ -252,12 +253,12 @@ impl Conn {
                     status,
                     version,
                     headers,
+                    connection,
                 } = parsed;
                 if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
                     continue;
                 }
                 let framing = response_framing(status, &headers, head_request)?;
-                let keep_alive = keep_alive(version, &headers);
                 let (mut parts, ()) = Response::new(()).into_parts();
                 parts.status = status;
                 parts.version = version;
@@ -266,7 +267,8 @@ impl Conn {
                     conn: Some(self),
                     framing,
                     upgraded: status == StatusCode::SWITCHING_PROTOCOLS,
-                    reusable: keep_alive,
+                    reusable: connection.allows_reuse(version),
+                    keep_alive_hint: connection.timeout,
                     failed: None,
                 };
                 return Ok((parts, body));
@@ -371,7 +373,71 @@ fn encode_request_line(out: &mut BytesMut, parts: &http::request::Parts) {
 struct ParsedHead {
     status: StatusCode,
     version: Version,
+    /// The fields for the client: all but `Connection` and `Keep-Alive`, as a rule.
     headers: HeaderMap,
+    connection: ConnectionFields,
+}
+
+/// What a response's `Connection` and `Keep-Alive` fields say. They concern only the
+/// connection to the upstream, so they are read from the parsed head and, unless
+/// `Connection` names other fields too, left out of the header map: adding them only to
+/// remove them on the way to the client cost a hash-map insertion and removal per answer.
+#[derive(Default)]
+struct ConnectionFields {
+    close: bool,
+    keep_alive: bool,
+    /// `Connection` names fields besides the standard hop-by-hop ones: then both fields stay
+    /// in the map, and the named fields go with them in `forward::remove_hop_by_hop`.
+    names_others: bool,
+    /// `Keep-Alive: timeout=N` (RFC 2068 §19.7.1.1).
+    timeout: Option<Duration>,
+}
+
+impl ConnectionFields {
+    fn of(fields: &[httparse::Header<'_>]) -> ConnectionFields {
+        let mut this = ConnectionFields::default();
+        for field in fields {
+            if field.name.eq_ignore_ascii_case("connection") {
+                for token in field.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        this.close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        this.keep_alive = true;
+                    } else if !token.is_empty() && !is_hop_by_hop(token) {
+                        this.names_others = true;
+                    }
+                }
+            } else if field.name.eq_ignore_ascii_case("keep-alive") && this.timeout.is_none() {
+                this.timeout = keep_alive_timeout(field.value);
+            }
+        }
+        this
+    }
+
+    /// Whether the field `name` stays out of the header map.
+    fn leaves_out(&self, name: &str) -> bool {
+        !self.names_others
+            && (name.eq_ignore_ascii_case("connection") || name.eq_ignore_ascii_case("keep-alive"))
+    }
+
+    /// Whether the upstream lets the connection carry another request: HTTP/1.1 without
+    /// `Connection: close`, or HTTP/1.0 with `keep-alive`.
+    fn allows_reuse(&self, version: Version) -> bool {
+        !self.close && (version == Version::HTTP_11 || self.keep_alive)
+    }
+}
+
+/// The `timeout=N` of a `Keep-Alive` response header's value (RFC 2068 §19.7.1.1).
+fn keep_alive_timeout(value: &[u8]) -> Option<Duration> {
+    let value = std::str::from_utf8(value).ok()?;
+    value.split(',').find_map(|param| {
+        let (name, seconds) = param.split_once('=')?;
+        if name.trim().eq_ignore_ascii_case("timeout") {
+            seconds.trim().parse::<u64>().ok().map(Duration::from_secs)
+        } else {
+            None
+        }
+    })
 }
 
 /// Takes a complete response head off the front of `buf`; `None` when it is not all there.
@@ -399,8 +465,9 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, Cause> {
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
+    let connection = ConnectionFields::of(response.headers);
     // Offsets fit in u32: the head is at most MAX_HEAD_BYTES (checked above).
-    let spans = FieldSpans::of(buf, response.headers);
+    let spans = FieldSpans::of_where(buf, response.headers, |name| !connection.leaves_out(name));
     let head = buf.split_to(len).freeze();
     // Room for the fields baton adds on the way to the client.
     let headers = spans.to_map(&head, 4).ok_or(invalid)?;
@@ -408,17 +475,8 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, Cause> {
         status,
         version,
         headers,
+        connection,
     }))
-}
-
-/// Whether the upstream lets the connection carry another request.
-fn keep_alive(version: Version, headers: &HeaderMap) -> bool {
-    let (mut close, mut keep) = (false, false);
-    for token in header_tokens(headers, CONNECTION) {
-        close |= token.eq_ignore_ascii_case("close");
-        keep |= token.eq_ignore_ascii_case("keep-alive");
-    }
-    !close && (version == Version::HTTP_11 || keep)
 }
 
 fn response_framing(
@@ -482,11 +540,18 @@ pub struct Body {
     upgraded: bool,
     /// The response allows reuse, and the request was sent whole.
     reusable: bool,
+    /// The upstream's `Keep-Alive: timeout`, for the pool.
+    keep_alive_hint: Option<Duration>,
     /// A failure to report at the next poll (see [`Body::poll_frame`]).
     failed: Option<io::Error>,
 }
 
 impl Body {
+    /// How long the upstream said it keeps the connection open (`Keep-Alive: timeout`).
+    pub fn keep_alive_hint(&self) -> Option<Duration> {
+        self.keep_alive_hint
+    }
+
     /// The connection, once the body ended cleanly and the exchange allows its reuse.
     pub fn take_reusable(&mut self) -> Option<Conn> {
         let ended = self.framing.is_done() && !self.upgraded;
@@ -633,6 +698,35 @@ mod tests {
             "a".repeat(MAX_HEAD_BYTES)
         );
         assert!(parse_head(&mut BytesMut::from(long.as_bytes())).is_err());
+    }
+
+    fn head(text: &str) -> ParsedHead {
+        parse_head(&mut BytesMut::from(text.as_bytes()))
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn connection_fields_decide_reuse_and_stay_out_of_the_map() {
+        let kept = head("HTTP/1.1 200 OK\r\nConnection: Keep-Alive\r\nKeep-Alive: max=5, timeout=7\r\nX-A: b\r\n\r\n");
+        assert!(kept.connection.allows_reuse(kept.version));
+        assert_eq!(kept.connection.timeout, Some(Duration::from_secs(7)));
+        assert_eq!(kept.headers.len(), 1, "only x-a is for the client");
+
+        let closed = head("HTTP/1.1 200 OK\r\nconnection: upgrade, CLOSE\r\n\r\n");
+        assert!(!closed.connection.allows_reuse(closed.version));
+        assert!(closed.headers.is_empty());
+
+        let old = head("HTTP/1.0 200 OK\r\n\r\n");
+        assert!(!old.connection.allows_reuse(old.version));
+        let old_kept = head("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n\r\n");
+        assert!(old_kept.connection.allows_reuse(old_kept.version));
+
+        // Fields that Connection names go with it later: both stay in the map for that.
+        let naming = head("HTTP/1.1 200 OK\r\nConnection: x-secret\r\nKeep-Alive: timeout=3\r\nX-Secret: 1\r\n\r\n");
+        assert!(naming.connection.allows_reuse(naming.version));
+        assert_eq!(naming.connection.timeout, Some(Duration::from_secs(3)));
+        assert_eq!(naming.headers.len(), 3);
     }
 
     #[test]

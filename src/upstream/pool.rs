@@ -13,15 +13,12 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::header::HeaderName;
-use http::HeaderMap;
 use tokio::time::Instant;
 
 use super::h1::Conn;
 use super::Endpoint;
 use crate::config::Keepalive;
 
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 /// How much earlier than the upstream's announced `Keep-Alive: timeout` baton stops reusing
 /// a connection: a quarter of the timeout, at most this. The upstream's clock starts when
 /// it finished writing; ours when we finished reading, a round trip and a scheduling delay
@@ -99,19 +96,6 @@ impl Pool {
     pub fn idle_count(&self) -> usize {
         self.idle.lock().map_or(0, |idle| idle.len())
     }
-}
-
-/// The `timeout=N` of a `Keep-Alive` response header (RFC 2068 §19.7.1.1).
-pub fn keep_alive_timeout(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get(KEEP_ALIVE)?.to_str().ok()?;
-    value.split(',').find_map(|param| {
-        let (name, seconds) = param.split_once('=')?;
-        if name.trim().eq_ignore_ascii_case("timeout") {
-            seconds.trim().parse::<u64>().ok().map(Duration::from_secs)
-        } else {
-            None
-        }
-    })
 }
 
 /// A connection in use by one exchange, and the endpoint's in-flight count while it is.
