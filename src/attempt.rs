@@ -83,8 +83,6 @@ pub async fn attempt(
             .await
         {
             Ok(response) => {
-                let mut lease = lease;
-                lease.set_keep_alive_hint(response.body().keep_alive_hint());
                 return Ok(Success {
                     response,
                     lease,

@@ -16,7 +16,7 @@ pub const MAX_HEADERS: usize = 100;
 /// The longest chunk-size line (with extensions) accepted.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 /// Free room made in a read buffer before a read.
-pub const READ_MIN: usize = 8 * 1024;
+const READ_MIN: usize = 8 * 1024;
 /// The most room made for one read of body bytes whose length is known.
 const READ_MAX: usize = 64 * 1024;
 

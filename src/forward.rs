@@ -216,11 +216,7 @@ impl Forwarding {
             forwarded_proto: (!kept(X_FORWARDED_PROTO)).then(|| HeaderValue::from_static("http")),
             forwarded_host: host.filter(|_| !kept(X_FORWARDED_HOST)).cloned(),
             trusted,
-            via: match version {
-                Version::HTTP_2 => "2 baton",
-                Version::HTTP_10 => "1.0 baton",
-                _ => "1.1 baton",
-            },
+            via: via_hop(version),
             request_id: request_id.clone(),
             host: host.filter(|_| preserve_host).cloned(),
         }
@@ -269,14 +265,18 @@ impl Forwarding {
     }
 }
 
-/// Appends this hop to `Via`, naming the protocol version the message was received with.
-pub fn append_via(headers: &mut HeaderMap, version: Version) {
-    let hop = match version {
+/// This hop's `Via` entry, naming the protocol version the message was received with.
+fn via_hop(version: Version) -> &'static str {
+    match version {
         Version::HTTP_2 => "2 baton",
         Version::HTTP_10 => "1.0 baton",
         _ => "1.1 baton",
-    };
-    headers.append(VIA, HeaderValue::from_static(hop));
+    }
+}
+
+/// Appends this hop to `Via`.
+pub fn append_via(headers: &mut HeaderMap, version: Version) {
+    headers.append(VIA, HeaderValue::from_static(via_hop(version)));
 }
 
 /// Prepares an upstream response's headers for the client.

@@ -13,7 +13,7 @@
 //! without `Connection: close`, or HTTP/1.0 with `keep-alive`), its body was delimited
 //! and read to the end, and nothing followed it.
 
-use std::future::{poll_fn, Future};
+use std::future::poll_fn;
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
@@ -36,7 +36,7 @@ use crate::codec::{
     encode_data, encode_trailers, Decoder, FieldSpans, MAX_HEADERS, MAX_HEAD_BYTES,
 };
 use crate::forward::{header_tokens, is_hop_by_hop, Forwarding};
-use crate::sock::poll_read_head;
+use crate::sock::{poll_read, poll_read_head};
 
 /// Request body data this small is written with the head, in one system call.
 const COALESCE_BYTES: usize = 16 * 1024;
@@ -294,8 +294,7 @@ impl Conn {
     }
 
     fn poll_fill(&mut self, cx: &mut Context<'_>, room: usize) -> Poll<io::Result<usize>> {
-        self.buf.reserve(room);
-        pin!(self.io.read_buf(&mut self.buf)).poll(cx)
+        poll_read(&self.io, cx, &mut self.buf, room)
     }
 
     /// Ready for the pool: the (empty) read buffer's memory is given back.
@@ -547,16 +546,12 @@ pub struct Body {
 }
 
 impl Body {
-    /// How long the upstream said it keeps the connection open (`Keep-Alive: timeout`).
-    pub fn keep_alive_hint(&self) -> Option<Duration> {
-        self.keep_alive_hint
-    }
-
-    /// The connection, once the body ended cleanly and the exchange allows its reuse.
-    pub fn take_reusable(&mut self) -> Option<Conn> {
+    /// The connection, once the body ended cleanly and the exchange allows its reuse, and
+    /// how long the upstream said it keeps it open (`Keep-Alive: timeout`).
+    pub fn take_reusable(&mut self) -> Option<(Conn, Option<Duration>)> {
         let ended = self.framing.is_done() && !self.upgraded;
         let conn = self.conn.take()?;
-        (ended && self.reusable && conn.buf.is_empty()).then(|| conn.idle())
+        (ended && self.reusable && conn.buf.is_empty()).then(|| (conn.idle(), self.keep_alive_hint))
     }
 
     /// The connection after `101 Switching Protocols`.

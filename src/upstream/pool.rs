@@ -101,21 +101,13 @@ impl Pool {
 /// A connection in use by one exchange, and the endpoint's in-flight count while it is.
 pub struct Lease {
     endpoint: Arc<Endpoint>,
-    keep_alive_hint: Option<Duration>,
 }
 
 impl Lease {
     /// Counts an exchange in flight on `endpoint` until the lease is dropped.
     pub fn new(endpoint: Arc<Endpoint>) -> Lease {
         endpoint.inflight.fetch_add(1, Ordering::Relaxed);
-        Lease {
-            endpoint,
-            keep_alive_hint: None,
-        }
-    }
-
-    pub fn set_keep_alive_hint(&mut self, hint: Option<Duration>) {
-        self.keep_alive_hint = hint;
+        Lease { endpoint }
     }
 
     /// The response body failed with `cause`: it counts against the endpoint.
@@ -124,11 +116,11 @@ impl Lease {
             .record_failure(cause, super::endpoint::now_ms());
     }
 
-    /// The exchange completed; `conn`, when it may serve the next request, goes back to
-    /// the pool.
-    pub fn release(self, conn: Option<Conn>) {
-        if let Some(conn) = conn {
-            self.endpoint.pool.checkin(conn, self.keep_alive_hint);
+    /// The exchange completed; the connection, when it may serve the next request, goes
+    /// back to the pool with the upstream's `Keep-Alive: timeout`.
+    pub fn release(self, reusable: Option<(Conn, Option<Duration>)>) {
+        if let Some((conn, hint)) = reusable {
+            self.endpoint.pool.checkin(conn, hint);
         }
     }
 }
