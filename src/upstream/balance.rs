@@ -130,8 +130,11 @@ impl Pick<'_> {
                 a
             }
         };
-        if n == 1 {
-            return self.candidate(0).then_some(0);
+        match n {
+            // An upstream whose only host name never resolved has no endpoints at all.
+            0 => return None,
+            1 => return self.candidate(0).then_some(0),
+            _ => {}
         }
         let mut first = None;
         for _ in 0..DRAWS {
@@ -370,5 +373,145 @@ mod tests {
         // change.
         assert_ne!(stable_hash(b"user-1"), stable_hash(b"user-2"));
         assert_eq!(stable_hash(b"user-1"), 14_166_554_182_431_137_624);
+    }
+}
+
+/// Property tests: whatever the endpoints, their weights and states, and whatever was
+/// tried already, a pick never panics, returns only a usable endpoint not yet tried, and
+/// returns none exactly when none is left.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use crate::cause::Cause;
+    use crate::config::{EndpointConfig, Keepalive, Outlier};
+    use crate::upstream::endpoint::OutlierPolicy;
+    use proptest::prelude::*;
+    use std::net::SocketAddr;
+
+    const NOW: u64 = 1_000_000;
+
+    #[derive(Debug, Clone, Copy)]
+    enum Kind {
+        Healthy,
+        Draining,
+        Unhealthy,
+        Ejected,
+        /// Back from an ejection `ago` ms before `NOW`, ramping up over slow start.
+        Ramping(u64),
+    }
+
+    fn kind() -> impl Strategy<Value = Kind> {
+        prop_oneof![
+            4 => Just(Kind::Healthy),
+            1 => Just(Kind::Draining),
+            1 => Just(Kind::Unhealthy),
+            1 => Just(Kind::Ejected),
+            1 => (0u64..20_000).prop_map(Kind::Ramping),
+        ]
+    }
+
+    /// Endpoints with these weights, states and latency estimates.
+    fn build(specs: &[(u32, Kind, u16)]) -> Vec<Arc<Endpoint>> {
+        let outlier = Outlier {
+            consecutive_failures: 1,
+            max_ejected_percent: 100,
+            ..Outlier::default()
+        };
+        let policy = Arc::new(OutlierPolicy::new(outlier, specs.len()));
+        specs
+            .iter()
+            .enumerate()
+            .map(|(i, &(weight, kind, latency))| {
+                let config = EndpointConfig {
+                    addr: SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 80)),
+                    weight,
+                };
+                let keepalive = Keepalive {
+                    idle: Duration::from_secs(1),
+                    max_idle_per_endpoint: 1,
+                };
+                let e = Endpoint::new(&config, keepalive, policy.clone());
+                e.observe_latency(Duration::from_millis(latency.into()), NOW);
+                match kind {
+                    Kind::Healthy => {}
+                    Kind::Draining => e.set_draining(true),
+                    Kind::Unhealthy => e.record_check(false, 1, 1, NOW),
+                    Kind::Ejected => e.record_failure(Cause::UpstreamReset, NOW),
+                    Kind::Ramping(ago) => e.start_ramp(NOW - ago),
+                }
+                Arc::new(e)
+            })
+            .collect()
+    }
+
+    /// Checks one pick of `balancer` against the contract.
+    fn check(balancer: &Balancer, endpoints: &[Arc<Endpoint>], tried: &[usize], key: Option<u64>) {
+        let pick = Pick {
+            endpoints,
+            tried,
+            now: NOW,
+            slow_start: Duration::from_secs(10),
+        };
+        let left = (0..endpoints.len())
+            .filter(|i| !tried.contains(i) && endpoints[*i].is_usable(NOW))
+            .count();
+        match balancer.pick(&pick, key) {
+            Some(i) => {
+                assert!(i < endpoints.len(), "index {i} of {}", endpoints.len());
+                assert!(!tried.contains(&i), "picked {i}, which was tried");
+                assert!(
+                    endpoints[i].is_usable(NOW),
+                    "picked {i}, which is not usable"
+                );
+            }
+            None => assert_eq!(left, 0, "none picked while {left} were left"),
+        }
+    }
+
+    /// Up to `max` endpoints, often none or a few: the sets where edge cases hide.
+    fn specs(max: usize, max_weight: u32) -> impl Strategy<Value = Vec<(u32, Kind, u16)>> {
+        prop_oneof![0usize..4, 0..=max].prop_flat_map(move |len| {
+            prop::collection::vec((1..=max_weight, kind(), any::<u16>()), len)
+        })
+    }
+
+    fn tried(max: usize) -> impl Strategy<Value = Vec<usize>> {
+        prop::collection::vec(0..max.max(1), 0..8)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn power_of_two_and_round_robin_picks_keep_the_contract(
+            specs in specs(1000, 10),
+            tried in tried(1000),
+            all_tried in any::<bool>(),
+        ) {
+            let endpoints = build(&specs);
+            let tried: Vec<usize> = if all_tried {
+                (0..endpoints.len()).collect()
+            } else {
+                tried.into_iter().filter(|&i| i < endpoints.len()).collect()
+            };
+            for balance in [Balance::RoundRobin, Balance::LeastRequest, Balance::Ewma] {
+                let balancer = Balancer::new(&balance, &endpoints);
+                for _ in 0..4 {
+                    check(&balancer, &endpoints, &tried, None);
+                }
+            }
+        }
+
+        #[test]
+        fn hash_ring_picks_keep_the_contract(
+            specs in specs(200, 4),
+            tried in tried(200),
+            key in any::<Option<u64>>(),
+        ) {
+            let endpoints = build(&specs);
+            let tried: Vec<usize> = tried.into_iter().filter(|&i| i < endpoints.len()).collect();
+            let balancer = Balancer::new(&Balance::Hash(HashKey::Path), &endpoints);
+            check(&balancer, &endpoints, &tried, key);
+        }
     }
 }
