@@ -20,6 +20,9 @@ use crate::respond::X_REQUEST_ID;
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// The settings of an h2c upgrade (RFC 7540 §3.2.1): connection-specific, so never
+/// forwarded (SPEC §13).
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -28,11 +31,82 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 const MAX_REQUEST_ID_LEN: usize = 128;
 
 /// True when the request asks for a protocol upgrade (`Connection: upgrade` + `Upgrade`),
-/// which only HTTP/1.1 can do.
+/// which only HTTP/1.1 can do. An upgrade to h2c never is one (SPEC §13): a back-end that
+/// accepted it would take HTTP/2 on a connection baton only tunnels, so the client could
+/// send it any request past baton's rules ("h2c smuggling"). Its `Upgrade` is dropped with
+/// the other hop-by-hop fields and the request goes on as a plain HTTP/1.1 one, as RFC 9110
+/// §7.8 lets a server that ignores the upgrade do.
 pub fn is_upgrade(version: Version, headers: &HeaderMap) -> bool {
     version == Version::HTTP_11
         && headers.contains_key(UPGRADE)
         && header_tokens(headers, CONNECTION).any(|t| t.eq_ignore_ascii_case("upgrade"))
+        && !header_tokens(headers, UPGRADE).any(is_h2c)
+}
+
+/// Whether an `Upgrade` token names HTTP/2 over cleartext.
+pub fn is_h2c(token: &str) -> bool {
+    token.eq_ignore_ascii_case("h2c")
+}
+
+/// Whether `host` is a valid `Host` field value or URI authority (RFC 9110 §7.2, RFC 3986
+/// §3.2.2): `uri-host [ ":" port ]`, where the host is an IP literal in brackets, or a
+/// reg-name of unreserved characters, percent-encodings and sub-delims (which covers IPv4
+/// addresses). An empty value is valid (RFC 9110 §7.2: a target without an authority). No
+/// user information: an `http` URI never carries it (RFC 9110 §4.2.4).
+pub fn valid_host(host: &[u8]) -> bool {
+    let (name, port) = match host.first() {
+        Some(b'[') => match host.iter().position(|&b| b == b']') {
+            Some(end) => {
+                let literal = &host[1..end];
+                let ip_literal = !literal.is_empty()
+                    && literal
+                        .iter()
+                        .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+                // IPvFuture: "v" HEXDIG+ "." ( unreserved / sub-delims / ":" )+
+                let future = literal.first().is_some_and(|&b| b == b'v' || b == b'V');
+                if !(ip_literal || future && literal.iter().all(|&b| reg_name_byte(b) || b == b':'))
+                {
+                    return false;
+                }
+                match &host[end + 1..] {
+                    [] => (&[][..], None),
+                    [b':', port @ ..] => (&[][..], Some(port)),
+                    _ => return false,
+                }
+            }
+            None => return false,
+        },
+        _ => match host.iter().position(|&b| b == b':') {
+            Some(colon) => (&host[..colon], Some(&host[colon + 1..])),
+            None => (host, None),
+        },
+    };
+    let port_ok = port.is_none_or(|p| p.iter().all(u8::is_ascii_digit));
+    port_ok && valid_reg_name(name)
+}
+
+/// Unreserved characters and sub-delims (RFC 3986 §2.2, §2.3).
+fn reg_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b)
+}
+
+/// A reg-name: those characters and `%` followed by two hex digits.
+fn valid_reg_name(name: &[u8]) -> bool {
+    let mut i = 0;
+    while i < name.len() {
+        match name[i] {
+            b'%' => {
+                let hex = name.get(i + 1..i + 3);
+                if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                    return false;
+                }
+                i += 3;
+            }
+            b if reg_name_byte(b) => i += 1,
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// The comma-separated tokens of every `name` field, in order, trimmed, empty ones left out.
@@ -51,13 +125,14 @@ pub fn header_tokens(
 
 /// The headers that only concern one connection (RFC 9110 §7.6.1), besides those that
 /// `Connection` names.
-const HOP_BY_HOP: [HeaderName; 6] = [
+const HOP_BY_HOP: [HeaderName; 7] = [
     CONNECTION,
     KEEP_ALIVE,
     PROXY_CONNECTION,
     TE,
     TRANSFER_ENCODING,
     UPGRADE,
+    HTTP2_SETTINGS,
 ];
 
 /// Whether `name` is one of the standard hop-by-hop fields (any case).
@@ -74,13 +149,14 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
 /// `Connection: keep-alive`; so one pass over the names finds which are present, and only
 /// those are looked up and removed.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let mut present = [false; 6];
+    let mut present = [false; 7];
     for key in headers.keys() {
         if let Some(i) = HOP_BY_HOP.iter().position(|name| name == key) {
             present[i] = true;
         }
     }
-    let [connection, keep_alive, proxy_connection, te, transfer_encoding, upgrade_header] = present;
+    let [connection, keep_alive, proxy_connection, te, transfer_encoding, upgrade_header, http2_settings] =
+        present;
     if connection {
         // Headers the client named as hop-by-hop, beyond the standard ones removed below.
         let named: Vec<HeaderName> = header_tokens(headers, CONNECTION)
@@ -105,6 +181,9 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
     if transfer_encoding {
         headers.remove(TRANSFER_ENCODING);
+    }
+    if http2_settings {
+        headers.remove(HTTP2_SETTINGS);
     }
     if te {
         let keeps_trailers = header_tokens(headers, TE).any(|t| t.eq_ignore_ascii_case("trailers"));
@@ -319,6 +398,29 @@ pub fn new_request_id() -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_are_checked_against_rfc_3986() {
+        let good = [
+            "",
+            "a",
+            "example.test:80",
+            "127.0.0.1:8080",
+            "[::1]",
+            "[::1]:443",
+            "a%20b",
+            "x:",
+        ];
+        for host in good {
+            assert!(valid_host(host.as_bytes()), "{host:?}");
+        }
+        let bad = [
+            "a b", "a/b", "a<b", "u@h", "[::1", "[]", "[::1]x", "a:b", "%2", "%zz", "a\\b",
+        ];
+        for host in bad {
+            assert!(!valid_host(host.as_bytes()), "{host:?}");
+        }
+    }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();

@@ -468,12 +468,18 @@ async fn answer_early(request: Request<ClientBody>, mut error: ProxyError) -> Pr
 /// The host the client asked for: the authority of an absolute-form or HTTP/2 URI, which
 /// takes precedence over `Host` (RFC 9112 §3.2.2), else `Host`. An HTTP/1.1 request without
 /// either is malformed (RFC 9112 §3.2).
+/// Both must be valid (RFC 9112 §3.2: an invalid `Host` is a 400, as is more than one,
+/// which the HTTP/1.1 server refused already).
 fn request_host(request: &Request<ClientBody>) -> Result<Option<HeaderValue>, ProxyError> {
-    let host = match request.uri().authority() {
-        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
-        None => request.headers().get(HOST).cloned(),
+    let field = request.headers().get(HOST);
+    let authority = request.uri().authority().map(|a| a.as_str());
+    let valid = field.is_none_or(|h| forward::valid_host(h.as_bytes()))
+        && authority.is_none_or(|a| forward::valid_host(a.as_bytes()));
+    let host = match authority {
+        Some(authority) => HeaderValue::from_str(authority).ok(),
+        None => field.cloned(),
     };
-    if host.is_none() && request.version() == Version::HTTP_11 {
+    if !valid || host.is_none() && request.version() == Version::HTTP_11 {
         return Err(ProxyError::closing(Cause::BadRequest));
     }
     Ok(host)

@@ -167,7 +167,7 @@ fn check_framing(request: &httparse::Request<'_, '_>) -> Result<Framing, Box<Ref
     let mut hosts = 0;
     let (mut connection_upgrade, mut connection_close, mut connection_keep_alive) =
         (false, false, false);
-    let mut has_upgrade = false;
+    let (mut has_upgrade, mut h2c) = (false, false);
     let mut expects_continue = false;
     // Kept as bytes: they become header values only for a refusal.
     let mut accept: Option<&[u8]> = None;
@@ -206,6 +206,8 @@ fn check_framing(request: &httparse::Request<'_, '_>) -> Result<Framing, Box<Ref
                 .eq_ignore_ascii_case(b"100-continue");
         } else if name.eq_ignore_ascii_case("upgrade") {
             has_upgrade = true;
+            h2c |= std::str::from_utf8(header.value)
+                .is_ok_and(|v| v.split(',').map(str::trim).any(crate::forward::is_h2c));
         } else if name.eq_ignore_ascii_case("accept") {
             accept = Some(header.value);
         } else if name.eq_ignore_ascii_case("x-request-id") {
@@ -248,7 +250,8 @@ fn check_framing(request: &httparse::Request<'_, '_>) -> Result<Framing, Box<Ref
     Ok(Framing {
         expects_continue: expects_continue && body.is_some(),
         body,
-        upgrade: (connection_upgrade && has_upgrade) || request.method == Some("CONNECT"),
+        // An h2c upgrade is never one (see `forward::is_upgrade`).
+        upgrade: (connection_upgrade && has_upgrade && !h2c) || request.method == Some("CONNECT"),
         keep_alive,
     })
 }

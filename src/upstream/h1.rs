@@ -456,8 +456,10 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, Cause> {
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err(invalid),
     };
+    // RFC 9110 §15: a status is 100–599; `http` would take anything up to 999.
     let status = response
         .code
+        .filter(|code| (100..=599).contains(code))
         .and_then(|code| StatusCode::from_u16(code).ok())
         .ok_or(invalid)?;
     let version = match response.version {

@@ -1,0 +1,91 @@
+//! Hardening (SPEC §13): heads that must not reach an upstream, answers that must not reach
+//! a client, and what a request costs when an endpoint hangs.
+
+mod support;
+
+use support::{get, send_raw, Baton, Upstream};
+
+#[tokio::test]
+async fn an_invalid_host_is_400_and_never_forwarded() {
+    let upstream = Upstream::ok("hi").await;
+    let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
+    for host in [
+        "a b",
+        "a/b",
+        "exa<mple",
+        "user@example.test",
+        "[::1",
+        "a:8080x",
+        "a:1:2",
+    ] {
+        let head = format!("GET / HTTP/1.1\r\nhost: {host}\r\n\r\n");
+        let response = send_raw(baton.addr, head.as_bytes()).await;
+        assert_eq!(response.status(), 400, "Host: {host}");
+        assert_eq!(response.header("baton-error"), Some("bad-request"));
+    }
+    // An absolute-form target's authority is checked as well.
+    let response = send_raw(
+        baton.addr,
+        b"GET http://exa%zzmple/ HTTP/1.1\r\nhost: example.test\r\n\r\n",
+    )
+    .await;
+    assert_eq!(response.status(), 400, "an authority with a bad escape");
+    assert_eq!(upstream.requests(), 0, "nothing was forwarded");
+    for host in [
+        "example.test:8080",
+        "[::1]:80",
+        "127.0.0.1",
+        "xn--bcher-kva.example",
+        "a_b",
+    ] {
+        let head = format!("GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+        let response = send_raw(baton.addr, head.as_bytes()).await;
+        assert_eq!(response.status(), 200, "Host: {host}");
+    }
+    baton.stop().await;
+}
+
+/// An h2c upgrade through a proxy lets a client talk HTTP/2 straight to the back-end, past
+/// the proxy's rules; baton drops it and forwards a plain request.
+#[tokio::test]
+async fn an_h2c_upgrade_is_never_forwarded() {
+    let upstream = Upstream::ok("plain").await;
+    let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
+    let heads = [
+        "GET / HTTP/1.1\r\nhost: a\r\nconnection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\nhttp2-settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+        // Settings not named by Connection, and h2c among other protocols.
+        "GET / HTTP/1.1\r\nhost: a\r\nconnection: upgrade\r\nupgrade: websocket, H2C\r\nhttp2-settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    ];
+    for head in heads {
+        let response = send_raw(baton.addr, head.as_bytes()).await;
+        assert_eq!(response.status(), 200, "{head:?}");
+        assert_eq!(response.text(), "plain");
+    }
+    let seen = upstream.seen();
+    assert_eq!(seen.len(), 2);
+    for head in seen {
+        assert_eq!(head.header("upgrade"), None, "{head:?}");
+        assert_eq!(head.header("http2-settings"), None, "{head:?}");
+        assert!(
+            !head.header("connection").unwrap_or("").contains("pgrade"),
+            "{head:?}"
+        );
+    }
+    baton.stop().await;
+}
+
+#[tokio::test]
+async fn a_status_outside_100_to_599_is_an_invalid_response() {
+    for status in ["600", "999"] {
+        let answer = format!("HTTP/1.1 {status} Odd\r\ncontent-length: 2\r\n\r\nhi");
+        let upstream = Upstream::raw(answer.as_bytes()).await;
+        let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
+        let response = get(baton.addr, "/").await;
+        assert_eq!(response.status(), 502, "status {status}");
+        assert_eq!(
+            response.header("baton-error"),
+            Some("upstream-invalid-response")
+        );
+        baton.stop().await;
+    }
+}
