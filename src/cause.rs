@@ -244,6 +244,15 @@ impl Cause {
         }
     }
 
+    /// Whether the endpoint did not answer in time: it is not tried again for the same
+    /// request (SPEC §6).
+    pub fn is_timeout(self) -> bool {
+        matches!(
+            self,
+            Cause::UpstreamConnectTimeout | Cause::UpstreamResponseTimeout
+        )
+    }
+
     /// Whether this failure counts against the endpoint for passive outlier detection
     /// (SPEC §7): connect failures, resets, invalid responses and timeouts. The client's own
     /// faults and baton's own decisions do not.

@@ -525,12 +525,16 @@ async fn try_endpoints(
         .flatten();
     // Inline for the usual few attempts: no allocation per request.
     let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
+    // Endpoints that timed out for this request: a hang tends to repeat, and the client
+    // would wait for each one (SPEC §6).
+    let mut timed_out: SmallVec<[usize; 4]> = SmallVec::new();
     let mut last_failure: Option<Cause> = None;
     loop {
-        // Another endpoint while there is one; then any usable one again.
+        // Another endpoint while there is one; then any usable one again but those that
+        // timed out.
         let index = members.pick(&tried, key).or_else(|| {
             (!tried.is_empty())
-                .then(|| members.pick(&[], key))
+                .then(|| members.pick(&timed_out, key))
                 .flatten()
         });
         let Some(index) = index else {
@@ -604,6 +608,9 @@ async fn try_endpoints(
             exchange.connect = failure.connect;
         }
         last_failure = Some(failure.cause);
+        if failure.cause.is_timeout() {
+            timed_out.push(index);
+        }
 
         let retryable = may_retry(
             failure.cause,

@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::time::{Duration, Instant};
+
 use support::{get, send_raw, Baton, Upstream};
 
 #[tokio::test]
@@ -88,4 +90,40 @@ async fn a_status_outside_100_to_599_is_an_invalid_response() {
         );
         baton.stop().await;
     }
+}
+
+/// SPEC §6: an endpoint that timed out for a request is never tried again for it, so the
+/// client waits for one timeout, not one per attempt.
+#[tokio::test]
+async fn a_timed_out_endpoint_is_not_tried_again_for_the_request() {
+    let hanging = Upstream::hang().await;
+    let baton = Baton::in_front_of(
+        &[hanging.addr],
+        "timeouts = { response_header = \"400ms\" }",
+        "",
+    )
+    .await;
+    let started = Instant::now();
+    let response = get(baton.addr, "/").await;
+    let waited = started.elapsed();
+    assert_eq!(response.status(), 504);
+    assert_eq!(
+        response.header("baton-error"),
+        Some("upstream-response-timeout")
+    );
+    assert_eq!(hanging.requests(), 1, "tried once");
+    assert!(waited < Duration::from_millis(1100), "waited {waited:?}");
+    // With two endpoints, the other one is tried, and only once each.
+    let other = Upstream::hang().await;
+    let baton2 = Baton::in_front_of(
+        &[hanging.addr, other.addr],
+        "timeouts = { response_header = \"400ms\" }",
+        "balance = \"round-robin\"",
+    )
+    .await;
+    let response = get(baton2.addr, "/").await;
+    assert_eq!(response.status(), 504);
+    assert_eq!((hanging.requests(), other.requests()), (2, 1));
+    baton2.stop().await;
+    baton.stop().await;
 }
