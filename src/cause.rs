@@ -59,6 +59,8 @@ pub enum Cause {
     UpstreamIdleTimeout,
     /// Mid-body: the client went away before the exchange finished.
     ClientClosed,
+    /// Baton itself failed (a panic caught on the request's path).
+    InternalError,
 }
 
 /// What `baton explain` prints about a cause.
@@ -70,7 +72,7 @@ pub struct Explanation {
 }
 
 impl Cause {
-    pub const ALL: [Cause; 25] = [
+    pub const ALL: [Cause; 26] = [
         Cause::UpstreamConnectRefused,
         Cause::UpstreamUnreachable,
         Cause::UpstreamDnsFailed,
@@ -96,6 +98,7 @@ impl Cause {
         Cause::UpstreamBodyTruncated,
         Cause::UpstreamIdleTimeout,
         Cause::ClientClosed,
+        Cause::InternalError,
     ];
 
     /// The cause code, as in `Baton-Error` and the access log.
@@ -131,6 +134,7 @@ impl Cause {
             Cause::UpstreamBodyTruncated => "upstream-body-truncated",
             Cause::UpstreamIdleTimeout => "upstream-idle-timeout",
             Cause::ClientClosed => "client-closed",
+            Cause::InternalError => "internal-error",
         }
     }
 
@@ -174,12 +178,13 @@ impl Cause {
                 StatusCode::from_u16(CLIENT_CLOSED_STATUS).unwrap_or(StatusCode::BAD_REQUEST)
             }
             Cause::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
+            Cause::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     /// The delivery this cause implies when nothing more specific is known: failures up to
     /// and including the connect are `none`; failures after the request was written are
-    /// `sent`. An attempt that knows better (a pooled connection found dead before any byte
+    /// `sent`; an internal error, what the exchange had reached (the caller knows). An attempt that knows better (a pooled connection found dead before any byte
     /// was written) overrides it.
     pub fn delivery(self) -> Delivery {
         match self {
@@ -207,7 +212,8 @@ impl Cause {
             | Cause::HeadersTooLarge
             | Cause::BadRequest
             | Cause::ClientTimeout
-            | Cause::ClientClosed => Delivery::None,
+            | Cause::ClientClosed
+            | Cause::InternalError => Delivery::None,
         }
     }
 
@@ -240,7 +246,8 @@ impl Cause {
             | Cause::ClientTimeout
             | Cause::UpstreamBodyTruncated
             | Cause::UpstreamIdleTimeout
-            | Cause::ClientClosed => false,
+            | Cause::ClientClosed
+            | Cause::InternalError => false,
         }
     }
 
@@ -282,7 +289,8 @@ impl Cause {
             | Cause::HeadersTooLarge
             | Cause::BadRequest
             | Cause::ClientTimeout
-            | Cause::ClientClosed => false,
+            | Cause::ClientClosed
+            | Cause::InternalError => false,
         }
     }
 
@@ -314,6 +322,7 @@ impl Cause {
             Cause::UpstreamBodyTruncated => "The answer was cut off",
             Cause::UpstreamIdleTimeout => "The answer stalled",
             Cause::ClientClosed => "The client went away",
+            Cause::InternalError => "The gateway failed while handling the request",
         }
     }
 
@@ -476,6 +485,12 @@ impl Cause {
                 "Nothing on the gateway; if many clients give up, the back-ends are too slow.",
                 "Not applicable: the client is gone.",
             ),
+            Cause::InternalError => e(
+                "Baton itself failed while handling the request: a bug (a panic) that it caught. Every other request and connection went on. `Baton-Delivery` says whether the request had reached an upstream.",
+                "A bug in baton, met by this request's particular input or timing.",
+                "Find the request ID in baton's log (the panic is logged with it) and report it with that line; `baton_panics_total` counts them.",
+                "If `Baton-Delivery` is `none`, yes; if `sent`, only if the request is idempotent or carries an Idempotency-Key.",
+            ),
         }
     }
 }
@@ -534,6 +549,7 @@ mod tests {
             ("upstream-body-truncated", 502, Delivery::Sent),
             ("upstream-idle-timeout", 504, Delivery::Sent),
             ("client-closed", 499, Delivery::None),
+            ("internal-error", 500, Delivery::None),
         ];
         assert_eq!(table.len(), Cause::ALL.len(), "every cause is in the table");
         for &(code, status, delivery) in table {

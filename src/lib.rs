@@ -26,6 +26,8 @@
 //! - [`retry`] decides what may be tried again, when, and within what budget;
 //! - [`attempt`] tries one endpoint; [`classify`] turns io and hyper errors into a
 //!   [`cause::Cause`] (the upstream client, [`upstream::h1`], classifies its own);
+//! - [`guard`] catches a panic around each request and each connection, so that a bug
+//!   costs one request a 500 `internal-error` and nothing else;
 //! - [`body`] streams bodies both ways and ends the exchange; [`respond`] builds every
 //!   error response; [`observe`] keeps metrics, the access log and the one-minute figures;
 //!   [`admin`] serves them, with the status pages of [`status`].
@@ -46,6 +48,7 @@ pub mod config;
 pub mod demo;
 pub mod forward;
 pub mod gateway;
+pub mod guard;
 pub mod idempotency;
 pub mod listener;
 pub mod observe;

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::Listener;
 use crate::forward;
 use crate::gateway::{stop_requested, Gateway, SHUTDOWN_GRACE};
+use crate::guard;
 use crate::observe::metrics::{ListenerLabel, Metrics};
 use crate::observe::Exchange;
 use crate::respond::{self, ErrorReply};
@@ -113,8 +114,14 @@ pub async fn serve(
         let open = state.open.clone();
         let open_tx = open_tx.clone();
         open.inc();
+        let panics = gateway.observer.metrics.panics.clone();
         tokio::spawn(async move {
-            server::serve(stream, setup).await;
+            // A panic outside a request's handling (writing an answer, streaming a body)
+            // ends only this connection, which is how a client learns an answer is cut off.
+            if let Err(panic) = guard::catch(server::serve(stream, setup)).await {
+                panics.inc();
+                tracing::error!(%peer, panic, "panic while serving a connection; it was closed");
+            }
             open.dec();
             drop(open_tx);
         });

@@ -22,6 +22,7 @@ use crate::cause::{is_idempotent, Cause, Delivery};
 use crate::config::Route;
 use crate::forward::{self, Forwarding, Peer};
 use crate::gateway::{Gateway, RouteState, Snapshot};
+use crate::guard::{self, Stage};
 use crate::idempotency::{Decision, Refused, StoredResponse};
 use crate::listener::ClientConn;
 use crate::observe::access_log::FailedAttempt;
@@ -104,7 +105,16 @@ pub async fn handle(
         request_id,
     );
     let snapshot = gateway.current();
-    match handle_inner(&gateway, &snapshot, conn, request, &mut exchange).await {
+    let handled = guard::catch(handle_inner(
+        &gateway,
+        &snapshot,
+        conn,
+        request,
+        &mut exchange,
+    ))
+    .await;
+    let result = handled.unwrap_or_else(|panic| Err(caught_panic(&gateway, &mut exchange, &panic)));
+    match result {
         Ok(Answer::Proxied(proxied)) => {
             let (mut parts, body) = proxied.response.into_parts();
             // The client gets its own protocol version, whatever the upstream spoke.
@@ -187,6 +197,27 @@ pub async fn handle(
     }
 }
 
+/// A panic on the request's path (a bug): logged with the request ID, counted, and
+/// answered with 500 `internal-error`. An attempt that was under way may have sent the
+/// request, so the delivery is `sent` once any attempt began.
+fn caught_panic(gateway: &Gateway, exchange: &mut Exchange, panic: &str) -> ProxyError {
+    gateway.observer.metrics.panics.inc();
+    if exchange.attempts > 0 {
+        exchange.delivery = Delivery::Sent;
+    }
+    tracing::error!(
+        request_id = exchange.request_id.to_str().unwrap_or(""),
+        path = exchange.path(),
+        delivery = exchange.delivery.as_str(),
+        panic,
+        "panic while handling a request; answered 500 internal-error"
+    );
+    ProxyError {
+        delivery: exchange.delivery,
+        ..ProxyError::closing(Cause::InternalError)
+    }
+}
+
 /// The public status page, as HTML or (when the client accepts it) JSON; never cached.
 fn status_page(snapshot: &Snapshot, request: &Request<ClientBody>) -> Response<ResponseBody> {
     let json = request
@@ -265,6 +296,7 @@ async fn handle_inner(
     let upstream = &snapshot.upstreams[route.upstream];
     exchange.route = Some(route_state.clone());
     exchange.upstream = Some(upstream.clone());
+    guard::checkpoint(request.uri().path(), Stage::BeforeUpstream);
     if route_state.maintenance(route.maintenance) {
         let error = ProxyError {
             retry_after: Some(route.maintenance_retry_after),
@@ -379,6 +411,7 @@ async fn handle_inner(
 
     route_state.retry_budget.record_request();
     let success = try_endpoints(gateway, upstream, route_state, route, outgoing, exchange).await?;
+    guard::checkpoint(exchange.path(), Stage::AfterUpstream);
     let mut response = success.response;
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     match (switching, upgrade) {

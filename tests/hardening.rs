@@ -5,7 +5,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{get, send_raw, Baton, Upstream};
+use baton::guard::Stage;
+use support::{get, read_response, request, send_raw, Baton, Upstream};
 
 #[tokio::test]
 async fn an_invalid_host_is_400_and_never_forwarded() {
@@ -125,5 +126,46 @@ async fn a_timed_out_endpoint_is_not_tried_again_for_the_request() {
     assert_eq!(response.status(), 504);
     assert_eq!((hanging.requests(), other.requests()), (2, 1));
     baton2.stop().await;
+    baton.stop().await;
+}
+
+/// A bug that panics costs the request that met it a 500 `internal-error` with the delivery
+/// known so far; the panic is counted, and every other connection goes on.
+#[tokio::test]
+async fn a_panic_costs_its_request_a_500_and_nothing_else() {
+    let upstream = Upstream::ok("fine").await;
+    let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
+    baton::guard::trigger("/panic-before", Stage::BeforeUpstream);
+    baton::guard::trigger("/panic-after", Stage::AfterUpstream);
+    let keep_alive = b"GET / HTTP/1.1\r\nhost: a\r\n\r\n";
+    let mut other = baton.connect().await;
+    other.write_all(keep_alive).await.unwrap();
+    assert_eq!(read_response(&mut other, "GET").await.status(), 200);
+
+    let json = [("accept", "application/json")];
+    let response = request(baton.addr, "POST", "/panic-before", &json, b"pay").await;
+    assert_eq!(response.status(), 500);
+    assert_eq!(response.header("baton-error"), Some("internal-error"));
+    assert_eq!(response.header("baton-delivery"), Some("none"));
+    assert!(response.header("x-request-id").is_some());
+    let problem: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+    assert_eq!(problem["cause"], "internal-error");
+    assert_eq!(upstream.requests(), 1, "nothing was sent for it");
+
+    let response = request(baton.addr, "POST", "/panic-after", &json, b"pay").await;
+    assert_eq!(response.status(), 500);
+    assert_eq!(response.header("baton-delivery"), Some("sent"));
+    assert_eq!(upstream.requests(), 2, "the upstream had it");
+
+    other.write_all(keep_alive).await.unwrap();
+    let response = read_response(&mut other, "GET").await;
+    assert_eq!(response.status(), 200, "the other connection went on");
+    assert_eq!(response.text(), "fine");
+    let metrics = support::admin_get(&baton, "/metrics").await.text();
+    assert!(metrics.contains("baton_panics_total 2"), "{metrics}");
+    assert!(
+        metrics.contains("baton_requests_total{route=\"main\",code=\"500\"} 2"),
+        "{metrics}"
+    );
     baton.stop().await;
 }

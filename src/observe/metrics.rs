@@ -87,6 +87,10 @@ pub struct Metrics {
     /// Exchanges in progress per endpoint; set when metrics are read.
     pub endpoint_inflight: Family<EndpointLabels, Gauge>,
     pub reloads: Family<ResultLabel, Counter>,
+    /// Panics caught on a request's path or a connection's (bugs).
+    pub panics: Counter,
+    /// Settled idempotency records dropped to keep the memory store within `max_bytes`.
+    pub store_evictions: Counter,
 }
 
 impl Default for Metrics {
@@ -154,9 +158,23 @@ impl Default for Metrics {
             "Config reloads, by result (success or failure)",
             reloads.clone(),
         );
+        let panics = Counter::default();
+        registry.register(
+            "panics",
+            "Panics caught while handling a request or a connection (each one a bug)",
+            panics.clone(),
+        );
+        let store_evictions = Counter::default();
+        registry.register(
+            "store_evictions",
+            "Settled idempotency records dropped to keep the memory store within max_bytes",
+            store_evictions.clone(),
+        );
         Metrics {
             registry,
             reloads,
+            panics,
+            store_evictions,
             endpoint_up,
             endpoint_inflight,
             no_route: Arc::from(""),

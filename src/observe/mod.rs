@@ -102,6 +102,11 @@ pub struct Exchange {
 }
 
 impl Exchange {
+    /// The path the client asked for.
+    pub fn path(&self) -> &str {
+        self.uri.path()
+    }
+
     pub fn new(
         gateway: Arc<Gateway>,
         client: HeaderValue,
