@@ -223,8 +223,12 @@ struct RunningListener {
 impl Gateway {
     fn new(config: Config) -> io::Result<Gateway> {
         let access_log = AccessLog::open(&config.log.access)?;
+        let metrics = Metrics::default();
         let store = match &config.store {
-            StoreConfig::Memory => Store::Memory(MemoryStore::default()),
+            StoreConfig::Memory { max_bytes } => Store::Memory(MemoryStore::new(
+                usize::try_from(*max_bytes).unwrap_or(usize::MAX),
+                metrics.store_evictions.clone(),
+            )),
             StoreConfig::Redis { url } => Store::Redis(
                 RedisStore::new(url)
                     .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?,
@@ -232,7 +236,7 @@ impl Gateway {
         };
         Ok(Gateway {
             current: ArcSwap::from_pointee(Snapshot::new(config, None)),
-            observer: Observer::new(Metrics::default(), access_log),
+            observer: Observer::new(metrics, access_log),
             keys: Keys::new(store),
             ready: AtomicBool::new(false),
             last_reload: Mutex::new(None),

@@ -254,3 +254,82 @@ async fn a_key_is_released_when_nothing_was_sent(store: Store) {
     );
     baton.stop().await;
 }
+
+/// SPEC §8: the memory store holds at most `[store] max_bytes`, however many keys clients
+/// invent; the oldest settled records go first, and are counted.
+#[tokio::test]
+async fn fresh_keys_evict_the_oldest_settled_records_within_max_bytes() {
+    let upstream = Upstream::ok("paid").await;
+    let config =
+        support::simple_config(&[upstream.addr], KEYED, "") + "\n[store]\nmax_bytes = \"64KiB\"\n";
+    let baton = Baton::start(&config).await;
+    let keys = 1_000;
+    for i in 0..keys {
+        let response = post(
+            &baton,
+            "/pay",
+            &format!("key-{i:04}-{}", "k".repeat(100)),
+            b"1",
+        )
+        .await;
+        assert_eq!(response.status(), 200, "key {i}");
+    }
+    let metrics = support::admin_get(&baton, "/metrics").await.text();
+    let evictions: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("baton_store_evictions_total "))
+        .and_then(|n| n.parse().ok())
+        .expect("the evictions counter");
+    assert!(evictions > 500, "{evictions} of {keys} records evicted");
+    // The newest answer is still replayed; the oldest was given up.
+    let newest = format!("key-{:04}-{}", keys - 1, "k".repeat(100));
+    let replay = post(&baton, "/pay", &newest, b"1").await;
+    assert_eq!(replay.header("baton-idempotent-replay"), Some("true"));
+    assert_eq!(upstream.requests(), keys);
+    baton.stop().await;
+}
+
+/// When keys still in flight fill the store, a new keyed request is refused at once with
+/// 503 `idempotency-store-unavailable`, and nothing of it is sent.
+#[tokio::test]
+async fn keys_in_flight_that_fill_the_store_refuse_new_ones() {
+    let slow = Upstream::slow_head(Duration::from_millis(1500)).await;
+    let config =
+        support::simple_config(&[slow.addr], KEYED, "") + "\n[store]\nmax_bytes = \"64KiB\"\n";
+    let baton = Baton::start(&config).await;
+    let addr = baton.addr;
+    let tasks: Vec<_> = (0..160)
+        .map(|i| {
+            tokio::spawn(async move {
+                let key = format!("{i:03}{}", "k".repeat(240));
+                let started = Instant::now();
+                let response =
+                    request(addr, "POST", "/pay", &[("idempotency-key", &key)], b"1").await;
+                (response, started.elapsed())
+            })
+        })
+        .collect();
+    let (mut ok, mut refused) = (0, 0);
+    for task in tasks {
+        let (response, took) = task.await.unwrap();
+        match response.status() {
+            200 => ok += 1,
+            503 => {
+                assert_eq!(
+                    response.header("baton-error"),
+                    Some("idempotency-store-unavailable")
+                );
+                assert_eq!(response.header("baton-delivery"), Some("none"));
+                assert!(
+                    took < Duration::from_millis(1000),
+                    "refused at once: {took:?}"
+                );
+                refused += 1;
+            }
+            other => panic!("status {other}"),
+        }
+    }
+    assert!(ok > 0 && refused > 0, "{ok} answered, {refused} refused");
+    assert_eq!(slow.requests(), ok, "nothing of a refused request was sent");
+    baton.stop().await;
+}

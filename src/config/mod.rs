@@ -165,6 +165,31 @@ mod tests {
     }
 
     #[test]
+    fn store_max_bytes_is_checked() {
+        let parsed = parse(
+            &format!("{BASE}[store]\nmax_bytes = \"1MiB\"\n"),
+            "t.toml",
+            Path::new("."),
+        );
+        assert_eq!(
+            parsed.unwrap().store,
+            StoreConfig::Memory { max_bytes: 1 << 20 }
+        );
+        for (bad, message) in [
+            ("max_bytes = \"1KiB\"", "at least"),
+            (
+                "backend = \"redis\"\nurl = \"redis://127.0.0.1/0\"\nmax_bytes = \"1MiB\"",
+                "maxmemory",
+            ),
+        ] {
+            let errors =
+                parse(&format!("{BASE}[store]\n{bad}\n"), "t.toml", Path::new(".")).unwrap_err();
+            assert_eq!(errors.len(), 1, "{bad}: {errors:?}");
+            assert!(errors[0].message.contains(message), "{errors:?}");
+        }
+    }
+
+    #[test]
     fn line_and_column_count_characters() {
         assert_eq!(line_column("ab\ncdé", 0), (1, 1));
         assert_eq!(line_column("ab\ncdé", 3), (2, 1));

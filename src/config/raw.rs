@@ -42,6 +42,7 @@ pub struct RawStatusPage {
 pub struct RawStore {
     pub backend: Option<Spanned<String>>,
     pub url: Option<Spanned<String>>,
+    pub max_bytes: Option<Spanned<Size>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

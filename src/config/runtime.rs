@@ -73,8 +73,8 @@ pub struct Config {
 /// Where idempotency keys are kept (SPEC §2 `[store]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreConfig {
-    /// In this process: one baton instance.
-    Memory,
+    /// In this process: one baton instance; its records hold at most `max_bytes`.
+    Memory { max_bytes: u64 },
     /// In Redis, shared by several instances.
     Redis { url: String },
 }

@@ -19,7 +19,7 @@ use http::{HeaderMap, Method, StatusCode};
 use crate::cause::Cause;
 use crate::config::runtime::Idempotency;
 use crate::upstream::balance::StableHasher;
-use store::{MemoryStore, Store, Unavailable};
+use store::{Store, Unavailable};
 
 /// The most of a response body that is stored for replay.
 pub const MAX_STORED_BODY: usize = 1 << 20;
@@ -100,12 +100,6 @@ pub struct Refused(pub Cause);
 /// The store shared by every route.
 pub struct Keys {
     store: Arc<Store>,
-}
-
-impl Default for Keys {
-    fn default() -> Keys {
-        Keys::new(Store::Memory(MemoryStore::default()))
-    }
 }
 
 impl Keys {

@@ -486,8 +486,34 @@ fn build_retry(v: &mut Validator, raw: &super::raw::RawRetry, attempts: u32) -> 
     }
 }
 
+/// The default `[store] max_bytes`: room for about 200,000 small answers.
+const DEFAULT_STORE_MAX_BYTES: u64 = 64 << 20;
+/// The least `[store] max_bytes`: below it, hardly a key with its answer fits.
+const MIN_STORE_MAX_BYTES: u64 = 64 << 10;
+
 fn build_store(v: &mut Validator, raw: &RawConfig) -> StoreConfig {
     let url = raw.store.url.as_ref();
+    let max_bytes = raw.store.max_bytes.as_ref();
+    let memory = |v: &mut Validator| {
+        let bytes = max_bytes.map_or(DEFAULT_STORE_MAX_BYTES, |b| b.get_ref().0);
+        if let Some(spanned) = max_bytes.filter(|_| bytes < MIN_STORE_MAX_BYTES) {
+            v.error(
+                Some(spanned.span()),
+                format!("`store.max_bytes` must be at least {MIN_STORE_MAX_BYTES} bytes (64KiB)"),
+            );
+        }
+        StoreConfig::Memory {
+            max_bytes: bytes.max(MIN_STORE_MAX_BYTES),
+        }
+    };
+    if let (Some(b), Some(max)) = (raw.store.backend.as_ref(), max_bytes) {
+        if b.get_ref() == "redis" {
+            v.error(
+                Some(max.span()),
+                "`store.max_bytes` bounds the memory backend; Redis is bounded by its own `maxmemory`",
+            );
+        }
+    }
     match raw
         .store
         .backend
@@ -501,7 +527,7 @@ fn build_store(v: &mut Validator, raw: &RawConfig) -> StoreConfig {
                     "`store.url` only applies with backend = \"redis\"",
                 );
             }
-            StoreConfig::Memory
+            memory(v)
         }
         Some((backend, "redis")) => match url {
             Some(url) if redis::Client::open(url.get_ref().as_str()).is_ok() => {
@@ -517,14 +543,14 @@ fn build_store(v: &mut Validator, raw: &RawConfig) -> StoreConfig {
                         url.get_ref()
                     ),
                 );
-                StoreConfig::Memory
+                memory(v)
             }
             None => {
                 v.error(
                     Some(backend.span()),
                     "backend = \"redis\" needs `store.url`, e.g. \"redis://127.0.0.1:6379/0\"",
                 );
-                StoreConfig::Memory
+                memory(v)
             }
         },
         Some((backend, other)) => {
@@ -532,7 +558,7 @@ fn build_store(v: &mut Validator, raw: &RawConfig) -> StoreConfig {
                 Some(backend.span()),
                 format!("`store.backend` must be \"memory\" or \"redis\", not {other:?}"),
             );
-            StoreConfig::Memory
+            memory(v)
         }
     }
 }
