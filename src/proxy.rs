@@ -617,7 +617,7 @@ async fn try_endpoints(
                 let answered = Instant::now();
                 let (latency, now) = (answered.saturating_duration_since(sent_at), ms_at(answered));
                 endpoint.ok.fetch_add(1, Ordering::Relaxed);
-                endpoint.record_success();
+                endpoint.record_success(now);
                 endpoint.observe_latency(latency, now);
                 endpoint.recent.record(now, latency, None);
                 exchange.delivery = Delivery::Sent;

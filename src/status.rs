@@ -133,8 +133,10 @@ pub fn admin(gateway: &Gateway) -> Value {
                             "remaining_seconds": (e.remaining.as_secs_f64() * 10.0).round() / 10.0,
                             "cause": e.cause.code(),
                             "times": e.times,
+                            "failed_percent": e.failed_percent,
                         })
                     });
+                    let rate = endpoint.failure_rate(now);
                     let (checks_passed, checks_failed) = endpoint.checks();
                     json!({
                         "addr": &*endpoint.label,
@@ -142,6 +144,12 @@ pub fn admin(gateway: &Gateway) -> Value {
                         "weight": endpoint.weight(),
                         "state": state.as_str(),
                         "ejection": ejection,
+                        "failure_rate": {
+                            "window_seconds": endpoint.failure_window().as_secs_f64(),
+                            "attempts": rate.attempts,
+                            "failures": rate.failures,
+                            "percent": (rate.percent() * 10.0).round() / 10.0,
+                        },
                         "checks_passed": checks_passed,
                         "checks_failed": checks_failed,
                         "inflight": endpoint.inflight.load(Ordering::Relaxed),
@@ -157,7 +165,7 @@ pub fn admin(gateway: &Gateway) -> Value {
             let usable = members
                 .endpoints
                 .iter()
-                .filter(|e| e.state(now) == State::Healthy)
+                .filter(|e| matches!(e.state(now), State::Healthy | State::Degraded))
                 .count();
             let recent = Window::merged(members.endpoints.iter().map(|e| &e.recent), now);
             json!({

@@ -265,3 +265,53 @@ async fn failing_health_checks_take_an_endpoint_out_and_it_ramps_back() {
     );
     baton.stop().await;
 }
+
+/// SPEC §7: an endpoint that fails one request in ten never fails five in a row, but its
+/// failure rate ejects it; the status page says why.
+#[tokio::test]
+async fn a_partly_broken_endpoint_is_ejected_by_its_failure_rate() {
+    let good = Upstream::ok("ok").await;
+    let broken = Upstream::garbage_every(10).await;
+    let baton = Baton::in_front_of(
+        &[good.addr, broken.addr],
+        "",
+        "balance = \"round-robin\"\nslow_start = \"0s\"",
+    )
+    .await;
+    for i in 0..100 {
+        let response = get(baton.addr, "/").await;
+        assert_eq!(response.status(), 200, "request {i}: GETs are retried");
+    }
+    let status = status(&baton).await;
+    assert_eq!(states(&status), ["healthy", "ejected"]);
+    let ejection = &status["upstreams"][0]["endpoints"][1]["ejection"];
+    assert_eq!(ejection["cause"], "upstream-invalid-response");
+    let failed = ejection["failed_percent"].as_f64().unwrap();
+    assert!((5.0..=15.0).contains(&failed), "{ejection}");
+    assert!(
+        broken.requests() < 40,
+        "out after about 20: {}",
+        broken.requests()
+    );
+    baton.stop().await;
+}
+
+/// The last usable endpoint is not ejected while it answers most requests: it is degraded
+/// and keeps its traffic, where an ejection would have turned every request into a 503.
+#[tokio::test]
+async fn a_lone_partly_broken_endpoint_is_degraded_not_ejected() {
+    let broken = Upstream::garbage_every(5).await;
+    let baton = Baton::in_front_of(&[broken.addr], "", "slow_start = \"0s\"").await;
+    let mut statuses = Vec::new();
+    for _ in 0..60 {
+        statuses.push(request(baton.addr, "POST", "/", &[], b"x").await.status());
+    }
+    assert!(!statuses.contains(&503), "{statuses:?}");
+    assert!(statuses.iter().filter(|&&s| s == 200).count() >= 45);
+    let status = status(&baton).await;
+    assert_eq!(states(&status), ["degraded"]);
+    let rate = &status["upstreams"][0]["endpoints"][0]["failure_rate"];
+    assert!(rate["percent"].as_f64().unwrap() >= 15.0, "{rate}");
+    assert_eq!(broken.requests(), 60);
+    baton.stop().await;
+}

@@ -157,6 +157,9 @@ pub struct RawHealth {
 #[serde(deny_unknown_fields, default)]
 pub struct RawOutlier {
     pub consecutive_failures: Option<u32>,
+    pub failure_percent: Option<Spanned<u32>>,
+    pub failure_window: Option<Spanned<Dur>>,
+    pub min_requests: Option<Spanned<u32>>,
     pub base_ejection: Option<Dur>,
     pub max_ejection: Option<Dur>,
     pub max_ejected_percent: Option<Spanned<u32>>,

@@ -42,6 +42,9 @@ pub const DEFAULT_CONSECUTIVE_FAILURES: u32 = 5;
 pub const DEFAULT_BASE_EJECTION: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_EJECTION: Duration = Duration::from_secs(300);
 pub const DEFAULT_MAX_EJECTED_PERCENT: u32 = 50;
+pub const DEFAULT_FAILURE_PERCENT: u32 = 5;
+pub const DEFAULT_FAILURE_WINDOW: Duration = Duration::from_secs(10);
+pub const DEFAULT_MIN_REQUESTS: u32 = 20;
 pub const DEFAULT_IDEMPOTENCY_HEADER: &str = "idempotency-key";
 pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
 /// hyper refuses a read buffer below 8 KiB, so no smaller head limit can be enforced.
@@ -262,8 +265,15 @@ pub enum HashKey {
 /// Passive outlier detection (SPEC §7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Outlier {
-    /// Failures in a row that eject an endpoint; 0 turns ejection off.
+    /// Failures in a row that eject an endpoint; 0 turns this rule off.
     pub consecutive_failures: u32,
+    /// The failed share of attempts, in percent, that ejects an endpoint ...; 0 turns this
+    /// rule off.
+    pub failure_percent: u32,
+    /// ... within this window ...
+    pub failure_window: Duration,
+    /// ... once it had at least this many attempts in it.
+    pub min_requests: u32,
     /// The first ejection's length; the n-th lasts n times as long ...
     pub base_ejection: Duration,
     /// ... up to this.
@@ -276,6 +286,9 @@ impl Default for Outlier {
     fn default() -> Outlier {
         Outlier {
             consecutive_failures: DEFAULT_CONSECUTIVE_FAILURES,
+            failure_percent: DEFAULT_FAILURE_PERCENT,
+            failure_window: DEFAULT_FAILURE_WINDOW,
+            min_requests: DEFAULT_MIN_REQUESTS,
             base_ejection: DEFAULT_BASE_EJECTION,
             max_ejection: DEFAULT_MAX_EJECTION,
             max_ejected_percent: DEFAULT_MAX_EJECTED_PERCENT,

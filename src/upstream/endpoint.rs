@@ -1,13 +1,16 @@
 //! One address of an upstream, and what baton knows of its health (SPEC §7).
 //!
 //! An endpoint is usable unless it is draining (by hand), unhealthy (active checks) or
-//! ejected (passive outlier detection: `outlier.consecutive_failures` failures in a row,
-//! for `base_ejection` × the number of times it was ejected, at most `max_ejection`, and
-//! never more than `max_ejected_percent` of the upstream at once). Every flag is an atomic,
-//! so checking an endpoint on the request path takes no lock.
+//! ejected (passive outlier detection: `outlier.consecutive_failures` failures in a row, or
+//! `failure_percent` of at least `min_requests` attempts within `failure_window`, for
+//! `base_ejection` × the number of times it was ejected, at most `max_ejection`, and never
+//! more than `max_ejected_percent` of the upstream at once). The upstream's last usable
+//! endpoint is not ejected while it still answers some requests: it is `degraded` and keeps
+//! its traffic, since a partly working back-end beats a certain 503. Every flag is an
+//! atomic, so checking an endpoint on the request path takes no lock.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -15,9 +18,11 @@ use http::HeaderValue;
 use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
 
+pub use super::outlier::OutlierPolicy;
+use super::outlier::{FailureRate, Rate};
 use super::pool::Pool;
 use crate::cause::Cause;
-use crate::config::{EndpointConfig, Keepalive, Outlier};
+use crate::config::{EndpointConfig, Keepalive};
 use crate::observe::metrics::Cached;
 use crate::observe::window::Window;
 
@@ -50,6 +55,8 @@ pub enum State {
     Draining,
     Unhealthy,
     Ejected,
+    /// It fails enough to be ejected, but is the upstream's last usable endpoint.
+    Degraded,
     Healthy,
 }
 
@@ -59,53 +66,9 @@ impl State {
             State::Draining => "draining",
             State::Unhealthy => "unhealthy",
             State::Ejected => "ejected",
+            State::Degraded => "degraded",
             State::Healthy => "healthy",
         }
-    }
-}
-
-/// Outlier detection shared by the endpoints of one upstream.
-pub struct OutlierPolicy {
-    config: Outlier,
-    /// The upstream's endpoints now (they change with DNS).
-    endpoints: AtomicUsize,
-    ejected: AtomicUsize,
-}
-
-impl OutlierPolicy {
-    pub fn new(config: Outlier, endpoints: usize) -> OutlierPolicy {
-        OutlierPolicy {
-            config,
-            endpoints: AtomicUsize::new(endpoints),
-            ejected: AtomicUsize::new(0),
-        }
-    }
-
-    pub fn set_endpoints(&self, endpoints: usize) {
-        self.endpoints.store(endpoints, Ordering::Relaxed);
-    }
-
-    /// How many endpoints may be ejected at once: the percentage, but at least one.
-    fn max_ejected(&self) -> usize {
-        if self.config.max_ejected_percent == 0 {
-            return 0;
-        }
-        let endpoints = self.endpoints.load(Ordering::Relaxed);
-        (endpoints * self.config.max_ejected_percent as usize / 100).max(1)
-    }
-
-    /// Takes one of the upstream's ejection slots, if one is free.
-    fn take_slot(&self) -> bool {
-        let max = self.max_ejected();
-        self.ejected
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .is_ok()
-    }
-
-    fn free_slot(&self) {
-        self.ejected.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -145,6 +108,13 @@ pub struct Endpoint {
     ejections: AtomicU32,
     /// The cause of the failure that ejected it last, as an index into [`Cause::ALL`].
     ejection_cause: AtomicU8,
+    /// The failed share (in tenths of a percent) that ejected it last; 0 when failures in
+    /// a row did.
+    ejection_permille: AtomicU32,
+    /// Attempts and failures over `outlier.failure_window`.
+    rate: FailureRate,
+    /// [`now_ms`] until which it counts as degraded; 0 when it is not.
+    degraded_until: AtomicU64,
     /// Peak-EWMA of response-head latency, in milliseconds (f64 bits), and when it was
     /// last updated ([`now_ms`]).
     latency: AtomicU64,
@@ -164,6 +134,8 @@ pub struct Ejection {
     pub remaining: Duration,
     pub cause: Cause,
     pub times: u32,
+    /// The failed share of the window that ejected it, when its failure rate did.
+    pub failed_percent: Option<f64>,
 }
 
 impl Endpoint {
@@ -173,6 +145,7 @@ impl Endpoint {
         outlier: Arc<OutlierPolicy>,
     ) -> Endpoint {
         let label = config.addr.to_string();
+        let window = millis(outlier.config.failure_window);
         Endpoint {
             addr: config.addr,
             host: None,
@@ -196,6 +169,9 @@ impl Endpoint {
             last_ejection_until: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
             ejection_cause: AtomicU8::new(0),
+            ejection_permille: AtomicU32::new(0),
+            rate: FailureRate::new(window),
+            degraded_until: AtomicU64::new(0),
             latency: AtomicU64::new(0f64.to_bits()),
             latency_at: AtomicU64::new(0),
             ramp_from: AtomicU64::new(0),
@@ -269,6 +245,8 @@ impl Endpoint {
             State::Unhealthy
         } else if self.is_ejected(now) {
             State::Ejected
+        } else if now < self.degraded_until.load(Ordering::Relaxed) {
+            State::Degraded
         } else {
             State::Healthy
         }
@@ -352,22 +330,41 @@ impl Endpoint {
             return None;
         }
         let until = self.ejected_until.load(Ordering::Acquire);
-        let cause = Cause::ALL[usize::from(self.ejection_cause.load(Ordering::Relaxed))];
+        let cause = Cause::ALL
+            .get(usize::from(self.ejection_cause.load(Ordering::Relaxed)))
+            .copied()
+            .unwrap_or(Cause::UpstreamReset);
+        let permille = self.ejection_permille.load(Ordering::Relaxed);
         Some(Ejection {
             remaining: Duration::from_millis(until.saturating_sub(now)),
             cause,
             times: self.ejections.load(Ordering::Relaxed),
+            failed_percent: (permille > 0).then(|| f64::from(permille) / 10.0),
         })
     }
 
-    /// An attempt got a response head.
-    pub fn record_success(&self) {
+    /// The span of [`Endpoint::failure_rate`] (`outlier.failure_window`).
+    pub fn failure_window(&self) -> Duration {
+        self.outlier.config.failure_window
+    }
+
+    /// Attempts and failures over the failure window that ends at `now`, for the status
+    /// page.
+    pub fn failure_rate(&self, now: u64) -> Rate {
+        self.rate.rate(now)
+    }
+
+    /// An attempt got a response head at `now`.
+    pub fn record_success(&self, now: u64) {
+        self.rate.record(now, false);
         if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
             self.consecutive_failures.store(0, Ordering::Relaxed);
         }
     }
 
-    /// An attempt (or a response body) failed with `cause` at `now`.
+    /// An attempt (or a response body) failed with `cause` at `now`. It ejects the endpoint
+    /// after `consecutive_failures` in a row, or when `failure_percent` of at least
+    /// `min_requests` attempts in the window failed.
     pub fn record_failure(&self, cause: Cause, now: u64) {
         if !cause.counts_against_endpoint() {
             return;
@@ -375,14 +372,44 @@ impl Endpoint {
         // A failure costs like a very slow answer, or `ewma` would favour an endpoint
         // that fails fast.
         self.observe_latency(FAILURE_LATENCY, now);
-        let threshold = self.outlier.config.consecutive_failures;
+        self.rate.record(now, true);
+        let policy = &self.outlier;
+        let threshold = policy.config.consecutive_failures;
         let failures = self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
-        if threshold > 0 && failures >= threshold && !self.is_ejected(now) {
-            self.eject(cause, now);
+        let in_a_row = threshold > 0 && failures >= threshold;
+        let rate = self.rate.rate(now);
+        let by_rate = policy.rate_exceeded(rate);
+        if (in_a_row || by_rate) && !self.is_ejected(now) {
+            self.eject_or_degrade(cause, now, rate, by_rate);
         }
     }
 
-    fn eject(&self, cause: Cause, now: u64) {
+    /// Ejects the endpoint, unless it is the upstream's last usable one and still answers
+    /// some requests: then it is marked degraded for a window and keeps its traffic.
+    fn eject_or_degrade(&self, cause: Cause, now: u64, rate: Rate, by_rate: bool) {
+        let answers_some = rate.failures < rate.attempts;
+        if answers_some && !self.outlier.others_usable(self, now) {
+            let window = millis(self.outlier.config.failure_window).max(1);
+            let was = self.degraded_until.swap(now + window, Ordering::Relaxed);
+            if was <= now {
+                tracing::warn!(
+                    endpoint = %self.addr,
+                    %cause,
+                    failed_percent = rate.percent(),
+                    "endpoint degraded: it fails enough to be ejected, but it is the last usable one"
+                );
+            }
+            return;
+        }
+        let permille = if by_rate {
+            (rate.percent() * 10.0).round().max(1.0) as u32
+        } else {
+            0
+        };
+        self.eject(cause, now, permille);
+    }
+
+    fn eject(&self, cause: Cause, now: u64, permille: u32) {
         let config = &self.outlier.config;
         if !self.outlier.take_slot() {
             tracing::warn!(
@@ -406,6 +433,10 @@ impl Endpoint {
         let index = cause.index();
         self.ejection_cause
             .store(u8::try_from(index).unwrap_or(0), Ordering::Relaxed);
+        self.ejection_permille.store(permille, Ordering::Relaxed);
+        self.degraded_until.store(0, Ordering::Relaxed);
+        // Back from the ejection, it is judged on what it does then.
+        self.rate.clear();
         self.last_ejection_until.store(until, Ordering::Relaxed);
         self.consecutive_failures.store(0, Ordering::Relaxed);
         self.ejected_until.store(until, Ordering::Release);
@@ -415,6 +446,7 @@ impl Endpoint {
             %cause,
             seconds = length.as_secs_f64(),
             times,
+            failed_percent = f64::from(permille) / 10.0,
             "endpoint ejected"
         );
     }
@@ -428,6 +460,7 @@ impl Endpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Outlier;
 
     fn endpoints(n: usize, outlier: Outlier) -> Vec<Endpoint> {
         let policy = Arc::new(OutlierPolicy::new(outlier, n));
@@ -454,18 +487,22 @@ mod tests {
             base_ejection: Duration::from_secs(10),
             max_ejection: Duration::from_secs(25),
             max_ejected_percent: percent,
+            // Off unless a test turns it on.
+            failure_percent: 0,
+            ..Outlier::default()
         }
     }
 
     #[test]
     fn consecutive_failures_eject_and_ejections_grow_and_cap() {
-        let e = &endpoints(1, outlier(3, 50))[0];
+        let all = upstream(2, outlier(3, 50));
+        let e = &all[0];
         let mut now = 1000;
         for _ in 0..2 {
             e.record_failure(Cause::UpstreamReset, now);
         }
         assert!(e.is_usable(now));
-        e.record_success();
+        e.record_success(now);
         e.record_failure(Cause::UpstreamReset, now);
         e.record_failure(Cause::UpstreamReset, now);
         assert!(e.is_usable(now), "a success resets the count");
@@ -488,6 +525,72 @@ mod tests {
             Duration::from_secs(25),
             "capped"
         );
+    }
+
+    /// Endpoints that know each other, as an upstream's do.
+    fn upstream(n: usize, outlier: Outlier) -> Vec<Arc<Endpoint>> {
+        let all: Vec<Arc<Endpoint>> = endpoints(n, outlier).into_iter().map(Arc::new).collect();
+        all[0].outlier.set_endpoints(&all);
+        all
+    }
+
+    fn by_rate() -> Outlier {
+        Outlier {
+            failure_percent: 5,
+            min_requests: 20,
+            ..outlier(5, 50)
+        }
+    }
+
+    /// One failure in ten, never five in a row.
+    fn one_in_ten(e: &Endpoint, attempts: u64, now: u64) {
+        for i in 0..attempts {
+            if i % 10 == 9 {
+                e.record_failure(Cause::UpstreamInvalidResponse, now);
+            } else {
+                e.record_success(now);
+            }
+        }
+    }
+
+    #[test]
+    fn a_failure_rate_ejects_though_failures_never_come_in_a_row() {
+        let all = upstream(3, by_rate());
+        one_in_ten(&all[0], 19, 1_000);
+        assert_eq!(all[0].state(1_000), State::Healthy, "19 attempts: too few");
+        one_in_ten(&all[0], 1, 1_000);
+        all[0].record_failure(Cause::UpstreamInvalidResponse, 1_000);
+        assert_eq!(all[0].state(1_000), State::Ejected);
+        let ejection = all[0].ejection(1_000).unwrap();
+        assert_eq!(ejection.cause, Cause::UpstreamInvalidResponse);
+        assert_eq!(ejection.failed_percent, Some(9.5), "2 of 21");
+        // Attempts older than the window do not count.
+        one_in_ten(&all[1], 19, 1_000);
+        all[1].record_failure(Cause::UpstreamInvalidResponse, 12_000);
+        assert_eq!(all[1].state(12_000), State::Healthy);
+    }
+
+    #[test]
+    fn the_last_usable_endpoint_is_degraded_while_it_answers_and_ejected_when_it_does_not() {
+        let all = upstream(2, by_rate());
+        all[1].set_draining(true);
+        for _ in 0..3 {
+            one_in_ten(&all[0], 10, 1_000);
+        }
+        all[0].record_failure(Cause::UpstreamInvalidResponse, 1_000);
+        assert_eq!(all[0].state(1_000), State::Degraded);
+        assert!(all[0].is_usable(1_000), "it keeps its traffic");
+        // Once another endpoint is back, the next failure ejects it.
+        all[1].set_draining(false);
+        all[0].record_failure(Cause::UpstreamInvalidResponse, 1_500);
+        assert_eq!(all[0].state(1_500), State::Ejected);
+
+        // A lone endpoint that answers nothing is ejected as usual.
+        let lone = upstream(1, by_rate());
+        for _ in 0..5 {
+            lone[0].record_failure(Cause::UpstreamConnectRefused, 1_000);
+        }
+        assert_eq!(lone[0].state(1_000), State::Ejected);
     }
 
     #[test]

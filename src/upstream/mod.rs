@@ -5,6 +5,7 @@ pub mod dns;
 pub mod endpoint;
 pub mod h1;
 pub mod health;
+pub mod outlier;
 pub mod pool;
 
 use std::net::SocketAddr;
@@ -96,7 +97,7 @@ impl Upstream {
                 }
             }
         }
-        outlier.set_endpoints(endpoints.len());
+        outlier.set_endpoints(&endpoints);
         let unresolved = config.names.iter().any(|n| {
             !endpoints
                 .iter()
@@ -136,7 +137,7 @@ impl Upstream {
 
     /// Replaces the endpoints, with a balancer rebuilt for them.
     pub fn set_members(&self, endpoints: Vec<Arc<Endpoint>>, unresolved: bool) {
-        self.outlier.set_endpoints(endpoints.len());
+        self.outlier.set_endpoints(&endpoints);
         self.members.store(Arc::new(Members {
             balancer: Balancer::new(&self.balance, &endpoints),
             slow_start: self.slow_start,

@@ -33,6 +33,8 @@ enum Behavior {
     Breakable(Vec<u8>, Arc<std::sync::atomic::AtomicBool>),
     ResetBeforeHead,
     Garbage,
+    /// Answers every n-th request (after reading all of it) with garbage, the others 200.
+    GarbageEvery(usize),
     SlowHead(Duration),
     TruncateBody,
     StallBody,
@@ -149,6 +151,12 @@ impl Upstream {
     }
 
     /// Reads the request, then answers bytes that are not HTTP.
+    /// Answers every `n`-th request with malformed HTTP, after reading all of it (so it
+    /// may have acted on it), and the others 200 `ok`.
+    pub async fn garbage_every(n: usize) -> Upstream {
+        Self::start(Behavior::GarbageEvery(n)).await
+    }
+
     pub async fn garbage() -> Upstream {
         Self::start(Behavior::Garbage).await
     }
@@ -419,6 +427,15 @@ async fn serve(
             Behavior::Garbage => {
                 let _ = reader.write_all(b"this is not HTTP at all\r\n\r\n").await;
                 return;
+            }
+            Behavior::GarbageEvery(n) if seen.lock().unwrap().len().is_multiple_of(*n) => {
+                let _ = reader.write_all(b"this is not HTTP at all\r\n\r\n").await;
+                return;
+            }
+            Behavior::GarbageEvery(_) => {
+                reader
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await
             }
             Behavior::Breakable(_, broken) if broken.load(Ordering::SeqCst) => {
                 let _ = reader.write_all(b"this is not HTTP at all\r\n\r\n").await;

@@ -9,6 +9,9 @@ use super::Validator;
 use crate::config::raw::{RawHealth, RawUpstream};
 use crate::config::runtime::*;
 
+/// The shortest `outlier.failure_window`: its tenths are the slots attempts are counted in.
+const MIN_FAILURE_WINDOW: std::time::Duration = std::time::Duration::from_millis(100);
+
 pub(super) fn build_upstream(
     v: &mut Validator,
     name: &Spanned<String>,
@@ -116,10 +119,43 @@ pub(super) fn build_upstream(
         }
         Some(percent) => *percent.get_ref(),
     };
+    let failure_percent = match &raw_outlier.failure_percent {
+        None => DEFAULT_FAILURE_PERCENT,
+        Some(percent) if *percent.get_ref() > 100 => {
+            v.error(
+                Some(percent.span()),
+                "`outlier.failure_percent` is a percentage, 0 (off) to 100",
+            );
+            DEFAULT_FAILURE_PERCENT
+        }
+        Some(percent) => *percent.get_ref(),
+    };
+    let failure_window = match &raw_outlier.failure_window {
+        None => DEFAULT_FAILURE_WINDOW,
+        Some(window) if window.get_ref().0 < MIN_FAILURE_WINDOW => {
+            v.error(
+                Some(window.span()),
+                "`outlier.failure_window` must be at least 100ms",
+            );
+            DEFAULT_FAILURE_WINDOW
+        }
+        Some(window) => window.get_ref().0,
+    };
+    let min_requests = match &raw_outlier.min_requests {
+        None => DEFAULT_MIN_REQUESTS,
+        Some(n) if *n.get_ref() == 0 => {
+            v.error(Some(n.span()), "`outlier.min_requests` must be at least 1");
+            DEFAULT_MIN_REQUESTS
+        }
+        Some(n) => *n.get_ref(),
+    };
     let outlier = Outlier {
         consecutive_failures: raw_outlier
             .consecutive_failures
             .unwrap_or(DEFAULT_CONSECUTIVE_FAILURES),
+        failure_percent,
+        failure_window,
+        min_requests,
         base_ejection: raw_outlier
             .base_ejection
             .map_or(DEFAULT_BASE_EJECTION, |d| d.0),
