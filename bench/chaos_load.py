@@ -1,5 +1,5 @@
 """The load of bench/chaos: CLIENTS threads for SECONDS against URL, each sending GETs and
-POSTs (30%) with a unique Idempotency-Key; a POST that gets 502 or 504 is sent again once
+POSTs (30%) with a unique Idempotency-Key; a POST that fails (5xx, or no answer) is sent again once
 with the same key, as a user clicking again would. Prints a JSON summary."""
 
 import http.client
@@ -39,7 +39,7 @@ def worker(n):
         if i % 10 < 3:
             key = uuid.uuid4().hex
             status = request(conn, "POST", key)
-            if status in (502, 504, "error"):
+            if status in (500, 502, 503, 504, "error"):
                 time.sleep(0.2)
                 status = request(conn, "POST", key)
             with lock:

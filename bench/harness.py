@@ -31,8 +31,10 @@ def ensure_tools():
         sys.exit(f"bench/compare needs: apt-get install {' '.join(missing)}")
     log(f"installing {' '.join(missing)}")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env)
+    # Wait for another install to finish instead of failing on the package manager's lock.
+    lock = ["-o", "DPkg::Lock::Timeout=120"]
+    subprocess.run(["apt-get", *lock, "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", *lock, "install", "-y", "-qq", *missing], check=True, env=env)
 
 
 def build_baton():
