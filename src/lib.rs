@@ -47,6 +47,8 @@ pub mod codec;
 pub mod config;
 pub mod demo;
 pub mod forward;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod gateway;
 pub mod guard;
 pub mod idempotency;

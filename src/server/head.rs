@@ -256,6 +256,55 @@ fn check_framing(request: &httparse::Request<'_, '_>) -> Result<Framing, Box<Ref
     })
 }
 
+/// Fuzzing entry (see `fuzz/`): `data` arrives on a connection in reads of the size its
+/// first byte picks; each complete head must have unambiguous framing, and its body is
+/// decoded from what follows. Panics when something that must hold does not.
+pub(crate) fn fuzz(data: &[u8]) {
+    let Some((&step, data)) = data.split_first() else {
+        return;
+    };
+    let step = usize::from(step).max(1);
+    let (mut buf, mut fed, mut scanned, mut first) = (BytesMut::new(), 0, 0, true);
+    loop {
+        let end = (fed + step).min(data.len());
+        buf.extend_from_slice(&data[fed..end]);
+        fed = end;
+        match inspect(&mut buf, &mut scanned, first, 8 << 10) {
+            Verdict::Partial if fed < data.len() => continue,
+            Verdict::Partial | Verdict::H2 | Verdict::Refused(_) => return,
+            Verdict::Complete(head) => {
+                let headers = &head.parts.headers;
+                assert!(headers.get_all(http::header::HOST).iter().count() <= 1);
+                assert!(
+                    !(headers.contains_key(http::header::CONTENT_LENGTH)
+                        && headers.contains_key(http::header::TRANSFER_ENCODING)),
+                    "ambiguous framing passed"
+                );
+                if let Some(mut decoder) = head.body {
+                    buf.extend_from_slice(&data[fed..]);
+                    fed = data.len();
+                    let before = buf.len();
+                    let mut body = 0;
+                    loop {
+                        match decoder.decode(&mut buf) {
+                            Ok(Some(Some(frame))) => {
+                                body += frame.data_ref().map_or(0, Bytes::len);
+                            }
+                            Ok(Some(None)) => break,
+                            Ok(None) | Err(_) => return,
+                        }
+                    }
+                    assert!(body <= before, "{body} body bytes out of {before}");
+                }
+                if !head.keep_alive {
+                    return;
+                }
+                (scanned, first) = (0, false);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

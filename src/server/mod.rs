@@ -60,6 +60,7 @@ use body::{lock, Continue, H1Body, Reader};
 use head::{inspect, refusal, Head, Verdict};
 
 pub use body::ClientBody;
+pub(crate) use head::fuzz as fuzz_head;
 
 /// How long a client keep-alive connection may sit idle between requests.
 pub const CLIENT_KEEPALIVE_IDLE: Duration = Duration::from_secs(60);

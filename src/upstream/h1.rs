@@ -635,6 +635,50 @@ impl http_body::Body for Body {
     }
 }
 
+/// Fuzzing entry (see `fuzz/`): `data` is what an upstream sent, read in pieces of the
+/// size its first byte picks: interim answers, a response head, and a body decoded by the
+/// framing the head declares. Panics when something that must hold does not.
+pub(crate) fn fuzz(data: &[u8]) {
+    let Some((&step, data)) = data.split_first() else {
+        return;
+    };
+    let step = usize::from(step).max(1);
+    let (mut buf, mut fed) = (BytesMut::new(), 0);
+    let head = loop {
+        let end = (fed + step).min(data.len());
+        buf.extend_from_slice(&data[fed..end]);
+        fed = end;
+        if early(&mut buf).is_err() {
+            return;
+        }
+        match parse_head(&mut buf) {
+            Ok(Some(head))
+                if head.status.is_informational()
+                    && head.status != StatusCode::SWITCHING_PROTOCOLS => {}
+            Ok(Some(head)) => break head,
+            Ok(None) if fed < data.len() => {}
+            Ok(None) | Err(_) => return,
+        }
+    };
+    assert!((100..=599).contains(&head.status.as_u16()));
+    let Ok(mut decoder) = response_framing(head.status, &head.headers, false) else {
+        return;
+    };
+    buf.extend_from_slice(&data[fed..]);
+    let before = buf.len();
+    let mut body = 0;
+    loop {
+        match decoder.decode(&mut buf) {
+            Ok(Some(Some(frame))) => body += frame.data_ref().map_or(0, Bytes::len),
+            Ok(Some(None)) => break,
+            // All that came is all there is: a close-delimited body ends here.
+            Ok(None) => break,
+            Err(_) => return,
+        }
+    }
+    assert!(body <= before, "{body} body bytes out of {before}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

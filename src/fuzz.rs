@@ -1,0 +1,88 @@
+//! Entry points for the fuzz targets in `fuzz/`, one per parsing boundary: each takes
+//! arbitrary bytes there and panics only when something that must hold for any input does
+//! not (a panic anywhere else is a finding too). Not part of baton's interface.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+
+use bytes::BytesMut;
+use http::header::{HeaderName, HeaderValue, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderMap, Version};
+
+use crate::forward::{self, Forwarding, Peer};
+
+/// A client's request heads and bodies, as the HTTP/1.1 server reads them.
+pub fn request_head(data: &[u8]) {
+    crate::server::fuzz_head(data);
+}
+
+/// An upstream's answer, as the HTTP/1.1 client reads it: interim answers, the head, and
+/// the body by its framing (chunked among them).
+pub fn response(data: &[u8]) {
+    crate::upstream::h1::fuzz(data);
+}
+
+/// A config file: it loads, or every error says something.
+pub fn config(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    if let Err(errors) = crate::config::parse(&text, "fuzz.toml", Path::new("/nonexistent")) {
+        assert!(!errors.is_empty());
+        for error in errors {
+            assert!(!error.to_string().is_empty());
+        }
+    }
+}
+
+/// Request fields (`name: value` lines) through the forwarding rules: what must never reach
+/// an upstream does not.
+pub fn forwarding(data: &[u8]) {
+    let mut headers = HeaderMap::new();
+    for line in data.split(|&b| b == b'\n') {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(&line[..colon]),
+            HeaderValue::from_bytes(line[colon + 1..].trim_ascii()),
+        ) else {
+            continue;
+        };
+        headers.append(name, value);
+    }
+    let host = headers.get(http::header::HOST).cloned();
+    if let Some(host) = &host {
+        forward::valid_host(host.as_bytes());
+    }
+    let upgrade = forward::is_upgrade(Version::HTTP_11, &headers);
+    forward::remove_hop_by_hop(&mut headers, upgrade);
+    for gone in [TRANSFER_ENCODING, HeaderName::from_static("http2-settings")] {
+        assert!(!headers.contains_key(gone), "a hop-by-hop field stayed");
+    }
+    assert!(headers.get_all(TE).iter().all(|te| te == "trailers"));
+    if upgrade {
+        assert!(!forward::header_tokens(&headers, UPGRADE).any(forward::is_h2c));
+    } else {
+        assert!(!headers.contains_key(UPGRADE) && !headers.contains_key(CONNECTION));
+    }
+    let id = forward::request_id(&headers);
+    assert!(forward::valid_request_id(&id));
+    let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+    let ip_header = forward::ip_header(ip);
+    let trusted = ["10.0.0.0/8".parse().expect("a CIDR")];
+    for trusted_proxies in [&trusted[..], &[]] {
+        let peer = Peer {
+            ip,
+            ip_header: &ip_header,
+            trusted_proxies,
+        };
+        let forwarding =
+            Forwarding::new(&headers, &peer, host.as_ref(), Version::HTTP_11, &id, true);
+        let mut out = BytesMut::new();
+        forwarding.encode_fields(&mut out, &headers, &HeaderValue::from_static("upstream"));
+        assert!(out.ends_with(b"\r\n\r\n"));
+        // Every field line is one line: no value may smuggle in another.
+        let line_feeds = out.iter().filter(|&&b| b == b'\n').count();
+        let line_ends = out.windows(2).filter(|w| w == b"\r\n").count();
+        assert_eq!(line_feeds, line_ends, "a bare LF in an encoded field");
+    }
+}
