@@ -285,11 +285,11 @@ async fn handle_inner(
         .and_then(|h| h.to_str().ok())
         .map(route::normalize_host)
         .unwrap_or_default();
-    let Some((route_index, route)) =
-        snapshot
-            .route_table
-            .select(&snapshot.config.routes, &host_name, request.uri().path())
-    else {
+    let Some((route_index, route)) = snapshot.route_table.select(
+        &snapshot.config.routes,
+        &host_name,
+        route_path(request.uri()),
+    ) else {
         return Err(Box::pin(answer_early(request, Cause::NoRoute.into())).await);
     };
     let route_state = &snapshot.routes[route_index];
@@ -516,6 +516,15 @@ fn request_host(request: &Request<ClientBody>) -> Result<Option<HeaderValue>, Pr
         return Err(ProxyError::closing(Cause::BadRequest));
     }
     Ok(host)
+}
+
+/// The path a request is routed by: `OPTIONS *` asks about the server as a whole, and
+/// goes where the host's root goes.
+fn route_path(uri: &Uri) -> &str {
+    match uri.path() {
+        "*" => "/",
+        path => path,
+    }
 }
 
 /// A request on its way upstream: its head and body, the fields baton adds to the head,

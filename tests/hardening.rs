@@ -169,3 +169,36 @@ async fn a_panic_costs_its_request_a_500_and_nothing_else() {
     );
     baton.stop().await;
 }
+
+/// RFC 9112 §3.2: a gateway serves origin-form and absolute-form targets (and `*` for
+/// OPTIONS); a bare authority or another scheme is refused before anything is forwarded,
+/// and so is CONNECT, which asks for a tunnel baton does not give.
+#[tokio::test]
+async fn only_targets_a_gateway_serves_are_forwarded() {
+    let upstream = Upstream::ok("hi").await;
+    let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
+    for line in [
+        "GET example.test HTTP/1.1",
+        "GET example.test:80 HTTP/1.1",
+        "GET * HTTP/1.1",
+        "GET ftp://example.test/ HTTP/1.1",
+        "CONNECT example.test:443 HTTP/1.1",
+    ] {
+        let head = format!("{line}\r\nhost: example.test\r\n\r\n");
+        let response = send_raw(baton.addr, head.as_bytes()).await;
+        assert_eq!(response.status(), 400, "{line}");
+    }
+    assert_eq!(upstream.requests(), 0);
+    for line in [
+        "GET /a?b HTTP/1.1",
+        "GET http://example.test/a HTTP/1.1",
+        "OPTIONS * HTTP/1.1",
+    ] {
+        let head = format!("{line}\r\nhost: example.test\r\nconnection: close\r\n\r\n");
+        let response = send_raw(baton.addr, head.as_bytes()).await;
+        assert_eq!(response.status(), 200, "{line}");
+    }
+    let paths: Vec<String> = upstream.seen().into_iter().map(|h| h.path).collect();
+    assert_eq!(paths, ["/a?b", "/a", "*"]);
+    baton.stop().await;
+}

@@ -17,7 +17,7 @@ pub(super) struct Head {
     pub parts: http::request::Parts,
     /// How its body is framed; `None` when it has none.
     pub body: Option<Decoder>,
-    /// It asks for a protocol upgrade (or is a CONNECT).
+    /// It asks for a protocol upgrade.
     pub upgrade: bool,
     /// The client may send another request on the connection after this one.
     pub keep_alive: bool,
@@ -145,11 +145,33 @@ fn build(
     let (mut parts, ()) = http::Request::new(()).into_parts();
     parts.method = Method::from_bytes(&slice(head, method)).ok()?;
     parts.uri = Uri::from_maybe_shared(slice(head, target)).ok()?;
+    if !gateway_target(&parts.method, &parts.uri) {
+        return None;
+    }
     parts.version = version;
     // Room for a field baton may set on the way upstream (the body's framing, or
     // `Connection: upgrade`); the forwarding fields are written with the head instead.
     parts.headers = fields.to_map(head, 1)?;
     Some(parts)
+}
+
+/// Whether a request target is one a gateway serves (RFC 9112 §3.2): origin-form
+/// (`/path?query`), absolute-form with an `http` or `https` scheme, or `*` for OPTIONS.
+/// Authority-form is CONNECT's, which asks a forward proxy for a tunnel: baton is not one,
+/// and a bare `host:port` target must not choose the host past `Host`.
+fn gateway_target(method: &Method, uri: &Uri) -> bool {
+    if *method == Method::CONNECT {
+        return false;
+    }
+    match (uri.scheme_str(), uri.authority(), uri.path_and_query()) {
+        (None, None, Some(pq)) => {
+            pq.as_str().starts_with('/') || (pq == "*" && *method == Method::OPTIONS)
+        }
+        (Some(scheme), Some(_), _) => {
+            scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")
+        }
+        _ => false,
+    }
 }
 
 /// What the fields of a head say about its body and its connection.
@@ -251,7 +273,7 @@ fn check_framing(request: &httparse::Request<'_, '_>) -> Result<Framing, Box<Ref
         expects_continue: expects_continue && body.is_some(),
         body,
         // An h2c upgrade is never one (see `forward::is_upgrade`).
-        upgrade: (connection_upgrade && has_upgrade && !h2c) || request.method == Some("CONNECT"),
+        upgrade: connection_upgrade && has_upgrade && !h2c,
         keep_alive,
     })
 }
