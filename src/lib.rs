@@ -60,6 +60,7 @@ pub mod respond;
 pub mod retry;
 pub mod route;
 pub mod server;
+pub mod slots;
 pub mod sock;
 pub mod status;
 pub mod upstream;

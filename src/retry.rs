@@ -8,6 +8,7 @@ use http::Method;
 
 use crate::cause::{Cause, Delivery};
 use crate::config::runtime::Retry;
+use crate::slots::take_turn;
 use crate::upstream::endpoint::now_ms;
 
 /// The window over which the budget counts requests and retries.
@@ -60,13 +61,7 @@ pub struct RetryBudget {
 impl RetryBudget {
     fn bucket(&self, second: u64) -> &Bucket {
         let bucket = &self.buckets[(second % WINDOW_SECONDS) as usize];
-        let seen = bucket.second.load(Ordering::Acquire);
-        if seen != second
-            && bucket
-                .second
-                .compare_exchange(seen, second, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
+        if take_turn(&bucket.second, second) {
             bucket.requests.store(0, Ordering::Relaxed);
             bucket.retries.store(0, Ordering::Relaxed);
         }

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::cause::Cause;
+use crate::slots::take_turn;
 
 const SLOT_MS: u64 = 5_000;
 const SLOTS: usize = 12;
@@ -120,13 +121,7 @@ impl Window {
     pub fn record(&self, now_ms: u64, latency: Duration, cause: Option<Cause>) {
         let period = period(now_ms);
         let slot = &self.slots[(period % SLOTS as u64) as usize];
-        let seen = slot.period.load(Ordering::Acquire);
-        if seen != period
-            && slot
-                .period
-                .compare_exchange(seen, period, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
+        if take_turn(&slot.period, period) {
             slot.clear();
         }
         slot.requests.fetch_add(1, Ordering::Relaxed);

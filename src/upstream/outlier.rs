@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use super::endpoint::Endpoint;
 use crate::config::Outlier;
+use crate::slots::take_turn;
 
 /// Outlier detection shared by the endpoints of one upstream.
 pub struct OutlierPolicy {
@@ -108,9 +109,8 @@ struct Slot {
 }
 
 /// One endpoint's attempts and failures over the last `failure_window`, in a ring of
-/// slots of atomic counters: recording takes no lock. A slot is cleared by the first record
-/// of its next turn, so a record racing that clear may be lost; an ejection decision can
-/// be off by one attempt, never by a window.
+/// slots of atomic counters ([`crate::slots`]): recording takes no lock, and an ejection
+/// decision can be off by one attempt, never by a window.
 pub struct FailureRate {
     slots: [Slot; SLOTS],
     slot_ms: u64,
@@ -136,13 +136,7 @@ impl FailureRate {
     pub fn record(&self, now: u64, failed: bool) {
         let period = self.period(now);
         let slot = &self.slots[(period % SLOTS as u64) as usize];
-        let seen = slot.period.load(Ordering::Acquire);
-        if seen != period
-            && slot
-                .period
-                .compare_exchange(seen, period, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
+        if take_turn(&slot.period, period) {
             slot.attempts.store(0, Ordering::Relaxed);
             slot.failures.store(0, Ordering::Relaxed);
         }
