@@ -23,7 +23,8 @@
 //! - [`upstream`] holds endpoints and their health ([`upstream::endpoint`],
 //!   [`upstream::health`], [`upstream::dns`]), the balancers ([`upstream::balance`]), the
 //!   keep-alive [`upstream::pool`] and the HTTP/1.1 client [`upstream::h1`];
-//! - [`retry`] decides what may be tried again, when, and within what budget;
+//! - [`failover`] tries endpoints until one answers, and [`retry`] decides what may be
+//!   tried again, when, and within what budget;
 //! - [`attempt`] tries one endpoint; [`classify`] turns io and hyper errors into a
 //!   [`cause::Cause`] (the upstream client, [`upstream::h1`], classifies its own);
 //! - [`guard`] catches a panic around each request and each connection, so that a bug
@@ -46,6 +47,7 @@ pub mod classify;
 pub mod codec;
 pub mod config;
 pub mod demo;
+pub mod failover;
 pub mod forward;
 #[doc(hidden)]
 pub mod fuzz;

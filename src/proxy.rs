@@ -1,11 +1,11 @@
 //! The request path (SPEC §3) for one request: route, maintenance, read the body ahead,
-//! then try endpoints until one answers, and stream the answer back.
+//! then try endpoints until one answers ([`crate::failover`]), and stream the answer back.
 //!
 //! `handle_inner` does the work and returns either the upstream's response or a
 //! [`ProxyError`]; [`handle`] is the one place that turns either into the client's
 //! response, and hands the [`Exchange`] to the body so it is logged when the body ends.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,31 +13,25 @@ use http::header::{
     HeaderName, HeaderValue, ACCEPT, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST,
 };
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use smallvec::SmallVec;
 use tokio::time::Instant;
 
-use crate::attempt::{attempt, Success};
 use crate::body::{client_frame, Capture, RequestBody, ResponseBody};
-use crate::cause::{is_idempotent, Cause, Delivery};
-use crate::config::Route;
+use crate::cause::{Cause, Delivery};
+use crate::failover::{try_endpoints, Outgoing};
 use crate::forward::{self, Forwarding, Peer};
-use crate::gateway::{Gateway, RouteState, Snapshot};
+use crate::gateway::{Gateway, Snapshot};
 use crate::guard::{self, Stage};
 use crate::idempotency::{Decision, Refused, StoredResponse};
 use crate::listener::ClientConn;
-use crate::observe::access_log::FailedAttempt;
-use crate::observe::metrics::{AttemptLabels, RouteLabel, RouteResult};
+use crate::observe::metrics::RouteResult;
 use crate::observe::Exchange;
 use crate::respond::{self, ErrorReply, DEFAULT_RETRY_AFTER};
-use crate::retry::{backoff, may_retry};
 use crate::route;
 use crate::server::ClientBody;
 use crate::status;
 use crate::upstream::balance::StableHasher;
-use crate::upstream::endpoint::ms_at;
 use crate::upstream::h1;
 use crate::upstream::pool::Lease;
-use crate::upstream::Upstream;
 
 /// Why baton answers a request itself.
 #[derive(Debug)]
@@ -525,185 +519,4 @@ fn route_path(uri: &Uri) -> &str {
         "*" => "/",
         path => path,
     }
-}
-
-/// A request on its way upstream: its head and body, the fields baton adds to the head,
-/// and its key for a hashing balancer.
-struct Outgoing {
-    request: Request<RequestBody>,
-    forwarding: Forwarding,
-    key: Option<u64>,
-}
-
-/// Tries the route's upstream until an endpoint answers with a response head, retrying as
-/// SPEC §6 allows: a failure before anything was sent, for any method; a failure after
-/// sending, for idempotent methods (or `non_idempotent`) whose body was read in full. Retries
-/// go to endpoints not yet tried while there are some, wait a jittered backoff, and each
-/// takes one from the route's budget; up to `retry.attempts` tries in all. The error, when
-/// every try failed, is the last one's cause with the strongest delivery seen.
-async fn try_endpoints(
-    gateway: &Gateway,
-    upstream: &Upstream,
-    stats: &RouteState,
-    route: &Route,
-    outgoing: Outgoing,
-    exchange: &mut Exchange,
-) -> Result<Success, ProxyError> {
-    let Outgoing {
-        mut request,
-        forwarding,
-        key,
-    } = outgoing;
-    let deadline = route.timeouts.total.map(|total| exchange.started + total);
-    let members = upstream.members();
-    let metrics = &gateway.observer.metrics;
-    let policy = &route.retry;
-    let method = request.method().clone();
-    // What it takes to send the request again after it was sent once: a copy of its body,
-    // kept when the whole body was read ahead and the method may be retried after sending
-    // (the head comes back with the failure).
-    let resend = (policy.attempts > 1 && (policy.non_idempotent || is_idempotent(&method)))
-        .then(|| request.body().copy())
-        .flatten();
-    // Inline for the usual few attempts: no allocation per request.
-    let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
-    // Endpoints that timed out for this request: a hang tends to repeat, and the client
-    // would wait for each one (SPEC §6).
-    let mut timed_out: SmallVec<[usize; 4]> = SmallVec::new();
-    let mut last_failure: Option<Cause> = None;
-    loop {
-        // Another endpoint while there is one; then any usable one again but those that
-        // timed out.
-        let index = members.pick(&tried, key).or_else(|| {
-            (!tried.is_empty())
-                .then(|| members.pick(&timed_out, key))
-                .flatten()
-        });
-        let Some(index) = index else {
-            break;
-        };
-        tried.push(index);
-        let endpoint = &members.endpoints[index];
-        exchange.endpoint = Some(endpoint.label.clone());
-        exchange.attempts += 1;
-        let sent_at = Instant::now();
-        let head_deadline = route
-            .timeouts
-            .response_header
-            .map(|limit| sent_at + limit)
-            .into_iter()
-            .chain(deadline)
-            .min();
-        let result = attempt(
-            endpoint,
-            request,
-            &forwarding,
-            route.timeouts.connect,
-            head_deadline,
-        )
-        .await;
-        match &result {
-            Ok(_) => endpoint
-                .ok_attempts
-                .get(&metrics.attempts, || AttemptLabels {
-                    upstream: upstream.name.clone(),
-                    endpoint: endpoint.label.clone(),
-                    outcome: "ok",
-                })
-                .inc(),
-            Err(failure) => metrics
-                .attempts
-                .get_or_create(&AttemptLabels {
-                    upstream: upstream.name.clone(),
-                    endpoint: endpoint.label.clone(),
-                    outcome: failure.cause.code(),
-                })
-                .inc(),
-        };
-        let failure = match result {
-            Ok(success) => {
-                // One clock reading for the latency, the balancer's clock and the TTFB.
-                let answered = Instant::now();
-                let (latency, now) = (answered.saturating_duration_since(sent_at), ms_at(answered));
-                endpoint.ok.fetch_add(1, Ordering::Relaxed);
-                endpoint.record_success(now);
-                endpoint.observe_latency(latency, now);
-                endpoint.recent.record(now, latency, None);
-                exchange.delivery = Delivery::Sent;
-                exchange.connect = success.connect;
-                exchange.ttfb = Some(answered.saturating_duration_since(exchange.started));
-                return Ok(success);
-            }
-            Err(failure) => failure,
-        };
-        let failed_at = Instant::now();
-        let now = ms_at(failed_at);
-        endpoint.failed.fetch_add(1, Ordering::Relaxed);
-        endpoint.record_failure(failure.cause, now);
-        endpoint.recent.record(
-            now,
-            failed_at.saturating_duration_since(sent_at),
-            Some(failure.cause),
-        );
-        exchange.delivery = exchange.delivery.max(failure.delivery);
-        if failure.connect.is_some() {
-            exchange.connect = failure.connect;
-        }
-        last_failure = Some(failure.cause);
-        if failure.cause.is_timeout() {
-            timed_out.push(index);
-        }
-
-        let retryable = may_retry(
-            failure.cause,
-            failure.delivery,
-            &method,
-            policy,
-            resend.is_some(),
-        );
-        if !retryable || exchange.attempts >= policy.attempts {
-            break;
-        }
-        let next = match (failure.request, failure.sent_head, &resend) {
-            (Some(unsent), _, _) => unsent,
-            (None, Some(head), Some(body)) => Request::from_parts(*head, body.body()),
-            _ => break,
-        };
-        if !stats.retry_budget.try_spend(policy) {
-            tracing::debug!(route = %route.name, "retry budget spent; answering with the error");
-            break;
-        }
-        let wait = backoff(policy, exchange.attempts - 1);
-        if deadline.is_some_and(|d| Instant::now() + wait >= d) {
-            break;
-        }
-        exchange.failed_attempts.push(FailedAttempt {
-            endpoint: endpoint.label.clone(),
-            cause: failure.cause.code(),
-            delivery: failure.delivery.as_str(),
-        });
-        metrics
-            .retries
-            .get_or_create(&RouteLabel {
-                route: stats.label.clone(),
-            })
-            .inc();
-        tokio::time::sleep(wait).await;
-        request = next;
-    }
-    Err(match last_failure {
-        Some(cause) => ProxyError {
-            delivery: exchange.delivery,
-            ..ProxyError::from(cause)
-        },
-        // Nowhere to go because a host name never resolved.
-        None if members.endpoints.is_empty() && members.unresolved => {
-            Cause::UpstreamDnsFailed.into()
-        }
-        None => ProxyError {
-            // When ejections are all that keep the endpoints out, say when one returns.
-            retry_after: members.usable_in().map(|d| d.max(Duration::from_secs(1))),
-            ..ProxyError::from(Cause::NoHealthyUpstream)
-        },
-    })
 }
