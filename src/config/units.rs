@@ -18,7 +18,12 @@ pub struct Dur(pub Duration);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Size(pub u64);
 
-/// Parses `"250ms"`, `"2s"`, `"1.5s"`, `"5m"`, `"2h"`, `"1d"`.
+/// The longest duration the config takes: ten years. Every timeout, TTL and interval is
+/// added to the clock at some point, and a sum past the clock's range would panic on every
+/// request that meets it.
+pub const MAX_DURATION: Duration = Duration::from_secs(3650 * 86_400);
+
+/// Parses `"250ms"`, `"2s"`, `"1.5s"`, `"5m"`, `"2h"`, `"1d"`, up to [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -43,7 +48,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         }
     };
     Duration::try_from_secs_f64(number * seconds_per_unit)
-        .map_err(|_| format!("duration {text:?} is out of range"))
+        .ok()
+        .filter(|duration| *duration <= MAX_DURATION)
+        .ok_or_else(|| format!("duration {text:?} is out of range (at most \"3650d\")"))
 }
 
 /// Parses `"64KiB"`, `"16MiB"`, `"1GiB"`, `"100KB"`, `"512B"` or a plain number of bytes.
@@ -130,6 +137,9 @@ mod tests {
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("-1s").is_err());
+        assert_eq!(parse_duration("3650d"), Ok(MAX_DURATION));
+        assert!(parse_duration("3651d").unwrap_err().contains("at most"));
+        assert!(parse_duration("1e30s").is_err());
     }
 
     #[test]
