@@ -212,6 +212,7 @@ pub fn admin(gateway: &Gateway) -> Value {
         "window_seconds": WINDOW.as_secs(),
         "ready": gateway.ready.load(Ordering::Acquire),
         "access_log_dropped": gateway.observer.access_log.dropped(),
+        "store": gateway.keys.usage(),
         "last_reload": last_reload,
         "listeners": listeners,
         "routes": routes,

@@ -281,6 +281,10 @@ async fn fresh_keys_evict_the_oldest_settled_records_within_max_bytes() {
         .and_then(|n| n.parse().ok())
         .expect("the evictions counter");
     assert!(evictions > 500, "{evictions} of {keys} records evicted");
+    let store = &support::status_json(&baton).await["store"];
+    assert_eq!(store["max_bytes"], 65536);
+    assert!(store["bytes"].as_u64().unwrap() <= 65536, "{store}");
+    assert!(store["records"].as_u64().unwrap() < 500, "{store}");
     // The newest answer is still replayed; the oldest was given up.
     let newest = format!("key-{:04}-{}", keys - 1, "k".repeat(100));
     let replay = post(&baton, "/pay", &newest, b"1").await;

@@ -113,6 +113,11 @@ impl Keys {
         self.store.purge();
     }
 
+    /// What the store holds, for the status page.
+    pub fn usage(&self) -> serde_json::Value {
+        self.store.usage()
+    }
+
     /// Checks a request against its key. `None` when the request carries no key or its
     /// method is not keyed (only POST and PATCH are).
     pub async fn check(

@@ -53,6 +53,23 @@ impl Store {
             store.purge();
         }
     }
+
+    /// For the status page: the backend, and for memory the bytes its records hold, its
+    /// bound and how many records there are.
+    pub fn usage(&self) -> serde_json::Value {
+        match self {
+            Store::Memory(store) => {
+                let (bytes, records) = store.usage();
+                serde_json::json!({
+                    "backend": "memory",
+                    "bytes": bytes,
+                    "max_bytes": store.max_bytes,
+                    "records": records,
+                })
+            }
+            Store::Redis(_) => serde_json::json!({ "backend": "redis" }),
+        }
+    }
 }
 
 /// What a record costs besides its key and stored answer: the map entries, the record's
