@@ -254,10 +254,64 @@ impl Cause {
     /// Whether the endpoint did not answer in time: it is not tried again for the same
     /// request (SPEC §6).
     pub fn is_timeout(self) -> bool {
-        matches!(
-            self,
-            Cause::UpstreamConnectTimeout | Cause::UpstreamResponseTimeout
-        )
+        match self {
+            Cause::UpstreamConnectTimeout | Cause::UpstreamResponseTimeout => true,
+            Cause::UpstreamConnectRefused
+            | Cause::UpstreamUnreachable
+            | Cause::UpstreamDnsFailed
+            | Cause::UpstreamTlsFailed
+            | Cause::UpstreamReset
+            | Cause::UpstreamInvalidResponse
+            | Cause::UpstreamProtocolError
+            | Cause::NoHealthyUpstream
+            | Cause::UpstreamOverloaded
+            | Cause::Maintenance
+            | Cause::IdempotencyStoreUnavailable
+            | Cause::RateLimited
+            | Cause::IdempotencyKeyInFlight
+            | Cause::IdempotencyOutcomeUnknown
+            | Cause::IdempotencyKeyReused
+            | Cause::NoRoute
+            | Cause::RequestTooLarge
+            | Cause::HeadersTooLarge
+            | Cause::BadRequest
+            | Cause::ClientTimeout
+            | Cause::UpstreamBodyTruncated
+            | Cause::UpstreamIdleTimeout
+            | Cause::ClientClosed
+            | Cause::InternalError => false,
+        }
+    }
+
+    /// Whether the failure came after the response head went out (SPEC §4): it cannot
+    /// change the status, and the attempt it ends had already answered.
+    pub fn is_mid_body(self) -> bool {
+        match self {
+            Cause::UpstreamBodyTruncated | Cause::UpstreamIdleTimeout | Cause::ClientClosed => true,
+            Cause::UpstreamConnectRefused
+            | Cause::UpstreamUnreachable
+            | Cause::UpstreamDnsFailed
+            | Cause::UpstreamTlsFailed
+            | Cause::UpstreamReset
+            | Cause::UpstreamInvalidResponse
+            | Cause::UpstreamProtocolError
+            | Cause::UpstreamConnectTimeout
+            | Cause::UpstreamResponseTimeout
+            | Cause::NoHealthyUpstream
+            | Cause::UpstreamOverloaded
+            | Cause::Maintenance
+            | Cause::IdempotencyStoreUnavailable
+            | Cause::RateLimited
+            | Cause::IdempotencyKeyInFlight
+            | Cause::IdempotencyOutcomeUnknown
+            | Cause::IdempotencyKeyReused
+            | Cause::NoRoute
+            | Cause::RequestTooLarge
+            | Cause::HeadersTooLarge
+            | Cause::BadRequest
+            | Cause::ClientTimeout
+            | Cause::InternalError => false,
+        }
     }
 
     /// Whether this failure counts against the endpoint for passive outlier detection

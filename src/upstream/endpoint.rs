@@ -356,7 +356,7 @@ impl Endpoint {
 
     /// An attempt got a response head at `now`.
     pub fn record_success(&self, now: u64) {
-        self.rate.record(now, false);
+        self.rate.record(now, true, false);
         if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
             self.consecutive_failures.store(0, Ordering::Relaxed);
         }
@@ -372,7 +372,8 @@ impl Endpoint {
         // A failure costs like a very slow answer, or `ewma` would favour an endpoint
         // that fails fast.
         self.observe_latency(FAILURE_LATENCY, now);
-        self.rate.record(now, true);
+        // A body that failed belongs to an attempt that was counted when its head came.
+        self.rate.record(now, !cause.is_mid_body(), true);
         let policy = &self.outlier;
         let threshold = policy.config.consecutive_failures;
         let failures = self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;

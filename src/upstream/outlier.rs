@@ -132,15 +132,19 @@ impl FailureRate {
         now / self.slot_ms + 1
     }
 
-    /// Counts one attempt at `now` ([`now_ms`](super::endpoint::now_ms)).
-    pub fn record(&self, now: u64, failed: bool) {
+    /// Counts one attempt at `now` ([`now_ms`](super::endpoint::now_ms)), and whether it
+    /// failed. A body that fails after its head arrived is a failure of an attempt already
+    /// counted: `attempt` is false then.
+    pub fn record(&self, now: u64, attempt: bool, failed: bool) {
         let period = self.period(now);
         let slot = &self.slots[(period % SLOTS as u64) as usize];
         if take_turn(&slot.period, period) {
             slot.attempts.store(0, Ordering::Relaxed);
             slot.failures.store(0, Ordering::Relaxed);
         }
-        slot.attempts.fetch_add(1, Ordering::Relaxed);
+        if attempt {
+            slot.attempts.fetch_add(1, Ordering::Relaxed);
+        }
         if failed {
             slot.failures.fetch_add(1, Ordering::Relaxed);
         }
@@ -176,7 +180,7 @@ mod tests {
     fn the_window_slides() {
         let rate = FailureRate::new(10_000);
         for i in 0..10 {
-            rate.record(1_000 + i * 1_000, i % 2 == 0);
+            rate.record(1_000 + i * 1_000, true, i % 2 == 0);
         }
         assert_eq!(
             rate.rate(10_500),
@@ -188,8 +192,16 @@ mod tests {
         // Five seconds on, the first five attempts left the window.
         assert_eq!(rate.rate(15_500).attempts, 5);
         assert_eq!(rate.rate(60_000), Rate::default());
-        rate.record(60_000, true);
-        assert_eq!(rate.rate(60_000).failures, 1);
+        rate.record(60_000, true, true);
+        rate.record(60_000, false, true);
+        assert_eq!(
+            rate.rate(60_000),
+            Rate {
+                attempts: 1,
+                failures: 2
+            },
+            "a body failure is not another attempt"
+        );
         rate.clear();
         assert_eq!(rate.rate(60_000), Rate::default());
     }
