@@ -202,3 +202,35 @@ async fn only_targets_a_gateway_serves_are_forwarded() {
     assert_eq!(paths, ["/a?b", "/a", "*"]);
     baton.stop().await;
 }
+
+/// Over HTTP/2 too: the stream that met the panic gets its 500, and the other streams of
+/// the same connection go on.
+#[tokio::test]
+async fn a_panic_on_an_h2c_stream_leaves_the_connection_serving() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let upstream = Upstream::ok("fine").await;
+    let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
+    baton::guard::trigger("/panic-h2", Stage::BeforeUpstream);
+    let stream = tokio::net::TcpStream::connect(baton.addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let get = |path: &str| {
+        http::Request::get(format!("http://a{path}"))
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+    let response = sender.send_request(get("/panic-h2")).await.unwrap();
+    assert_eq!(response.status(), 500);
+    assert_eq!(response.headers()["baton-error"], "internal-error");
+    let response = sender.send_request(get("/")).await.unwrap();
+    assert_eq!(response.status(), 200, "the connection goes on");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"fine");
+    baton.stop().await;
+}
