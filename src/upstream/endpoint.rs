@@ -436,8 +436,9 @@ impl Endpoint {
             .store(u8::try_from(index).unwrap_or(0), Ordering::Relaxed);
         self.ejection_permille.store(permille, Ordering::Relaxed);
         self.degraded_until.store(0, Ordering::Relaxed);
-        // Back from the ejection, it is judged on what it does then.
-        self.rate.clear();
+        // The window is kept: back from a short ejection, an endpoint that fails again
+        // while its earlier failures are still in the window goes straight back out (the
+        // next ejection longer), instead of being allowed `min_requests` more attempts.
         self.last_ejection_until.store(until, Ordering::Relaxed);
         self.consecutive_failures.store(0, Ordering::Relaxed);
         self.ejected_until.store(until, Ordering::Release);

@@ -163,13 +163,6 @@ impl FailureRate {
         }
         rate
     }
-
-    /// Forgets every attempt: an endpoint back from an ejection is judged afresh.
-    pub fn clear(&self) {
-        for slot in &self.slots {
-            slot.period.store(0, Ordering::Release);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -202,7 +195,5 @@ mod tests {
             },
             "a body failure is not another attempt"
         );
-        rate.clear();
-        assert_eq!(rate.rate(60_000), Rate::default());
     }
 }
