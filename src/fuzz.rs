@@ -5,11 +5,34 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, Version};
 
+use crate::codec::Decoder;
 use crate::forward::{self, Forwarding, Peer};
+
+/// Decodes what `buf` holds of a body framed by `decoder`, and checks that no more body
+/// comes out than bytes went in. Its length; `None` when the body is malformed, or
+/// incomplete and more could have come (`ends_with_input` false).
+pub(crate) fn decode_body(
+    decoder: &mut Decoder,
+    buf: &mut BytesMut,
+    ends_with_input: bool,
+) -> Option<usize> {
+    let before = buf.len();
+    let mut body = 0;
+    loop {
+        match decoder.decode(buf) {
+            Ok(Some(Some(frame))) => body += frame.data_ref().map_or(0, Bytes::len),
+            Ok(Some(None)) => break,
+            Ok(None) if ends_with_input => break,
+            Ok(None) | Err(_) => return None,
+        }
+    }
+    assert!(body <= before, "{body} body bytes out of {before}");
+    Some(body)
+}
 
 /// A client's request heads and bodies, as the HTTP/1.1 server reads them.
 pub fn request_head(data: &[u8]) {

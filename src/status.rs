@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use crate::config::{HostPattern, Route};
 use crate::gateway::{Gateway, RouteState, Snapshot};
 use crate::observe::window::{Recent, Window, WINDOW};
-use crate::upstream::endpoint::{now_ms, State};
+use crate::upstream::endpoint::now_ms;
 use crate::upstream::Upstream;
 
 /// The share of a route's recent requests that may fail before it counts as degraded.
@@ -165,7 +165,7 @@ pub fn admin(gateway: &Gateway) -> Value {
             let usable = members
                 .endpoints
                 .iter()
-                .filter(|e| matches!(e.state(now), State::Healthy | State::Degraded))
+                .filter(|e| e.is_usable(now))
                 .count();
             let recent = Window::merged(members.endpoints.iter().map(|e| &e.recent), now);
             json!({

@@ -147,12 +147,12 @@ impl Records {
         self.bytes - self.settled_bytes + size <= max
     }
 
-    /// Drops the oldest settled records until `size` more bytes fit within `max`; false
-    /// when they cannot (records in flight hold the rest).
-    fn make_room(&mut self, size: usize, max: usize, evictions: &Counter) -> bool {
+    /// Drops the oldest settled records until `size` more bytes fit within `max` (the
+    /// caller checked that they [could](Records::could_fit)).
+    fn make_room(&mut self, size: usize, max: usize, evictions: &Counter) {
         while self.bytes + size > max {
             let Some((_, key)) = self.settled.pop_first() else {
-                return false;
+                return;
             };
             if let Some(entry) = self.by_key.remove(&key) {
                 self.bytes -= entry.size;
@@ -160,7 +160,6 @@ impl Records {
                 evictions.inc();
             }
         }
-        true
     }
 
     fn insert(&mut self, key: String, record: Record, expires: Instant, size: usize) {
@@ -214,13 +213,12 @@ impl MemoryStore {
         }
         let record = Record::InFlight { fingerprint };
         let size = record_size(key, &record);
-        if !records.could_fit(size, self.max_bytes)
-            || !records.make_room(size, self.max_bytes, &self.evictions)
-        {
+        if !records.could_fit(size, self.max_bytes) {
             return Err(Unavailable(
                 "the memory store is full of keys in flight (`store.max_bytes`)".into(),
             ));
         }
+        records.make_room(size, self.max_bytes, &self.evictions);
         records.insert(key.to_owned(), record, now + ttl, size);
         Ok(None)
     }
