@@ -34,6 +34,21 @@ impl Validator<'_> {
         });
     }
 
+    /// A percentage key: its value when it is 0 to 100, else an error and `default`.
+    fn percent(&mut self, raw: Option<&Spanned<u32>>, key: &str, default: u32) -> u32 {
+        match raw {
+            None => default,
+            Some(percent) if *percent.get_ref() > 100 => {
+                self.error(
+                    Some(percent.span()),
+                    format!("`{key}` is a percentage, 0 to 100"),
+                );
+                default
+            }
+            Some(percent) => *percent.get_ref(),
+        }
+    }
+
     fn unsupported(&mut self, key: &str, value: &Unsupported) {
         if let Some(value) = value {
             self.error(
@@ -454,17 +469,11 @@ fn build_idempotency(
 }
 
 fn build_retry(v: &mut Validator, raw: &super::raw::RawRetry, attempts: u32) -> Retry {
-    let budget_percent = match &raw.budget_percent {
-        Some(percent) if *percent.get_ref() > 100 => {
-            v.error(
-                Some(percent.span()),
-                "`retry.budget_percent` is a percentage, 0 to 100",
-            );
-            DEFAULT_BUDGET_PERCENT
-        }
-        Some(percent) => *percent.get_ref(),
-        None => DEFAULT_BUDGET_PERCENT,
-    };
+    let budget_percent = v.percent(
+        raw.budget_percent.as_ref(),
+        "retry.budget_percent",
+        DEFAULT_BUDGET_PERCENT,
+    );
     let backoff = raw.backoff.map_or(DEFAULT_BACKOFF, |d| d.0);
     let max_backoff = raw
         .max_backoff

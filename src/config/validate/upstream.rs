@@ -108,28 +108,16 @@ pub(super) fn build_upstream(
             .unwrap_or(DEFAULT_MAX_IDLE_PER_ENDPOINT),
     };
     let raw_outlier = &upstream.outlier;
-    let max_ejected_percent = match &raw_outlier.max_ejected_percent {
-        None => DEFAULT_MAX_EJECTED_PERCENT,
-        Some(percent) if *percent.get_ref() > 100 => {
-            v.error(
-                Some(percent.span()),
-                "`outlier.max_ejected_percent` is a percentage, 0 to 100",
-            );
-            DEFAULT_MAX_EJECTED_PERCENT
-        }
-        Some(percent) => *percent.get_ref(),
-    };
-    let failure_percent = match &raw_outlier.failure_percent {
-        None => DEFAULT_FAILURE_PERCENT,
-        Some(percent) if *percent.get_ref() > 100 => {
-            v.error(
-                Some(percent.span()),
-                "`outlier.failure_percent` is a percentage, 0 (off) to 100",
-            );
-            DEFAULT_FAILURE_PERCENT
-        }
-        Some(percent) => *percent.get_ref(),
-    };
+    let max_ejected_percent = v.percent(
+        raw_outlier.max_ejected_percent.as_ref(),
+        "outlier.max_ejected_percent",
+        DEFAULT_MAX_EJECTED_PERCENT,
+    );
+    let failure_percent = v.percent(
+        raw_outlier.failure_percent.as_ref(),
+        "outlier.failure_percent",
+        DEFAULT_FAILURE_PERCENT,
+    );
     let failure_window = match &raw_outlier.failure_window {
         None => DEFAULT_FAILURE_WINDOW,
         Some(window) if window.get_ref().0 < MIN_FAILURE_WINDOW => {
