@@ -310,7 +310,7 @@ mod tests {
     use std::net::SocketAddr;
 
     fn endpoints(n: usize) -> Vec<Arc<Endpoint>> {
-        let policy = Arc::new(OutlierPolicy::new(Outlier::default(), n));
+        let policy = Arc::new(OutlierPolicy::new(Outlier::default()));
         (0..n)
             .map(|i| {
                 let config = EndpointConfig {
@@ -417,11 +417,11 @@ mod props {
             max_ejected_percent: 100,
             ..Outlier::default()
         };
-        let policy = Arc::new(OutlierPolicy::new(outlier, specs.len()));
-        specs
+        let policy = Arc::new(OutlierPolicy::new(outlier));
+        let all: Vec<Arc<Endpoint>> = specs
             .iter()
             .enumerate()
-            .map(|(i, &(weight, kind, latency))| {
+            .map(|(i, &(weight, _, _))| {
                 let config = EndpointConfig {
                     addr: SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 80)),
                     weight,
@@ -430,18 +430,21 @@ mod props {
                     idle: Duration::from_secs(1),
                     max_idle_per_endpoint: 1,
                 };
-                let e = Endpoint::new(&config, keepalive, policy.clone());
-                e.observe_latency(Duration::from_millis(latency.into()), NOW);
-                match kind {
-                    Kind::Healthy => {}
-                    Kind::Draining => e.set_draining(true),
-                    Kind::Unhealthy => e.record_check(false, 1, 1, NOW),
-                    Kind::Ejected => e.record_failure(Cause::UpstreamReset, NOW),
-                    Kind::Ramping(ago) => e.start_ramp(NOW - ago),
-                }
-                Arc::new(e)
+                Arc::new(Endpoint::new(&config, keepalive, policy.clone()))
             })
-            .collect()
+            .collect();
+        policy.set_endpoints(&all);
+        for (e, &(_, kind, latency)) in all.iter().zip(specs) {
+            e.observe_latency(Duration::from_millis(latency.into()), NOW);
+            match kind {
+                Kind::Healthy => {}
+                Kind::Draining => e.set_draining(true),
+                Kind::Unhealthy => e.record_check(false, 1, 1, NOW),
+                Kind::Ejected => e.record_failure(Cause::UpstreamReset, NOW),
+                Kind::Ramping(ago) => e.start_ramp(NOW - ago),
+            }
+        }
+        all
     }
 
     /// Checks one pick of `balancer` against the contract.

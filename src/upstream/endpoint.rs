@@ -464,11 +464,12 @@ mod tests {
     use super::*;
     use crate::config::Outlier;
 
-    fn endpoints(n: usize, outlier: Outlier) -> Vec<Endpoint> {
-        let policy = Arc::new(OutlierPolicy::new(outlier, n));
-        (0..n)
+    /// Endpoints that know each other, as an upstream's do.
+    fn endpoints(n: usize, outlier: Outlier) -> Vec<Arc<Endpoint>> {
+        let policy = Arc::new(OutlierPolicy::new(outlier));
+        let all: Vec<Arc<Endpoint>> = (0..n)
             .map(|i| {
-                Endpoint::new(
+                Arc::new(Endpoint::new(
                     &EndpointConfig {
                         addr: SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)),
                         weight: 1,
@@ -478,9 +479,11 @@ mod tests {
                         max_idle_per_endpoint: 1,
                     },
                     policy.clone(),
-                )
+                ))
             })
-            .collect()
+            .collect();
+        policy.set_endpoints(&all);
+        all
     }
 
     fn outlier(failures: u32, percent: u32) -> Outlier {
@@ -497,7 +500,7 @@ mod tests {
 
     #[test]
     fn consecutive_failures_eject_and_ejections_grow_and_cap() {
-        let all = upstream(2, outlier(3, 50));
+        let all = endpoints(2, outlier(3, 50));
         let e = &all[0];
         let mut now = 1000;
         for _ in 0..2 {
@@ -529,13 +532,6 @@ mod tests {
         );
     }
 
-    /// Endpoints that know each other, as an upstream's do.
-    fn upstream(n: usize, outlier: Outlier) -> Vec<Arc<Endpoint>> {
-        let all: Vec<Arc<Endpoint>> = endpoints(n, outlier).into_iter().map(Arc::new).collect();
-        all[0].outlier.set_endpoints(&all);
-        all
-    }
-
     fn by_rate() -> Outlier {
         Outlier {
             failure_percent: 5,
@@ -557,7 +553,7 @@ mod tests {
 
     #[test]
     fn a_failure_rate_ejects_though_failures_never_come_in_a_row() {
-        let all = upstream(3, by_rate());
+        let all = endpoints(3, by_rate());
         one_in_ten(&all[0], 19, 1_000);
         assert_eq!(all[0].state(1_000), State::Healthy, "19 attempts: too few");
         one_in_ten(&all[0], 1, 1_000);
@@ -574,7 +570,7 @@ mod tests {
 
     #[test]
     fn the_last_usable_endpoint_is_degraded_while_it_answers_and_ejected_when_it_does_not() {
-        let all = upstream(2, by_rate());
+        let all = endpoints(2, by_rate());
         all[1].set_draining(true);
         for _ in 0..3 {
             one_in_ten(&all[0], 10, 1_000);
@@ -588,7 +584,7 @@ mod tests {
         assert_eq!(all[0].state(1_500), State::Ejected);
 
         // A lone endpoint that answers nothing is ejected as usual.
-        let lone = upstream(1, by_rate());
+        let lone = endpoints(1, by_rate());
         for _ in 0..5 {
             lone[0].record_failure(Cause::UpstreamConnectRefused, 1_000);
         }

@@ -59,7 +59,7 @@ impl Upstream {
         });
         let outlier = match old {
             Some((old, _)) => old.outlier.clone(),
-            None => Arc::new(OutlierPolicy::new(config.outlier, config.endpoints.len())),
+            None => Arc::new(OutlierPolicy::new(config.outlier)),
         };
         let previous = old.map(|(old, _)| old.members());
         let kept = |addr: SocketAddr, host: Option<&str>| {

@@ -12,20 +12,21 @@ use crate::slots::take_turn;
 /// Outlier detection shared by the endpoints of one upstream.
 pub struct OutlierPolicy {
     pub(super) config: Outlier,
-    /// The upstream's endpoints now (they change with DNS).
-    endpoints: AtomicUsize,
     ejected: AtomicUsize,
-    /// The same endpoints, looked at only when one would be ejected: an ejection never
-    /// takes away the last usable one while it still answers (it is degraded instead).
-    /// Weak, since every endpoint holds this policy.
+    /// The upstream's endpoints now (they change with DNS), looked at only when one would
+    /// be ejected: for the share `max_ejected_percent` allows, and because an ejection
+    /// never takes away the last usable one while it still answers (it is degraded
+    /// instead). Weak, since every endpoint holds this policy.
     members: Mutex<Vec<Weak<Endpoint>>>,
 }
 
 impl OutlierPolicy {
-    pub fn new(config: Outlier, endpoints: usize) -> OutlierPolicy {
+    /// A policy for an upstream whose endpoints are then given to [`set_endpoints`].
+    ///
+    /// [`set_endpoints`]: OutlierPolicy::set_endpoints
+    pub fn new(config: Outlier) -> OutlierPolicy {
         OutlierPolicy {
             config,
-            endpoints: AtomicUsize::new(endpoints),
             ejected: AtomicUsize::new(0),
             members: Mutex::new(Vec::new()),
         }
@@ -33,15 +34,16 @@ impl OutlierPolicy {
 
     /// The upstream's endpoints changed (a reload, or DNS).
     pub fn set_endpoints(&self, endpoints: &[Arc<Endpoint>]) {
-        self.endpoints.store(endpoints.len(), Ordering::Relaxed);
-        *self.members.lock().unwrap_or_else(PoisonError::into_inner) =
-            endpoints.iter().map(Arc::downgrade).collect();
+        *self.members() = endpoints.iter().map(Arc::downgrade).collect();
+    }
+
+    fn members(&self) -> std::sync::MutexGuard<'_, Vec<Weak<Endpoint>>> {
+        self.members.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Whether an endpoint of the upstream other than `this` takes requests at `now`.
     pub(super) fn others_usable(&self, this: &Endpoint, now: u64) -> bool {
-        let members = self.members.lock().unwrap_or_else(PoisonError::into_inner);
-        members
+        self.members()
             .iter()
             .filter_map(Weak::upgrade)
             .any(|e| !std::ptr::eq(&*e, this) && e.is_usable(now))
@@ -52,7 +54,7 @@ impl OutlierPolicy {
         if self.config.max_ejected_percent == 0 {
             return 0;
         }
-        let endpoints = self.endpoints.load(Ordering::Relaxed);
+        let endpoints = self.members().len();
         (endpoints * self.config.max_ejected_percent as usize / 100).max(1)
     }
 
