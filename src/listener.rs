@@ -18,6 +18,7 @@ use crate::observe::metrics::{ListenerLabel, Metrics};
 use crate::observe::Exchange;
 use crate::respond::{self, ErrorReply};
 use crate::server::{self, Limits, Refusal, Refuse, Setup};
+use crate::transport::Stream;
 use crate::upstream::h1;
 
 /// Pause after a failed accept (out of file descriptors, typically) before trying again,
@@ -118,7 +119,7 @@ pub async fn serve(
         tokio::spawn(async move {
             // A panic outside a request's handling (writing an answer, streaming a body)
             // ends only this connection, which is how a client learns an answer is cut off.
-            if let Err(panic) = guard::catch(server::serve(stream, setup)).await {
+            if let Err(panic) = guard::catch(server::serve(Stream::Tcp(stream), setup)).await {
                 panics.inc();
                 tracing::error!(%peer, panic, "panic while serving a connection; it was closed");
             }

@@ -14,7 +14,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 /// The most a read of head bytes takes at once.
-const HEAD_READ: usize = 8 * 1024;
+pub const HEAD_READ: usize = 8 * 1024;
 
 thread_local! {
     /// Where heads are read before they are copied to a buffer of their own size.

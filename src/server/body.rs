@@ -9,12 +9,11 @@ use std::task::{ready, Context, Poll};
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::net::TcpStream;
 
 use crate::cause::Cause;
 use crate::classify;
 use crate::codec::Decoder;
-use crate::sock::{poll_read, poll_write};
+use crate::transport::Stream;
 
 pub(super) const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -84,12 +83,12 @@ pub(super) struct Reader {
 
 /// A request body read straight from the client's connection.
 pub struct H1Body {
-    io: Arc<TcpStream>,
+    io: Arc<Stream>,
     shared: Arc<Mutex<Reader>>,
 }
 
 impl H1Body {
-    pub(super) fn new(io: Arc<TcpStream>, shared: Arc<Mutex<Reader>>) -> H1Body {
+    pub(super) fn new(io: Arc<Stream>, shared: Arc<Mutex<Reader>>) -> H1Body {
         H1Body { io, shared }
     }
 
@@ -119,7 +118,7 @@ impl H1Body {
                 }
             }
             let room = reader.decoder.read_room();
-            match ready!(poll_read(&self.io, cx, &mut reader.buf, room)) {
+            match ready!(self.io.poll_read(cx, &mut reader.buf, room)) {
                 Ok(0) | Err(_) => {
                     reader.failed = true;
                     return Poll::Ready(Some(Err(Cause::ClientClosed)));
@@ -135,11 +134,7 @@ pub(super) fn lock(shared: &Mutex<Reader>) -> MutexGuard<'_, Reader> {
 }
 
 /// Writes what is left of `100 Continue`, when it is due.
-fn poll_continue(
-    io: &TcpStream,
-    cx: &mut Context<'_>,
-    state: &mut Continue,
-) -> Poll<io::Result<()>> {
+fn poll_continue(io: &Stream, cx: &mut Context<'_>, state: &mut Continue) -> Poll<io::Result<()>> {
     loop {
         let written = match *state {
             Continue::No => return Poll::Ready(Ok(())),
@@ -147,15 +142,12 @@ fn poll_continue(
             Continue::Writing(written) => written,
         };
         if written == CONTINUE.len() {
+            ready!(io.poll_flush(cx))?;
             *state = Continue::No;
             return Poll::Ready(Ok(()));
         }
         *state = Continue::Writing(written);
-        let n = ready!(poll_write(
-            io,
-            cx,
-            &[io::IoSlice::new(&CONTINUE[written..])]
-        ))?;
+        let n = ready!(io.poll_write(cx, &[io::IoSlice::new(&CONTINUE[written..])]))?;
         if n == 0 {
             return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
         }

@@ -43,7 +43,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -54,7 +53,7 @@ use crate::forward::header_tokens;
 use crate::gateway::{stop_requested, Gateway};
 use crate::listener::ClientConn;
 use crate::proxy;
-use crate::sock::{poll_read_head, poll_write};
+use crate::transport::Stream;
 use crate::upstream::h1;
 use body::{lock, Continue, H1Body, Reader};
 use head::{inspect, refusal, Head, Verdict};
@@ -102,7 +101,7 @@ pub struct Setup {
 }
 
 /// Serves one client connection until it closes.
-pub async fn serve(stream: TcpStream, mut setup: Setup) {
+pub async fn serve(stream: Stream, mut setup: Setup) {
     let io = Arc::new(stream);
     let mut buf = BytesMut::new();
     let mut first = true;
@@ -114,7 +113,7 @@ pub async fn serve(stream: TcpStream, mut setup: Setup) {
             HeadRead::H2 => return Box::pin(serve_h2(io, buf, setup)).await,
             HeadRead::Refused(refusal) => {
                 let answer = (setup.refuse)(refusal);
-                if write_all(&io, &answer).await.is_ok() {
+                if io.write_all(&answer).await.is_ok() {
                     Box::pin(close(io, true)).await;
                 }
                 return;
@@ -224,7 +223,7 @@ enum HeadRead {
 /// first head must be complete `header_read_timeout` after the connection opened; a later
 /// one may keep the connection idle for [`CLIENT_KEEPALIVE_IDLE`], and must then be
 /// complete `header_read_timeout` after its first byte.
-async fn read_head(io: &TcpStream, buf: &mut BytesMut, first: bool, setup: &mut Setup) -> HeadRead {
+async fn read_head(io: &Stream, buf: &mut BytesMut, first: bool, setup: &mut Setup) -> HeadRead {
     let limits = setup.limits;
     let mut scanned = 0;
     let mut started = !buf.is_empty();
@@ -245,7 +244,7 @@ async fn read_head(io: &TcpStream, buf: &mut BytesMut, first: bool, setup: &mut 
         }
         tokio::select! {
             biased;
-            read = poll_fn(|cx| poll_read_head(io, cx, buf)) => match read {
+            read = poll_fn(|cx| io.poll_read_head(cx, buf)) => match read {
                 Ok(0) | Err(_) => return HeadRead::Closed,
                 Ok(_) => {
                     if !started && !first {
@@ -289,7 +288,7 @@ enum Framing {
 
 /// Writes `response` (after `prefix`, the rest of a `100 Continue`).
 async fn write_response(
-    io: &TcpStream,
+    io: &Stream,
     response: Response<ResponseBody>,
     facts: &Facts,
     mut close: bool,
@@ -379,7 +378,7 @@ impl Output {
     /// Polls the body and writes what it gives until both are done.
     fn poll_send(
         &mut self,
-        io: &TcpStream,
+        io: &Stream,
         cx: &mut Context<'_>,
         mut body: Pin<&mut ResponseBody>,
     ) -> Poll<io::Result<()>> {
@@ -400,11 +399,16 @@ impl Output {
                         self.ended = true;
                         continue;
                     }
-                    Poll::Pending if !self.has_output() => return Poll::Pending,
+                    Poll::Pending if !self.has_output() => {
+                        // What a TLS stream holds back goes out while the body waits.
+                        ready!(io.poll_flush(cx))?;
+                        return Poll::Pending;
+                    }
                     Poll::Pending => {}
                 }
             }
             if !self.has_output() {
+                ready!(io.poll_flush(cx))?;
                 return Poll::Ready(if self.failed {
                     Err(io::Error::other("the response body failed"))
                 } else {
@@ -416,7 +420,7 @@ impl Output {
                 io::IoSlice::new(&self.data),
                 io::IoSlice::new(self.tail),
             ];
-            let n = ready!(poll_write(io, cx, &bufs))?;
+            let n = ready!(io.poll_write(cx, &bufs))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -517,20 +521,9 @@ fn encode_date(out: &mut BytesMut) {
     });
 }
 
-async fn write_all(io: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
-        let n = poll_fn(|cx| poll_write(io, cx, &[io::IoSlice::new(bytes)])).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        bytes = &bytes[n..];
-    }
-    Ok(())
-}
-
 /// Ends the connection: shuts its write side and, when the client may still be sending
 /// (`linger`), reads and discards what comes for up to [`LINGER_TIME`].
-async fn close(io: Arc<TcpStream>, linger: bool) {
+async fn close(io: Arc<Stream>, linger: bool) {
     // A request body still held elsewhere keeps the socket open until it is dropped.
     let Ok(mut stream) = Arc::try_unwrap(io) else {
         return;
@@ -551,7 +544,7 @@ async fn close(io: Arc<TcpStream>, linger: bool) {
 
 /// Joins the client and the upstream after `101 Switching Protocols`: what either sent past
 /// the heads goes first, then bytes flow both ways until one side closes.
-async fn tunnel(io: Arc<TcpStream>, client_early: BytesMut, upstream: h1::Conn) {
+async fn tunnel(io: Arc<Stream>, client_early: BytesMut, upstream: h1::Conn) {
     let Ok(mut client) = Arc::try_unwrap(io) else {
         return;
     };
@@ -567,7 +560,7 @@ async fn tunnel(io: Arc<TcpStream>, client_early: BytesMut, upstream: h1::Conn) 
 }
 
 /// Serves an h2c connection with hyper's HTTP/2 server, after the bytes already read.
-async fn serve_h2(io: Arc<TcpStream>, read: BytesMut, mut setup: Setup) {
+async fn serve_h2(io: Arc<Stream>, read: BytesMut, mut setup: Setup) {
     let Ok(stream) = Arc::try_unwrap(io) else {
         return;
     };
@@ -609,7 +602,7 @@ async fn serve_h2(io: Arc<TcpStream>, read: BytesMut, mut setup: Setup) {
 /// A socket with bytes already read from it in front.
 struct Prefixed {
     read: Bytes,
-    io: TcpStream,
+    io: Stream,
 }
 
 impl AsyncRead for Prefixed {

@@ -26,7 +26,6 @@ use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -36,14 +35,16 @@ use crate::codec::{
     encode_data, encode_trailers, Decoder, FieldSpans, MAX_HEADERS, MAX_HEAD_BYTES,
 };
 use crate::forward::{header_tokens, is_hop_by_hop, Forwarding};
-use crate::sock::{poll_read, poll_read_head};
+use crate::transport::Stream;
 
 /// Request body data this small is written with the head, in one system call.
 const COALESCE_BYTES: usize = 16 * 1024;
+/// Room for a read of what an upstream sends while the request body still goes out.
+const EARLY_READ: usize = 8 * 1024;
 
 /// One HTTP/1.1 connection to an upstream.
 pub struct Conn {
-    io: TcpStream,
+    io: Stream,
     /// Bytes read and not yet used.
     buf: BytesMut,
 }
@@ -68,7 +69,7 @@ impl Conn {
         let io = TcpStream::connect(addr).await?;
         io.set_nodelay(true)?;
         Ok(Conn {
-            io,
+            io: Stream::Tcp(io),
             buf: BytesMut::new(),
         })
     }
@@ -77,11 +78,7 @@ impl Conn {
     /// and the upstream has not closed it. Costs no system call unless the socket became
     /// readable since the last read.
     pub fn is_open(&self) -> bool {
-        if !self.buf.is_empty() {
-            return false;
-        }
-        let mut probe = [0u8; 1];
-        matches!(self.io.try_read(&mut probe), Err(err) if err.kind() == io::ErrorKind::WouldBlock)
+        self.buf.is_empty() && self.io.is_idle_open()
     }
 
     /// Sends `request`, with the fields of `forwarding` and `host` as its `Host` unless
@@ -135,8 +132,7 @@ impl Conn {
             }
             _ => None,
         };
-        match self.io.write(&out).await {
-            Ok(written) if written == out.len() => {}
+        match poll_fn(|cx| self.io.poll_write(cx, &[io::IoSlice::new(&out)])).await {
             Ok(written) if written > 0 => {
                 if self.io.write_all(&out[written..]).await.is_err() {
                     return Err(Failed::Sent(Cause::UpstreamReset));
@@ -172,7 +168,7 @@ impl Conn {
         framing: Outgoing,
         already_sent: u64,
     ) -> Result<bool, Cause> {
-        let (mut reader, mut writer) = self.io.split();
+        let io = &self.io;
         let buf = &mut self.buf;
         let send = async {
             let mut out = BytesMut::new();
@@ -211,10 +207,7 @@ impl Conn {
                         }
                     },
                 };
-                writer
-                    .write_all(&out)
-                    .await
-                    .map_err(|_| Cause::UpstreamReset)?;
+                io.write_all(&out).await.map_err(|_| Cause::UpstreamReset)?;
                 if last {
                     return Ok(());
                 }
@@ -224,7 +217,7 @@ impl Conn {
         loop {
             tokio::select! {
                 sent = &mut send => return sent.map(|()| true),
-                read = reader.read_buf(&mut *buf) => match read {
+                read = poll_fn(|cx| io.poll_read(cx, buf, EARLY_READ)) => match read {
                     Ok(n) if n > 0 => {
                         // An interim answer (a `100 Continue` sent unasked) leaves the
                         // upstream waiting for the rest of the body; anything else is an
@@ -282,19 +275,19 @@ impl Conn {
 
     /// Reads more of a response head; the upstream closing first is a reset.
     async fn read_more(&mut self) -> Result<(), Cause> {
-        match poll_fn(|cx| poll_read_head(&self.io, cx, &mut self.buf)).await {
+        match poll_fn(|cx| self.io.poll_read_head(cx, &mut self.buf)).await {
             Ok(0) | Err(_) => Err(Cause::UpstreamReset),
             Ok(_) => Ok(()),
         }
     }
 
     /// The socket and what was read past the response head, for a tunnel after `101`.
-    pub fn into_parts(self) -> (TcpStream, BytesMut) {
+    pub fn into_parts(self) -> (Stream, BytesMut) {
         (self.io, self.buf)
     }
 
     fn poll_fill(&mut self, cx: &mut Context<'_>, room: usize) -> Poll<io::Result<usize>> {
-        poll_read(&self.io, cx, &mut self.buf, room)
+        self.io.poll_read(cx, &mut self.buf, room)
     }
 
     /// Ready for the pool: the (empty) read buffer's memory is given back.
