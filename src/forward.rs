@@ -249,6 +249,8 @@ pub struct Peer<'a> {
     /// `ip` as a header value, made once per connection.
     pub ip_header: &'a HeaderValue,
     pub trusted_proxies: &'a [IpNet],
+    /// The connection came over TLS.
+    pub tls: bool,
 }
 
 impl Peer<'_> {
@@ -312,7 +314,8 @@ impl Forwarding {
         let kept = |name| trusted && headers.contains_key(name);
         Forwarding {
             forwarded_for,
-            forwarded_proto: (!kept(X_FORWARDED_PROTO)).then(|| HeaderValue::from_static("http")),
+            forwarded_proto: (!kept(X_FORWARDED_PROTO))
+                .then(|| HeaderValue::from_static(if peer.tls { "https" } else { "http" })),
             forwarded_host: host.filter(|_| !kept(X_FORWARDED_HOST)).cloned(),
             trusted,
             via: via_hop(version),
@@ -521,6 +524,7 @@ mod tests {
             ip,
             ip_header: &ip_text,
             trusted_proxies: &[],
+            tls: false,
         };
         let map = headers(&[
             ("host", "example.com"),
@@ -552,6 +556,7 @@ mod tests {
             ip,
             ip_header: &ip_text,
             trusted_proxies: &nets,
+            tls: false,
         };
         let host = HeaderValue::from_static("example.com");
         let forwarding = Forwarding::new(&map, &trusted, Some(&host), Version::HTTP_2, &id, true);

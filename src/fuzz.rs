@@ -97,6 +97,7 @@ pub fn forwarding(data: &[u8]) {
             ip,
             ip_header: &ip_header,
             trusted_proxies,
+            tls: trusted_proxies.is_empty(),
         };
         let forwarding =
             Forwarding::new(&headers, &peer, host.as_ref(), Version::HTTP_11, &id, true);

@@ -406,7 +406,7 @@ impl Gateway {
                 .find(|l| l.name == running.state.name && l.listen == running.listen)
             {
                 Some(listener) => {
-                    running.state.config.store(Arc::new(listener.clone()));
+                    running.state.update(listener.clone());
                     kept.push(running);
                 }
                 None => {
@@ -492,7 +492,7 @@ fn spawn_listener(
 ) -> io::Result<RunningListener> {
     let addr = socket.local_addr()?;
     let listen = config.listen;
-    let state = Arc::new(ListenerState::new(config, &gateway.observer.metrics));
+    let state = Arc::new(ListenerState::new(config, &gateway.observer.metrics)?);
     let retire = watch::Sender::new(false);
     tasks.spawn(listener::serve(
         socket,

@@ -65,6 +65,7 @@ pub mod server;
 pub mod slots;
 pub mod sock;
 pub mod status;
+pub mod tls;
 pub mod transport;
 pub mod upstream;
 

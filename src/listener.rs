@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -14,10 +14,11 @@ use crate::config::Listener;
 use crate::forward;
 use crate::gateway::{stop_requested, Gateway, SHUTDOWN_GRACE};
 use crate::guard;
-use crate::observe::metrics::{ListenerLabel, Metrics};
+use crate::observe::metrics::{HandshakeLabels, ListenerLabel, Metrics};
 use crate::observe::Exchange;
 use crate::respond::{self, ErrorReply};
 use crate::server::{self, Limits, Refusal, Refuse, Setup};
+use crate::tls::{self, Handshake, Sessions};
 use crate::transport::Stream;
 use crate::upstream::h1;
 
@@ -30,6 +31,8 @@ pub struct ClientConn {
     pub peer: SocketAddr,
     /// The peer's address as a header value, for `X-Forwarded-For`.
     pub peer_ip: http::HeaderValue,
+    /// The connection came over TLS (`X-Forwarded-Proto: https`).
+    pub tls: bool,
     pub listener: Arc<ListenerState>,
     /// The upstream's connection after it accepted an upgrade, for the tunnel that follows
     /// the `101` to the client.
@@ -49,26 +52,55 @@ impl ClientConn {
     }
 }
 
-/// A listener while it runs; a reload that keeps it swaps in its new settings.
+/// A listener while it runs; a reload that keeps it swaps in its new settings and
+/// certificates.
 pub struct ListenerState {
     pub name: String,
     pub config: ArcSwap<Listener>,
+    /// The handshake for the current certificates, on a listener that serves HTTPS.
+    tls: ArcSwapOption<tokio_rustls::TlsAcceptor>,
+    /// Session resumption state, kept across reloads.
+    sessions: Sessions,
     open: Gauge,
 }
 
 impl ListenerState {
-    pub fn new(config: Listener, metrics: &Metrics) -> ListenerState {
+    pub fn new(config: Listener, metrics: &Metrics) -> std::io::Result<ListenerState> {
         let open = metrics
             .connections_open
             .get_or_create(&ListenerLabel {
                 listener: config.name.clone(),
             })
             .clone();
-        ListenerState {
+        let sessions = Sessions::new()?;
+        let tls = match &config.tls {
+            Some(certificates) => Some(Arc::new(sessions.acceptor(certificates)?)),
+            None => None,
+        };
+        Ok(ListenerState {
             name: config.name.clone(),
             config: ArcSwap::from_pointee(config),
+            tls: ArcSwapOption::new(tls),
+            sessions,
             open,
-        }
+        })
+    }
+
+    /// Swaps in a reloaded config: connections accepted from now on take its settings
+    /// and certificates; open ones go on as they are.
+    pub fn update(&self, config: Listener) {
+        let tls = match &config.tls {
+            None => None,
+            Some(certificates) => match self.sessions.acceptor(certificates) {
+                Ok(acceptor) => Some(Arc::new(acceptor)),
+                Err(err) => {
+                    tracing::error!(listener = %self.name, error = %err, "the reloaded certificates cannot be used; the old ones stay");
+                    return;
+                }
+            },
+        };
+        self.config.store(Arc::new(config));
+        self.tls.store(tls);
     }
 }
 
@@ -97,17 +129,21 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let config = state.config.load();
+        let acceptor = state.tls.load_full();
         let setup = Setup {
             gateway: gateway.clone(),
             conn: Arc::new(ClientConn {
                 peer,
                 peer_ip: forward::ip_header(peer.ip()),
+                tls: acceptor.is_some(),
                 listener: state.clone(),
                 upgraded: Mutex::new(None),
             }),
             limits: Limits {
                 max_head_bytes: config.max_header_bytes,
                 header_read_timeout: config.header_read_timeout,
+                idle_timeout: config.idle_timeout,
+                max_concurrent_streams: config.max_concurrent_streams,
             },
             refuse: refuser(gateway.clone(), peer),
             stopped: stopped.clone(),
@@ -116,10 +152,26 @@ pub async fn serve(
         let open_tx = open_tx.clone();
         open.inc();
         let panics = gateway.observer.metrics.panics.clone();
+        let state = state.clone();
         tokio::spawn(async move {
+            let serving = async move {
+                let stream = match acceptor {
+                    None => Stream::Tcp(stream),
+                    Some(acceptor) => {
+                        let timeout = setup.limits.header_read_timeout;
+                        let Some(stream) =
+                            handshake(&state, &setup, stream, &acceptor, timeout).await
+                        else {
+                            return;
+                        };
+                        stream
+                    }
+                };
+                server::serve(stream, setup).await;
+            };
             // A panic outside a request's handling (writing an answer, streaming a body)
             // ends only this connection, which is how a client learns an answer is cut off.
-            if let Err(panic) = guard::catch(server::serve(Stream::Tcp(stream), setup)).await {
+            if let Err(panic) = guard::catch(serving).await {
                 panics.inc();
                 tracing::error!(%peer, panic, "panic while serving a connection; it was closed");
             }
@@ -134,6 +186,35 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!(listener = %state.name, "connections still open after the shutdown grace period; closing them");
+    }
+}
+
+/// The TLS handshake of a new connection, counted in `baton_tls_handshakes_total`.
+async fn handshake(
+    state: &ListenerState,
+    setup: &Setup,
+    tcp: tokio::net::TcpStream,
+    acceptor: &tokio_rustls::TlsAcceptor,
+    timeout: Duration,
+) -> Option<Stream> {
+    let handshake = tls::accept(tcp, acceptor, timeout).await;
+    setup
+        .gateway
+        .observer
+        .metrics
+        .tls_handshakes
+        .get_or_create(&HandshakeLabels {
+            listener: state.name.clone(),
+            result: handshake.result(),
+        })
+        .inc();
+    match handshake {
+        Handshake::Done { stream, .. } => Some(stream),
+        Handshake::Failed(err) => {
+            tracing::debug!(listener = %state.name, peer = %setup.conn.peer, error = %err, "TLS handshake failed");
+            None
+        }
+        Handshake::TimedOut | Handshake::Plaintext => None,
     }
 }
 

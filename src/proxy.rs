@@ -266,6 +266,11 @@ async fn handle_inner(
     request: Request<ClientBody>,
     exchange: &mut Exchange,
 ) -> Result<Answer, ProxyError> {
+    if request.version() == Version::HTTP_2
+        && header_list_size(&request) > conn.listener.config.load().max_header_bytes
+    {
+        return Err(Cause::HeadersTooLarge.into());
+    }
     let host = request_host(&request)?;
     exchange.host = host.clone();
     if let Some(page) = &snapshot.config.status_page {
@@ -379,6 +384,7 @@ async fn handle_inner(
         ip: conn.peer.ip(),
         ip_header: &conn.peer_ip,
         trusted_proxies: &listener.trusted_proxies,
+        tls: conn.tls,
     };
     forward::remove_hop_by_hop(&mut parts.headers, upgrade);
     let forwarding = Forwarding::new(
@@ -510,6 +516,36 @@ fn request_host(request: &Request<ClientBody>) -> Result<Option<HeaderValue>, Pr
         return Err(ProxyError::closing(Cause::BadRequest));
     }
     Ok(host)
+}
+
+/// An HTTP/2 request's header list size as RFC 9113 §6.5.2 counts it for
+/// `SETTINGS_MAX_HEADER_LIST_SIZE`: each field's name and value and 32 bytes, pseudo-header
+/// fields included.
+fn header_list_size(request: &Request<ClientBody>) -> usize {
+    const FIELD_OVERHEAD: usize = 32;
+    let uri = request.uri();
+    let pseudo = [
+        (":method", request.method().as_str().len()),
+        (
+            ":path",
+            uri.path_and_query().map_or(1, |pq| pq.as_str().len()),
+        ),
+        (":scheme", uri.scheme_str().map_or(0, str::len)),
+        (
+            ":authority",
+            uri.authority().map_or(0, |a| a.as_str().len()),
+        ),
+    ];
+    let pseudo_size: usize = pseudo
+        .iter()
+        .map(|(name, len)| name.len() + len + FIELD_OVERHEAD)
+        .sum();
+    pseudo_size
+        + request
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + FIELD_OVERHEAD)
+            .sum::<usize>()
 }
 
 /// The path a request is routed by: `OPTIONS *` asks about the server as a whole, and

@@ -122,11 +122,11 @@ impl Stream {
         }
     }
 
-    /// The ALPN protocol the TLS handshake agreed on, if any.
-    pub fn alpn(&self) -> Option<Vec<u8>> {
+    /// Whether the TLS handshake agreed on the ALPN protocol `protocol`.
+    pub fn alpn_is(&self, protocol: &[u8]) -> bool {
         match self {
-            Stream::Tcp(_) => None,
-            Stream::Tls(tls) => lock(tls).get_ref().1.alpn_protocol().map(<[u8]>::to_vec),
+            Stream::Tcp(_) => false,
+            Stream::Tls(tls) => lock(tls).get_ref().1.alpn_protocol() == Some(protocol),
         }
     }
 }

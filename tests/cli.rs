@@ -13,14 +13,27 @@ fn baton(args: &[&str]) -> std::process::Output {
         .expect("baton runs")
 }
 
-/// The golden test: every config under examples/ is valid.
+/// The certificate files the examples name, made for the test (none is committed).
+const EXAMPLE_CERTS: [&str; 3] = ["site", "api", "wild"];
+
+/// The golden test: every config under examples/ is valid. A config that names
+/// certificate files is checked from a scratch copy of the directory where they were made.
 #[test]
 fn every_example_config_is_valid() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let scratch = TempDir::new();
+    let ca = support::tls::TestCa::new("examples");
+    for stem in EXAMPLE_CERTS {
+        ca.leaf(&scratch, stem, &["localhost", "127.0.0.1"]);
+    }
     let mut checked = 0;
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let mut path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            if text.contains(".pem\"") {
+                path = scratch.file(path.file_name().unwrap().to_str().unwrap(), &text);
+            }
             let loaded = baton::config::load(&path);
             assert!(loaded.is_ok(), "{}: {:?}", path.display(), loaded.err());
             let output = baton(&["check", "-c", path.to_str().unwrap()]);
@@ -78,6 +91,57 @@ protocol = "h2"
         "baton.toml:9:31: endpoint \"not an address\" must be an IP address and port",
         "baton.toml:10:12: protocol \"h2\" to upstreams is not supported yet",
         "5 errors",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn unusable_certificates_are_located() {
+    let dir = TempDir::new();
+    let ca = support::tls::TestCa::new("test ca");
+    ca.leaf(&dir, "one", &["one.test"]);
+    ca.leaf(&dir, "two", &["two.test"]);
+    dir.file("empty.pem", "");
+    let config = r#"[[listeners]]
+listen = "127.0.0.1:8443"
+tls = { cert = "missing.pem", key = "one.key" }
+
+[[listeners]]
+listen = "127.0.0.1:8444"
+tls = { cert = "one.pem", key = "two.key" }
+
+[[listeners]]
+listen = "127.0.0.1:8445"
+tls = { cert = "empty.pem", key = "one.key" }
+[[listeners.certs]]
+sni = "bad name"
+cert = "two.pem"
+key = "two.key"
+
+[[listeners]]
+listen = "127.0.0.1:8446"
+[[listeners.certs]]
+sni = "a.test"
+cert = "two.pem"
+key = "two.key"
+"#;
+    let path = dir.file("baton.toml", config);
+    let output = baton(&["check", "-c", path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    for expected in [
+        "baton.toml:3:16: `tls.cert`: cannot read ",
+        "missing.pem: No such file or directory",
+        "baton.toml:7:33: `tls.key`: ",
+        "two.key is not the key of the certificate in ",
+        "baton.toml:11:16: `tls.cert`: ",
+        "empty.pem holds no certificate",
+        "baton.toml:13:7: `sni` must be a host name",
+        "baton.toml:19:1: `listeners.certs` adds certificates to a TLS listener",
     ] {
         assert!(
             stderr.contains(expected),

@@ -72,11 +72,30 @@ pub struct RawLog {
 pub struct RawListener {
     pub name: Option<Spanned<String>>,
     pub listen: Option<Spanned<String>>,
-    pub tls: Unsupported,
-    pub certs: Unsupported,
+    pub tls: Option<Spanned<RawCertFiles>>,
+    pub certs: Vec<Spanned<RawSniCert>>,
     pub trusted_proxies: Vec<Spanned<String>>,
     pub header_read_timeout: Option<Dur>,
     pub max_header_bytes: Option<Spanned<Size>>,
+    pub idle_timeout: Option<Dur>,
+    pub max_concurrent_streams: Option<Spanned<u32>>,
+}
+
+/// A certificate chain and its key, PEM files: a listener's `tls`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCertFiles {
+    pub cert: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
+}
+
+/// One of `[[listeners.certs]]`: a certificate served to clients that ask for `sni`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSniCert {
+    pub sni: Option<Spanned<String>>,
+    pub cert: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

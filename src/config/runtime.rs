@@ -11,11 +11,15 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+pub use crate::tls::Certificates;
+
 /// Defaults of SPEC §2, named so that the reference in the README and the code agree.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
 pub const DEFAULT_STATUS_PAGE_PATH: &str = "/.baton/status";
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_HEADER_BYTES: u64 = 64 << 10;
+pub const DEFAULT_CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 128;
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 16 << 20;
 pub const DEFAULT_MAINTENANCE_RETRY_AFTER: Duration = Duration::from_secs(300);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -119,13 +123,19 @@ pub struct Log {
     pub level: tracing::Level,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Listener {
     pub name: String,
     pub listen: SocketAddr,
+    /// HTTPS: the certificates, read when the config was loaded.
+    pub tls: Option<Certificates>,
     pub trusted_proxies: Vec<IpNet>,
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
+    /// A client connection with no request in flight is closed after this.
+    pub idle_timeout: Duration,
+    /// HTTP/2: streams a client may have open at once.
+    pub max_concurrent_streams: u32,
 }
 
 /// Which hosts a route answers for.

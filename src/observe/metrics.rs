@@ -57,6 +57,12 @@ pub struct ListenerLabel {
     pub listener: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    pub listener: String,
+    pub result: &'static str,
+}
+
 /// Request durations from 1 ms to about 33 s, doubling.
 const DURATION_BUCKET_START: f64 = 0.001;
 const DURATION_BUCKET_COUNT: u16 = 16;
@@ -82,6 +88,8 @@ pub struct Metrics {
     pub retries: Family<RouteLabel, Counter>,
     pub idempotency: Family<RouteResult, Counter>,
     pub connections_open: Family<ListenerLabel, Gauge>,
+    /// TLS handshakes with clients, by listener and result.
+    pub tls_handshakes: Family<HandshakeLabels, Counter>,
     /// 1 when the endpoint takes new requests; set when metrics are read.
     pub endpoint_up: Family<EndpointLabels, Gauge>,
     /// Exchanges in progress per endpoint; set when metrics are read.
@@ -140,6 +148,12 @@ impl Default for Metrics {
             "Client connections currently open",
             connections_open.clone(),
         );
+        let tls_handshakes = Family::<HandshakeLabels, Counter>::default();
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes with clients, by result: ok (full), resumed, failed, timeout, plaintext (HTTP sent to a TLS port)",
+            tls_handshakes.clone(),
+        );
         let endpoint_up = Family::<EndpointLabels, Gauge>::default();
         registry.register(
             "endpoint_up",
@@ -185,6 +199,7 @@ impl Default for Metrics {
             retries,
             idempotency,
             connections_open,
+            tls_handshakes,
         }
     }
 }

@@ -13,7 +13,7 @@
 //!   is written then, if asked for);
 //! - the answer's head and small body go out in one write; its framing is its
 //!   `Content-Length`, else chunked (close-delimited for HTTP/1.0 clients);
-//! - keep-alive connections idle for [`CLIENT_KEEPALIVE_IDLE`] are closed, and an idle
+//! - keep-alive connections idle for the listener's `idle_timeout` are closed, and an idle
 //!   connection holds no buffer;
 //! - a closing connection whose client may still be sending reads and discards what comes
 //!   for up to [`LINGER_TIME`] first (a "lingering close"): closing a socket with unread
@@ -23,10 +23,10 @@
 //!   server, and an accepted upgrade (`101`) turns it into a tunnel to the upstream.
 
 mod body;
+mod h2;
 mod head;
 
 use std::cell::RefCell;
-use std::convert::Infallible;
 use std::future::poll_fn;
 use std::io;
 use std::mem;
@@ -39,10 +39,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -61,8 +58,6 @@ use head::{inspect, refusal, Head, Verdict};
 pub use body::ClientBody;
 pub(crate) use head::fuzz as fuzz_head;
 
-/// How long a client keep-alive connection may sit idle between requests.
-pub const CLIENT_KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 /// How long a closing connection keeps reading (and discarding) what the client still
 /// sends after the last answer.
 pub const LINGER_TIME: Duration = Duration::from_secs(5);
@@ -89,6 +84,10 @@ pub type Refuse = Arc<dyn Fn(Refusal) -> Vec<u8> + Send + Sync>;
 pub struct Limits {
     pub max_head_bytes: usize,
     pub header_read_timeout: Duration,
+    /// How long a connection may sit with no request in flight.
+    pub idle_timeout: Duration,
+    /// HTTP/2: streams a client may have open at once.
+    pub max_concurrent_streams: u32,
 }
 
 /// What a connection needs besides its socket.
@@ -102,6 +101,9 @@ pub struct Setup {
 
 /// Serves one client connection until it closes.
 pub async fn serve(stream: Stream, mut setup: Setup) {
+    if stream.alpn_is(b"h2") {
+        return Box::pin(h2::serve(stream, Bytes::new(), setup)).await;
+    }
     let io = Arc::new(stream);
     let mut buf = BytesMut::new();
     let mut first = true;
@@ -110,7 +112,12 @@ pub async fn serve(stream: Stream, mut setup: Setup) {
             HeadRead::Request(head) => head,
             // Boxed, as are the tunnel and the lingering close: an idle connection's task
             // is as large as its largest state, and these are rare.
-            HeadRead::H2 => return Box::pin(serve_h2(io, buf, setup)).await,
+            HeadRead::H2 => {
+                if let Ok(stream) = Arc::try_unwrap(io) {
+                    Box::pin(h2::serve(stream, buf.freeze(), setup)).await;
+                }
+                return;
+            }
             HeadRead::Refused(refusal) => {
                 let answer = (setup.refuse)(refusal);
                 if io.write_all(&answer).await.is_ok() {
@@ -221,7 +228,7 @@ enum HeadRead {
 
 /// Reads until a whole request head is in `buf`, within the connection's time limits: the
 /// first head must be complete `header_read_timeout` after the connection opened; a later
-/// one may keep the connection idle for [`CLIENT_KEEPALIVE_IDLE`], and must then be
+/// one may keep the connection idle for `idle_timeout`, and must then be
 /// complete `header_read_timeout` after its first byte.
 async fn read_head(io: &Stream, buf: &mut BytesMut, first: bool, setup: &mut Setup) -> HeadRead {
     let limits = setup.limits;
@@ -231,7 +238,7 @@ async fn read_head(io: &Stream, buf: &mut BytesMut, first: bool, setup: &mut Set
         + if first || started {
             limits.header_read_timeout
         } else {
-            CLIENT_KEEPALIVE_IDLE
+            limits.idle_timeout
         };
     loop {
         if !buf.is_empty() {
@@ -556,97 +563,5 @@ async fn tunnel(io: Arc<Stream>, client_early: BytesMut, upstream: h1::Conn) {
     };
     if let Err(err) = result.await {
         tracing::debug!(error = %err, "upgraded connection ended");
-    }
-}
-
-/// Serves an h2c connection with hyper's HTTP/2 server, after the bytes already read.
-async fn serve_h2(io: Arc<Stream>, read: BytesMut, mut setup: Setup) {
-    let Ok(stream) = Arc::try_unwrap(io) else {
-        return;
-    };
-    let gateway = setup.gateway.clone();
-    let conn = setup.conn.clone();
-    let service = service_fn(move |request: Request<Incoming>| {
-        let gateway = gateway.clone();
-        let conn = conn.clone();
-        async move {
-            let request = request.map(ClientBody::H2);
-            // Boxed, and built in its box: hyper moves this future into a task of its own
-            // for each stream, and the request future inline would be copied each time.
-            let handling = Box::write(Box::new_uninit(), proxy::handle(gateway, &conn, request));
-            Ok::<_, Infallible>(Box::into_pin(handling).await)
-        }
-    });
-    let max_header_list = u32::try_from(setup.limits.max_head_bytes).unwrap_or(u32::MAX);
-    let io = TokioIo::new(Prefixed {
-        read: read.freeze(),
-        io: stream,
-    });
-    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .max_header_list_size(max_header_list)
-        .serve_connection(io, service);
-    let mut connection = pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        () = stop_requested(&mut setup.stopped) => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
-    if let Err(err) = result {
-        tracing::debug!(peer = %setup.conn.peer, error = %err, "h2c connection ended with an error");
-    }
-}
-
-/// A socket with bytes already read from it in front.
-struct Prefixed {
-    read: Bytes,
-    io: Stream,
-}
-
-impl AsyncRead for Prefixed {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.read.is_empty() {
-            let n = self.read.len().min(buf.remaining());
-            buf.put_slice(&self.read[..n]);
-            self.read.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Prefixed {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

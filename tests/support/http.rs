@@ -242,8 +242,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
         }
     }
 
+    /// Writes and flushes (a TLS stream holds back what is not flushed).
     pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.stream.write_all(bytes).await
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await
     }
 
     /// Bytes already read past the last message.

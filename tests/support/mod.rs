@@ -5,8 +5,10 @@
 
 pub mod browser;
 pub mod dns;
+pub mod h2;
 pub mod http;
 pub mod redis;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -678,7 +680,10 @@ pub async fn send_raw(addr: SocketAddr, bytes: &[u8]) -> Response {
     read_response(&mut reader, "GET").await
 }
 
-pub async fn read_response(reader: &mut Reader<TcpStream>, method: &str) -> Response {
+pub async fn read_response<S>(reader: &mut Reader<S>, method: &str) -> Response
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let head = reader
         .read_response_head()
         .await
