@@ -10,10 +10,9 @@ use tokio::time::Instant;
 
 use crate::body::RequestBody;
 use crate::cause::{Cause, Delivery};
-use crate::classify;
 use crate::forward::Forwarding;
 use crate::upstream::h1::{self, Conn, SendError};
-use crate::upstream::pool::Lease;
+use crate::upstream::pool::{ConnectError, Lease};
 use crate::upstream::Endpoint;
 
 /// A response head from the endpoint; its body holds the connection it came on.
@@ -54,20 +53,28 @@ pub async fn attempt(
                 // Boxed: most requests find a pooled connection, and the connect state
                 // inline would enlarge every request's future (measured: 150 instructions
                 // a request more in copies).
-                let connect = Box::pin(Conn::connect(endpoint.addr));
+                let connect = Box::pin(
+                    endpoint
+                        .pool
+                        .connect(endpoint.addr, endpoint.host.as_deref()),
+                );
                 let connected = match connect_timeout {
-                    Some(limit) => tokio::time::timeout(limit, connect)
-                        .await
-                        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
+                    Some(limit) => {
+                        tokio::time::timeout(limit, connect)
+                            .await
+                            .unwrap_or_else(|_| {
+                                Err(ConnectError::Tcp(std::io::ErrorKind::TimedOut.into()))
+                            })
+                    }
                     None => connect.await,
                 };
                 connect_time = Some(started.elapsed());
                 match connected {
-                    Ok(conn) => conn,
+                    Ok(stream) => Conn::new(stream),
                     Err(err) => {
                         tracing::debug!(endpoint = %endpoint.addr, error = %err, "connect failed");
                         return Err(Failure {
-                            cause: classify::connect_error(&err),
+                            cause: err.cause(),
                             delivery: Delivery::None,
                             request: Some(request),
                             sent_head: None,
@@ -103,13 +110,19 @@ pub async fn attempt(
                 })
             }
             Err(SendError::Sent(cause, head)) => {
+                // The upstream's TLS layer refused the connection: the request went out
+                // but nothing behind it saw it (see `classify::upstream_read_error`).
+                let delivery = match cause {
+                    Cause::UpstreamTlsFailed => Delivery::None,
+                    _ => Delivery::Sent,
+                };
                 return Err(Failure {
                     cause,
-                    delivery: Delivery::Sent,
+                    delivery,
                     request: None,
                     sent_head: Some(head),
                     connect: connect_time,
-                })
+                });
             }
         }
     }

@@ -17,6 +17,20 @@ pub fn connect_error(err: &io::Error) -> Cause {
     }
 }
 
+/// A failed read of an upstream's response head. A TLS alert from the upstream means its
+/// TLS layer refused the connection: in TLS 1.3 a client certificate it does not accept is
+/// reported only after the client finished its side of the handshake, when the request
+/// is already on its way, but the application behind never saw it.
+pub fn upstream_read_error(err: &io::Error) -> Cause {
+    match err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::AlertReceived(_)) => Cause::UpstreamTlsFailed,
+        _ => Cause::UpstreamReset,
+    }
+}
+
 /// A failed read of the client's request body: broken framing (a bad chunk size, a body
 /// shorter than its length) is the client's fault (400); anything else means it went away.
 pub fn client_body_error(err: &hyper::Error) -> Cause {
@@ -55,5 +69,14 @@ mod tests {
         assert_eq!(connect_error(&timed_out), Cause::UpstreamConnectTimeout);
         let unreachable = io::Error::from(io::ErrorKind::HostUnreachable);
         assert_eq!(connect_error(&unreachable), Cause::UpstreamUnreachable);
+    }
+
+    #[test]
+    fn upstream_read_errors() {
+        let alert = rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired);
+        let alert = io::Error::new(io::ErrorKind::InvalidData, alert);
+        assert_eq!(upstream_read_error(&alert), Cause::UpstreamTlsFailed);
+        let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+        assert_eq!(upstream_read_error(&reset), Cause::UpstreamReset);
     }
 }

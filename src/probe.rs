@@ -5,12 +5,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::HeaderValue;
-use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::config::runtime::DEFAULT_CONNECT_TIMEOUT;
-use crate::config::{Config, HealthCheck};
+use crate::config::{Config, HealthCheck, Keepalive};
+use crate::tls::ClientTls;
+use crate::upstream::pool::{ConnectError, Pool};
 use crate::upstream::{dns, health};
 
 /// What became of one endpoint address.
@@ -39,13 +40,15 @@ pub async fn probe(config: &Config) -> Vec<Probe> {
     let mut results = Vec::new();
     for upstream in &config.upstreams {
         for endpoint in &upstream.endpoints {
-            targets.push((
-                upstream.name.clone(),
-                endpoint.addr.to_string(),
-                endpoint.addr,
-                "-".to_owned(),
-                upstream.health.clone(),
-            ));
+            targets.push(Target {
+                upstream: upstream.name.clone(),
+                endpoint: endpoint.addr.to_string(),
+                addr: endpoint.addr,
+                host: None,
+                dns: "-".to_owned(),
+                check: upstream.health.clone(),
+                tls: upstream.tls.clone(),
+            });
         }
         for named in &upstream.names {
             let label = format!("{}:{}", named.host, named.port);
@@ -68,13 +71,15 @@ pub async fn probe(config: &Config) -> Vec<Probe> {
                         if ips.len() == 1 { "" } else { "es" }
                     );
                     for ip in ips {
-                        targets.push((
-                            upstream.name.clone(),
-                            label.clone(),
-                            SocketAddr::new(ip, named.port),
-                            dns.clone(),
-                            upstream.health.clone(),
-                        ));
+                        targets.push(Target {
+                            upstream: upstream.name.clone(),
+                            endpoint: label.clone(),
+                            addr: SocketAddr::new(ip, named.port),
+                            host: Some(named.host.clone()),
+                            dns: dns.clone(),
+                            check: upstream.health.clone(),
+                            tls: upstream.tls.clone(),
+                        });
                     }
                 }
                 Err(err) => results.push((
@@ -94,10 +99,17 @@ pub async fn probe(config: &Config) -> Vec<Probe> {
         }
     }
     let mut running = JoinSet::new();
-    for (index, (upstream, endpoint, addr, dns, check)) in targets.into_iter().enumerate() {
+    for (index, target) in targets.into_iter().enumerate() {
         running.spawn(async move {
             let started = Instant::now();
-            let (connect, health, reachable) = probe_address(addr, check.as_ref()).await;
+            let (connect, health, reachable) = probe_address(&target).await;
+            let Target {
+                upstream,
+                endpoint,
+                addr,
+                dns,
+                ..
+            } = target;
             (
                 index,
                 Probe {
@@ -130,16 +142,36 @@ pub async fn probe(config: &Config) -> Vec<Probe> {
     results.into_iter().map(|(_, probe)| probe).collect()
 }
 
-/// (connect, health, reachable) for one address.
-async fn probe_address(addr: SocketAddr, check: Option<&HealthCheck>) -> (String, String, bool) {
+/// One address to probe, and what its upstream says about it.
+struct Target {
+    upstream: String,
+    endpoint: String,
+    addr: SocketAddr,
+    /// The host name the address was found under.
+    host: Option<String>,
+    dns: String,
+    check: Option<HealthCheck>,
+    tls: Option<ClientTls>,
+}
+
+/// (connect, health, reachable) for one address: connected (with the TLS handshake when
+/// the upstream has `tls`) as requests would be.
+async fn probe_address(target: &Target) -> (String, String, bool) {
+    let Target { addr, check, .. } = target;
+    let pool = Pool::new(Keepalive {
+        idle: Duration::ZERO,
+        max_idle_per_endpoint: 0,
+    });
+    pool.set_tls(target.tls.clone());
     let started = Instant::now();
-    let connected = tokio::time::timeout(DEFAULT_CONNECT_TIMEOUT, TcpStream::connect(addr)).await;
+    let host = target.host.as_deref();
+    let connected = tokio::time::timeout(DEFAULT_CONNECT_TIMEOUT, pool.connect(*addr, host)).await;
     let connect = match connected {
         Ok(Ok(stream)) => {
             drop(stream);
             format!("ok ({:.1} ms)", started.elapsed().as_secs_f64() * 1e3)
         }
-        Ok(Err(err)) if err.kind() == std::io::ErrorKind::ConnectionRefused => {
+        Ok(Err(ConnectError::Tcp(err))) if err.kind() == std::io::ErrorKind::ConnectionRefused => {
             return ("refused".to_owned(), "-".to_owned(), false)
         }
         Ok(Err(err)) => return (format!("failed: {err}"), "-".to_owned(), false),
@@ -157,9 +189,9 @@ async fn probe_address(addr: SocketAddr, check: Option<&HealthCheck>) -> (String
     let Some(check) = check else {
         return (connect, "no check configured".to_owned(), true);
     };
-    let host =
+    let host_header =
         HeaderValue::from_str(&addr.to_string()).unwrap_or(HeaderValue::from_static("localhost"));
-    match health::request(addr, &host, check).await {
+    match health::request(&pool, *addr, host, &host_header, check).await {
         Ok(status) if check.expects(status) => {
             (connect, format!("{status} on {}", check.path), true)
         }

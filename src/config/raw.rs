@@ -154,11 +154,22 @@ pub struct RawUpstream {
     pub keepalive: RawKeepalive,
     pub max_inflight: Option<Spanned<u64>>,
     pub hash_key: Option<Spanned<String>>,
-    pub tls: Unsupported,
+    pub tls: Option<Spanned<RawUpstreamTls>>,
     pub queue: Unsupported,
     pub slow_start: Option<Dur>,
     pub health: Option<Spanned<RawHealth>>,
     pub outlier: RawOutlier,
+}
+
+/// An upstream's `tls`: how its connections are secured.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawUpstreamTls {
+    pub sni: Option<Spanned<String>>,
+    pub ca: Option<Spanned<String>>,
+    pub verify: Option<bool>,
+    pub cert: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-pub use crate::tls::Certificates;
+pub use crate::tls::{Certificates, ClientTls};
 
 /// Defaults of SPEC §2, named so that the reference in the README and the code agree.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
@@ -216,6 +216,8 @@ pub struct UpstreamConfig {
     pub outlier: Outlier,
     /// Active health checks, when the upstream has `health`.
     pub health: Option<HealthCheck>,
+    /// TLS to the endpoints, when the upstream has `tls`.
+    pub tls: Option<ClientTls>,
 }
 
 /// Active health checks (SPEC §7): `GET path` every `interval`, each within `timeout`;

@@ -16,7 +16,6 @@
 use std::future::poll_fn;
 use std::io;
 use std::mem::MaybeUninit;
-use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -26,11 +25,11 @@ use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::body::RequestBody;
 use crate::cause::Cause;
+use crate::classify;
 use crate::codec::{
     encode_data, encode_trailers, Decoder, FieldSpans, MAX_HEADERS, MAX_HEAD_BYTES,
 };
@@ -65,13 +64,11 @@ enum Failed {
 }
 
 impl Conn {
-    pub async fn connect(addr: SocketAddr) -> io::Result<Conn> {
-        let io = TcpStream::connect(addr).await?;
-        io.set_nodelay(true)?;
-        Ok(Conn {
-            io: Stream::Tcp(io),
+    pub fn new(io: Stream) -> Conn {
+        Conn {
+            io,
             buf: BytesMut::new(),
-        })
+        }
     }
 
     /// Whether the connection can carry another request: nothing unread is waiting on it
@@ -276,7 +273,8 @@ impl Conn {
     /// Reads more of a response head; the upstream closing first is a reset.
     async fn read_more(&mut self) -> Result<(), Cause> {
         match poll_fn(|cx| self.io.poll_read_head(cx, &mut self.buf)).await {
-            Ok(0) | Err(_) => Err(Cause::UpstreamReset),
+            Ok(0) => Err(Cause::UpstreamReset),
+            Err(err) => Err(classify::upstream_read_error(&err)),
             Ok(_) => Ok(()),
         }
     }

@@ -10,11 +10,11 @@ use http::header::{CONNECTION, HOST, USER_AGENT};
 use http::{HeaderValue, Request};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::balance::unit_random;
 use super::endpoint::{now_ms, Endpoint};
+use super::pool::Pool;
 use crate::config::HealthCheck;
 use crate::gateway::stop_requested;
 
@@ -43,7 +43,16 @@ pub async fn run(endpoint: Arc<Endpoint>, check: HealthCheck, mut stopped: watch
 
 /// One check: a status in `expect` within `timeout`.
 async fn probe(endpoint: &Endpoint, check: &HealthCheck) -> bool {
-    match request(endpoint.addr, &endpoint.host_header, check).await {
+    let host = endpoint.host.as_deref();
+    match request(
+        &endpoint.pool,
+        endpoint.addr,
+        host,
+        &endpoint.host_header,
+        check,
+    )
+    .await
+    {
         Ok(status) if check.expects(status) => true,
         Ok(status) => {
             tracing::debug!(endpoint = %endpoint.addr, status, "health check failed");
@@ -56,22 +65,28 @@ async fn probe(endpoint: &Endpoint, check: &HealthCheck) -> bool {
     }
 }
 
-/// Sends `GET check.path` to `addr` on a fresh connection; the status, or why there is
-/// none within `check.timeout`.
+/// Sends `GET check.path` to `addr` (found under the host name `host`, if it was) on a
+/// fresh connection made by `pool` as requests' are; the status, or why there is none
+/// within `check.timeout`.
 pub async fn request(
+    pool: &Pool,
     addr: SocketAddr,
-    host: &HeaderValue,
+    host: Option<&str>,
+    host_header: &HeaderValue,
     check: &HealthCheck,
 ) -> Result<u16, String> {
     let outcome = tokio::time::timeout(check.timeout, async {
-        let stream = TcpStream::connect(addr).await?;
+        let stream = pool
+            .connect(addr, host)
+            .await
+            .map_err(|err| std::io::Error::other(err.to_string()))?;
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
                 .await
                 .map_err(std::io::Error::other)?;
         tokio::spawn(connection);
         let request = Request::get(check.path.as_str())
-            .header(HOST, host.clone())
+            .header(HOST, host_header.clone())
             .header(CONNECTION, HeaderValue::from_static("close"))
             .header(USER_AGENT, HeaderValue::from_static("baton-health-check"))
             .body(Empty::new())

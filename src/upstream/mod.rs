@@ -16,6 +16,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::config::{Balance, EndpointConfig, HashKey, Keepalive, UpstreamConfig};
+use crate::tls::ClientTls;
 use balance::{Balancer, Pick};
 pub use endpoint::Endpoint;
 use endpoint::{now_ms, OutlierPolicy};
@@ -32,6 +33,8 @@ pub struct Upstream {
     balance: Balance,
     slow_start: Duration,
     keepalive: Keepalive,
+    /// TLS to the endpoints, for the endpoints this upstream makes.
+    tls: Option<ClientTls>,
     outlier: Arc<OutlierPolicy>,
 }
 
@@ -55,7 +58,9 @@ impl Upstream {
     /// the outlier or keep-alive settings changed.
     pub fn after(config: &UpstreamConfig, old: Option<(&Upstream, &UpstreamConfig)>) -> Upstream {
         let old = old.filter(|(_, old_config)| {
-            old_config.outlier == config.outlier && old_config.keepalive == config.keepalive
+            old_config.outlier == config.outlier
+                && old_config.keepalive == config.keepalive
+                && old_config.tls == config.tls
         });
         let outlier = match old {
             Some((old, _)) => old.outlier.clone(),
@@ -97,6 +102,9 @@ impl Upstream {
                 }
             }
         }
+        for endpoint in &endpoints {
+            endpoint.pool.set_tls(config.tls.clone());
+        }
         outlier.set_endpoints(&endpoints);
         let unresolved = config.names.iter().any(|n| {
             !endpoints
@@ -115,6 +123,7 @@ impl Upstream {
             balance: config.balance.clone(),
             slow_start: config.slow_start,
             keepalive: config.keepalive,
+            tls: config.tls.clone(),
             outlier,
         }
     }
@@ -148,7 +157,9 @@ impl Upstream {
 
     /// A new endpoint for this upstream, sharing its pool settings and outlier policy.
     pub fn endpoint(&self, config: &EndpointConfig) -> Endpoint {
-        Endpoint::new(config, self.keepalive, self.outlier.clone())
+        let endpoint = Endpoint::new(config, self.keepalive, self.outlier.clone());
+        endpoint.pool.set_tls(self.tls.clone());
+        endpoint
     }
 
     /// What a request is hashed by, when the upstream balances by hash.
@@ -226,6 +237,7 @@ mod tests {
             outlier: Outlier::default(),
             health: None,
             names: Vec::new(),
+            tls: None,
         })
     }
 

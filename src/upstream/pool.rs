@@ -9,15 +9,23 @@
 //! on a fresh connection.
 
 use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::h1::Conn;
 use super::Endpoint;
+use crate::cause::Cause;
+use crate::classify;
 use crate::config::Keepalive;
+use crate::tls::ClientTls;
+use crate::transport::Stream;
 
 /// How much earlier than the upstream's announced `Keep-Alive: timeout` baton stops reusing
 /// a connection: a quarter of the timeout, at most this. The upstream's clock starts when
@@ -36,6 +44,34 @@ struct Idle {
 pub struct Pool {
     idle: Mutex<VecDeque<Idle>>,
     keepalive: Keepalive,
+    /// TLS to the endpoint, when its upstream has `tls`; a reload with the same settings
+    /// swaps in what its files hold now.
+    tls: ArcSwapOption<ClientTls>,
+}
+
+/// Why a new connection could not be made.
+#[derive(Debug)]
+pub enum ConnectError {
+    Tcp(io::Error),
+    Tls(io::Error),
+}
+
+impl ConnectError {
+    pub fn cause(&self) -> Cause {
+        match self {
+            ConnectError::Tcp(err) => classify::connect_error(err),
+            ConnectError::Tls(_) => Cause::UpstreamTlsFailed,
+        }
+    }
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Tcp(err) => write!(f, "connect: {err}"),
+            ConnectError::Tls(err) => write!(f, "TLS handshake: {err}"),
+        }
+    }
 }
 
 impl Pool {
@@ -43,6 +79,29 @@ impl Pool {
         Pool {
             idle: Mutex::new(VecDeque::new()),
             keepalive,
+            tls: ArcSwapOption::empty(),
+        }
+    }
+
+    pub fn set_tls(&self, tls: Option<ClientTls>) {
+        self.tls.store(tls.map(Arc::new));
+    }
+
+    /// A new connection to `addr` (found under the host name `host`, if it was): TCP,
+    /// then the TLS handshake when the upstream has `tls`.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        host: Option<&str>,
+    ) -> Result<Stream, ConnectError> {
+        let tcp = TcpStream::connect(addr).await.map_err(ConnectError::Tcp)?;
+        tcp.set_nodelay(true).map_err(ConnectError::Tcp)?;
+        match self.tls.load_full() {
+            None => Ok(Stream::Tcp(tcp)),
+            Some(tls) => tls
+                .handshake(tcp, host, addr.ip())
+                .await
+                .map_err(ConnectError::Tls),
         }
     }
 

@@ -6,8 +6,10 @@ use std::net::SocketAddr;
 use toml::Spanned;
 
 use super::Validator;
-use crate::config::raw::{RawHealth, RawUpstream};
+use crate::config::raw::{RawHealth, RawUpstream, RawUpstreamTls};
 use crate::config::runtime::*;
+use crate::tls::client::SettingError;
+use crate::tls::{ClientTls, ClientTlsSettings};
 
 /// The shortest `outlier.failure_window`: its tenths are the slots attempts are counted in.
 const MIN_FAILURE_WINDOW: std::time::Duration = std::time::Duration::from_millis(100);
@@ -17,10 +19,14 @@ pub(super) fn build_upstream(
     name: &Spanned<String>,
     upstream: &RawUpstream,
 ) -> Option<UpstreamConfig> {
-    v.unsupported("tls", &upstream.tls);
     v.unsupported("queue", &upstream.queue);
     let balance = build_balance(v, name, upstream);
     let health = upstream.health.as_ref().and_then(|h| build_health(v, h));
+    // `None`: a problem was recorded; the rest is still checked.
+    let tls = match &upstream.tls {
+        None => Some(None),
+        Some(tls) => build_tls(v, tls).map(Some),
+    };
     if let Some(protocol) = &upstream.protocol {
         match protocol.get_ref().as_str() {
             "http1" => {}
@@ -161,6 +167,7 @@ pub(super) fn build_upstream(
         keepalive,
         outlier,
         health,
+        tls: tls?,
     })
 }
 
@@ -304,4 +311,35 @@ fn host_port(text: &str) -> Option<(String, u16)> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
     valid.then(|| (host.to_ascii_lowercase(), port))
+}
+
+/// HTTP/1.1 by ALPN, for upstreams that insist on a protocol being named.
+const ALPN_HTTP1: &[u8] = b"http/1.1";
+
+/// An upstream's `tls`, its files read now.
+fn build_tls(v: &mut Validator, raw: &Spanned<RawUpstreamTls>) -> Option<ClientTls> {
+    let tls = raw.get_ref();
+    let path =
+        |value: &Option<Spanned<String>>| value.as_ref().map(|p| v.base_dir.join(p.get_ref()));
+    let settings = ClientTlsSettings {
+        sni: tls.sni.as_ref().map(|s| s.get_ref().clone()),
+        ca: path(&tls.ca),
+        verify: tls.verify.unwrap_or(true),
+        cert: path(&tls.cert),
+        key: path(&tls.key),
+        alpn: vec![ALPN_HTTP1.to_vec()],
+    };
+    match ClientTls::new(settings) {
+        Ok(client) => Some(client),
+        Err(err) => {
+            let (key, span, message) = match err {
+                SettingError::Sni(m) => ("sni", tls.sni.as_ref().map(|s| s.span()), m),
+                SettingError::Ca(m) => ("ca", tls.ca.as_ref().map(|s| s.span()), m),
+                SettingError::Cert(m) => ("cert", tls.cert.as_ref().map(|s| s.span()), m),
+                SettingError::Key(m) => ("key", tls.key.as_ref().map(|s| s.span()), m),
+            };
+            v.error(span.or(Some(raw.span())), format!("`tls.{key}`: {message}"));
+            None
+        }
+    }
 }

@@ -1,33 +1,24 @@
-//! TLS on listeners: the certificates a listener serves, chosen by SNI, read from PEM files
-//! when the config is loaded (so `baton check` and every reload read them again), and the
-//! handshake that turns an accepted socket into a [`Stream`].
-//!
-//! The crypto provider is *ring*: it builds in seconds on two cores where aws-lc-rs needs
-//! a C toolchain and minutes, and its AES-GCM, ChaCha20-Poly1305, X25519 and P-256 code is
-//! the assembly BoringSSL uses. TLS 1.2 and 1.3 only, with the provider's AEAD suites;
-//! rustls has no renegotiation, no compression and no 0-RTT unless asked. Sessions resume
-//! by ticket (stateless; TLS 1.2 and 1.3) or by ID (TLS 1.2), and a listener keeps its
-//! ticket keys and session cache across reloads, so a reload does not turn every
-//! returning client into a full handshake.
+//! TLS on listeners: the certificates a listener serves, chosen by SNI, and the handshake
+//! that turns an accepted socket into a [`Stream`]. Sessions resume by ticket (stateless;
+//! TLS 1.2 and 1.3) or by ID (TLS 1.2), and a listener keeps its ticket keys and session
+//! cache across reloads, so a reload does not turn every returning client into a full
+//! handshake.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::crypto::ring as provider;
 use rustls::server::{ClientHello, ProducesTickets, ResolvesServerCert, ServerSessionMemoryCache};
 use rustls::sign::CertifiedKey;
 use rustls::{HandshakeKind, ServerConfig};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
+use super::provider;
 use crate::transport::Stream;
 
 /// ALPN protocols a listener offers, preferred first (RFC 7301; RFC 9113 §3.2).
@@ -37,49 +28,6 @@ const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 const SESSION_CACHE_SIZE: usize = 4096;
 /// The first byte of every TLS record that opens a handshake (RFC 8446 §5.1).
 const HANDSHAKE_RECORD: u8 = 0x16;
-
-/// Why a certificate and key pair could not be loaded, and which of the two files it is
-/// about.
-#[derive(Debug)]
-pub enum LoadError {
-    Cert(String),
-    Key(String),
-}
-
-/// Reads a PEM certificate chain (leaf first) and its private key (PKCS#8, PKCS#1 RSA or
-/// SEC1 EC) and checks that they belong together.
-pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, LoadError> {
-    let cert_pem = std::fs::read(cert)
-        .map_err(|err| LoadError::Cert(format!("cannot read {}: {err}", cert.display())))?;
-    let chain = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|err| LoadError::Cert(format!("{} is not valid PEM: {err}", cert.display())))?;
-    if chain.is_empty() {
-        return Err(LoadError::Cert(format!(
-            "{} holds no certificate (a PEM \"BEGIN CERTIFICATE\" block)",
-            cert.display()
-        )));
-    }
-    let key_pem = std::fs::read(key)
-        .map_err(|err| LoadError::Key(format!("cannot read {}: {err}", key.display())))?;
-    let der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|err| {
-        LoadError::Key(format!(
-            "{} holds no private key (PKCS#8, RSA or EC in PEM): {err}",
-            key.display()
-        ))
-    })?;
-    let signing = provider::sign::any_supported_type(&der)
-        .map_err(|err| LoadError::Key(format!("{} is not a usable key: {err}", key.display())))?;
-    let certified = CertifiedKey::new(chain, signing);
-    certified.keys_match().map_err(|_| {
-        LoadError::Key(format!(
-            "{} is not the key of the certificate in {}",
-            key.display(),
-            cert.display()
-        ))
-    })?;
-    Ok(Arc::new(certified))
-}
 
 /// A name a certificate is chosen for: exact, or `*.example.com` for one label before
 /// `example.com` (as a certificate's own wildcard matches, RFC 6125 §6.4.3).
@@ -184,19 +132,18 @@ pub struct Sessions {
 impl Sessions {
     pub fn new() -> io::Result<Sessions> {
         Ok(Sessions {
-            ticketer: provider::Ticketer::new().map_err(io::Error::other)?,
+            ticketer: rustls::crypto::ring::Ticketer::new().map_err(io::Error::other)?,
             cache: ServerSessionMemoryCache::new(SESSION_CACHE_SIZE),
         })
     }
 
     /// The acceptor for a listener serving `certificates`.
     pub fn acceptor(&self, certificates: &Certificates) -> io::Result<TlsAcceptor> {
-        let mut config =
-            ServerConfig::builder_with_provider(Arc::new(provider::default_provider()))
-                .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-                .map_err(io::Error::other)?
-                .with_no_client_auth()
-                .with_cert_resolver(Arc::new(certificates.clone()));
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(io::Error::other)?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(certificates.clone()));
         config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
         config.ticketer = self.ticketer.clone();
         config.session_storage = self.cache.clone();
