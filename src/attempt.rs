@@ -1,6 +1,7 @@
-//! One try of a request against one endpoint: connect (or reuse a pooled connection), send,
-//! and wait for the response head. Failures come back classified, with their delivery, and
-//! with the request itself when none of it was sent, so that it can go elsewhere.
+//! One try of a request against one endpoint: connect (or reuse a connection), send, and
+//! wait for the response head, over HTTP/1.1 or HTTP/2 as the upstream speaks. Failures
+//! come back classified, with their delivery, and with the request itself when none of it
+//! was sent, so that it can go elsewhere.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,14 +11,18 @@ use tokio::time::Instant;
 
 use crate::body::RequestBody;
 use crate::cause::{Cause, Delivery};
+use crate::config::runtime::Protocol;
 use crate::forward::Forwarding;
-use crate::upstream::h1::{self, Conn, SendError};
+use crate::transport::Stream;
+use crate::upstream::client::Incoming;
+use crate::upstream::h1::{Conn, SendError};
+use crate::upstream::h2::H2Failure;
 use crate::upstream::pool::{ConnectError, Lease};
 use crate::upstream::Endpoint;
 
 /// A response head from the endpoint; its body holds the connection it came on.
 pub struct Success {
-    pub response: Response<h1::Body>,
+    pub response: Response<Incoming>,
     pub lease: Lease,
     pub connect: Option<Duration>,
 }
@@ -33,9 +38,84 @@ pub struct Failure {
     pub connect: Option<Duration>,
 }
 
+impl Failure {
+    fn connect(
+        err: ConnectError,
+        request: Request<RequestBody>,
+        connect: Option<Duration>,
+    ) -> Failure {
+        Failure {
+            cause: err.cause(),
+            delivery: Delivery::None,
+            request: Some(request),
+            sent_head: None,
+            connect,
+        }
+    }
+
+    fn send(error: SendError, connect: Option<Duration>) -> Failure {
+        let (cause, delivery, request, sent_head) = match error {
+            SendError::NotSent(request, cause) => (cause, Delivery::None, Some(*request), None),
+            SendError::Sent(cause, head) => (cause, Delivery::Sent, None, Some(head)),
+            SendError::Unprocessed(cause, head) => (cause, Delivery::None, None, Some(head)),
+        };
+        Failure {
+            cause,
+            delivery,
+            request,
+            sent_head,
+            connect,
+        }
+    }
+}
+
 /// Sends `request` to `endpoint`. `connect_timeout` bounds a new connection;
 /// `head_deadline` bounds the wait for the response head.
 pub async fn attempt(
+    endpoint: &Arc<Endpoint>,
+    request: Request<RequestBody>,
+    forwarding: &Forwarding,
+    connect_timeout: Option<Duration>,
+    head_deadline: Option<Instant>,
+) -> Result<Success, Failure> {
+    match endpoint.pool.protocol() {
+        Protocol::Http1 => {
+            attempt_h1(
+                endpoint,
+                request,
+                forwarding,
+                connect_timeout,
+                head_deadline,
+            )
+            .await
+        }
+        Protocol::H2 | Protocol::H2c => {
+            Box::pin(attempt_h2(
+                endpoint,
+                request,
+                forwarding,
+                connect_timeout,
+                head_deadline,
+            ))
+            .await
+        }
+    }
+}
+
+/// A new connection to `endpoint` within `limit`.
+async fn connect(endpoint: &Endpoint, limit: Option<Duration>) -> Result<Stream, ConnectError> {
+    let connecting = endpoint
+        .pool
+        .connect(endpoint.addr, endpoint.host.as_deref());
+    match limit {
+        Some(limit) => tokio::time::timeout(limit, connecting)
+            .await
+            .unwrap_or_else(|_| Err(ConnectError::Tcp(std::io::ErrorKind::TimedOut.into()))),
+        None => connecting.await,
+    }
+}
+
+async fn attempt_h1(
     endpoint: &Arc<Endpoint>,
     mut request: Request<RequestBody>,
     forwarding: &Forwarding,
@@ -53,33 +133,13 @@ pub async fn attempt(
                 // Boxed: most requests find a pooled connection, and the connect state
                 // inline would enlarge every request's future (measured: 150 instructions
                 // a request more in copies).
-                let connect = Box::pin(
-                    endpoint
-                        .pool
-                        .connect(endpoint.addr, endpoint.host.as_deref()),
-                );
-                let connected = match connect_timeout {
-                    Some(limit) => {
-                        tokio::time::timeout(limit, connect)
-                            .await
-                            .unwrap_or_else(|_| {
-                                Err(ConnectError::Tcp(std::io::ErrorKind::TimedOut.into()))
-                            })
-                    }
-                    None => connect.await,
-                };
+                let connected = Box::pin(connect(endpoint, connect_timeout)).await;
                 connect_time = Some(started.elapsed());
                 match connected {
                     Ok(stream) => Conn::new(stream),
                     Err(err) => {
                         tracing::debug!(endpoint = %endpoint.addr, error = %err, "connect failed");
-                        return Err(Failure {
-                            cause: err.cause(),
-                            delivery: Delivery::None,
-                            request: Some(request),
-                            sent_head: None,
-                            connect: connect_time,
-                        });
+                        return Err(Failure::connect(err, request, connect_time));
                     }
                 }
             }
@@ -91,7 +151,7 @@ pub async fn attempt(
         {
             Ok(response) => {
                 return Ok(Success {
-                    response,
+                    response: response.map(Incoming::H1),
                     lease,
                     connect: connect_time,
                 });
@@ -100,30 +160,47 @@ pub async fn attempt(
                 tracing::debug!(endpoint = %endpoint.addr, %cause, "pooled connection was dead; retrying on a fresh one");
                 request = *returned;
             }
-            Err(SendError::NotSent(returned, cause)) => {
-                return Err(Failure {
-                    cause,
-                    delivery: Delivery::None,
-                    request: Some(*returned),
-                    sent_head: None,
-                    connect: connect_time,
-                })
-            }
-            Err(SendError::Sent(cause, head)) => {
-                // The upstream's TLS layer refused the connection: the request went out
-                // but nothing behind it saw it (see `classify::upstream_read_error`).
-                let delivery = match cause {
-                    Cause::UpstreamTlsFailed => Delivery::None,
-                    _ => Delivery::Sent,
-                };
-                return Err(Failure {
-                    cause,
-                    delivery,
-                    request: None,
-                    sent_head: Some(head),
-                    connect: connect_time,
-                });
-            }
+            Err(error) => return Err(Failure::send(error, connect_time)),
         }
+    }
+}
+
+async fn attempt_h2(
+    endpoint: &Arc<Endpoint>,
+    request: Request<RequestBody>,
+    forwarding: &Forwarding,
+    connect_timeout: Option<Duration>,
+    head_deadline: Option<Instant>,
+) -> Result<Success, Failure> {
+    let mut connect_time = None;
+    let lease = Lease::new(endpoint.clone());
+    let sent = endpoint
+        .pool
+        .h2
+        .send(
+            async || {
+                let started = Instant::now();
+                let connected = connect(endpoint, connect_timeout).await;
+                connect_time = Some(started.elapsed());
+                connected
+            },
+            endpoint.pool.is_tls(),
+            request,
+            forwarding,
+            &endpoint.host_header,
+            head_deadline,
+        )
+        .await;
+    match sent {
+        Ok((response, slot)) => Ok(Success {
+            response: response.map(|body| Incoming::H2(body, slot)),
+            lease,
+            connect: connect_time,
+        }),
+        Err(H2Failure::Connect(err, request)) => {
+            tracing::debug!(endpoint = %endpoint.addr, error = %err, "connect failed");
+            Err(Failure::connect(err, *request, connect_time))
+        }
+        Err(H2Failure::Send(error)) => Err(Failure::send(error, connect_time)),
     }
 }

@@ -25,7 +25,7 @@ use crate::idempotency::{BodyHash, StoredResponse, MAX_STORED_BODY};
 use crate::observe::Exchange;
 use crate::server::ClientBody;
 use crate::upstream::balance::StableHasher;
-use crate::upstream::h1;
+use crate::upstream::client::Incoming;
 use crate::upstream::pool::Lease;
 
 /// Why a body stream stopped early, as a cause code.
@@ -366,7 +366,7 @@ impl ResponseBody {
     /// Streams an upstream body, enforcing the idle and total timeouts, returning the
     /// connection to its pool at the end and finishing `exchange` however it ends.
     pub fn upstream(
-        inner: h1::Body,
+        inner: Incoming,
         idle: Option<Duration>,
         deadline: Option<Instant>,
         lease: Lease,
@@ -402,7 +402,7 @@ fn next_timer(idle: Option<Duration>, deadline: Option<Instant>) -> Option<Insta
 }
 
 struct UpstreamBody {
-    inner: h1::Body,
+    inner: Incoming,
     idle: Option<Duration>,
     deadline: Option<Instant>,
     /// Set when a read has to wait, for the sooner of the idle limit from then and the

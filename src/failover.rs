@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::attempt::{attempt, Success};
 use crate::body::RequestBody;
-use crate::cause::{is_idempotent, Cause, Delivery};
+use crate::cause::{Cause, Delivery};
 use crate::config::Route;
 use crate::forward::Forwarding;
 use crate::gateway::{Gateway, RouteState};
@@ -57,9 +57,10 @@ pub(crate) async fn try_endpoints(
     let policy = &route.retry;
     let method = request.method().clone();
     // What it takes to send the request again after it was sent once: a copy of its body,
-    // kept when the whole body was read ahead and the method may be retried after sending
-    // (the head comes back with the failure).
-    let resend = (policy.attempts > 1 && (policy.non_idempotent || is_idempotent(&method)))
+    // kept when the whole body was read ahead (the head comes back with the failure).
+    // Whatever the method: an upstream may say it did not process a request it received
+    // (an HTTP/2 stream refused or past a GOAWAY), and then any request may go again.
+    let resend = (policy.attempts > 1)
         .then(|| request.body().copy())
         .flatten();
     // Inline for the usual few attempts: no allocation per request.

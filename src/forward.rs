@@ -367,6 +367,37 @@ impl Forwarding {
     }
 }
 
+impl Forwarding {
+    /// The same fields set in a header map, for an HTTP/2 upstream (whose head hyper
+    /// encodes): the client's fields that baton replaces are removed and baton's put in.
+    /// Returns the host to send, which HTTP/2 carries as `:authority` (RFC 9113 §8.3.1).
+    pub fn apply(&self, headers: &mut HeaderMap, endpoint_host: &HeaderValue) -> HeaderValue {
+        for name in [
+            HOST,
+            EXPECT,
+            X_FORWARDED_FOR,
+            X_REQUEST_ID,
+            X_FORWARDED_PROTO,
+            X_FORWARDED_HOST,
+            FORWARDED,
+        ] {
+            if self.replaces(&name) {
+                headers.remove(&name);
+            }
+        }
+        headers.insert(X_FORWARDED_FOR, self.forwarded_for.clone());
+        if let Some(proto) = &self.forwarded_proto {
+            headers.insert(X_FORWARDED_PROTO, proto.clone());
+        }
+        if let Some(host) = &self.forwarded_host {
+            headers.insert(X_FORWARDED_HOST, host.clone());
+        }
+        headers.append(VIA, HeaderValue::from_static(self.via));
+        headers.insert(X_REQUEST_ID, self.request_id.clone());
+        self.host.clone().unwrap_or_else(|| endpoint_host.clone())
+    }
+}
+
 /// This hop's `Via` entry, naming the protocol version the message was received with.
 fn via_hop(version: Version) -> &'static str {
     match version {

@@ -8,6 +8,7 @@ use http::HeaderValue;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::config::runtime::Protocol;
 use crate::config::runtime::DEFAULT_CONNECT_TIMEOUT;
 use crate::config::{Config, HealthCheck, Keepalive};
 use crate::tls::ClientTls;
@@ -48,6 +49,7 @@ pub async fn probe(config: &Config) -> Vec<Probe> {
                 dns: "-".to_owned(),
                 check: upstream.health.clone(),
                 tls: upstream.tls.clone(),
+                protocol: upstream.protocol,
             });
         }
         for named in &upstream.names {
@@ -79,6 +81,7 @@ pub async fn probe(config: &Config) -> Vec<Probe> {
                             dns: dns.clone(),
                             check: upstream.health.clone(),
                             tls: upstream.tls.clone(),
+                            protocol: upstream.protocol,
                         });
                     }
                 }
@@ -152,6 +155,7 @@ struct Target {
     dns: String,
     check: Option<HealthCheck>,
     tls: Option<ClientTls>,
+    protocol: Protocol,
 }
 
 /// (connect, health, reachable) for one address: connected (with the TLS handshake when
@@ -162,7 +166,7 @@ async fn probe_address(target: &Target) -> (String, String, bool) {
         idle: Duration::ZERO,
         max_idle_per_endpoint: 0,
     });
-    pool.set_tls(target.tls.clone());
+    pool.set_transport(target.tls.clone(), target.protocol);
     let started = Instant::now();
     let host = target.host.as_deref();
     let connected = tokio::time::timeout(DEFAULT_CONNECT_TIMEOUT, pool.connect(*addr, host)).await;

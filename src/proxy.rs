@@ -30,7 +30,7 @@ use crate::route;
 use crate::server::ClientBody;
 use crate::status;
 use crate::upstream::balance::StableHasher;
-use crate::upstream::h1;
+use crate::upstream::client::Incoming;
 use crate::upstream::pool::Lease;
 
 /// Why baton answers a request itself.
@@ -66,7 +66,7 @@ impl ProxyError {
 
 /// An upstream's response head and what its body needs to stream.
 pub struct Proxied {
-    response: Response<h1::Body>,
+    response: Response<Incoming>,
     lease: Lease,
     idle: Option<Duration>,
     deadline: Option<Instant>,

@@ -89,7 +89,7 @@ protocol = "h2"
         "baton.toml:6:9: `cache` is not supported yet",
         "baton.toml:9:14: endpoint \"bad host:3000\" must be an IP address and port",
         "baton.toml:9:31: endpoint \"not an address\" must be an IP address and port",
-        "baton.toml:10:12: protocol \"h2\" to upstreams is not supported yet",
+        "baton.toml:10:12: protocol \"h2\" is HTTP/2 over TLS: add `tls",
         "5 errors",
     ] {
         assert!(

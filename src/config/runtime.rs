@@ -218,6 +218,18 @@ pub struct UpstreamConfig {
     pub health: Option<HealthCheck>,
     /// TLS to the endpoints, when the upstream has `tls`.
     pub tls: Option<ClientTls>,
+    pub protocol: Protocol,
+}
+
+/// The HTTP version spoken to an upstream's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    #[default]
+    Http1,
+    /// HTTP/2 over TLS, agreed by ALPN.
+    H2,
+    /// HTTP/2 over plain TCP, by prior knowledge.
+    H2c,
 }
 
 /// Active health checks (SPEC §7): `GET path` every `interval`, each within `timeout`;

@@ -55,6 +55,10 @@ pub enum SendError {
     /// Some or all of it was written. The head comes back, so that the request can be
     /// sent again when its body was kept.
     Sent(Cause, Box<http::request::Parts>),
+    /// It was written, and the upstream says it did not process it (an HTTP/2 stream it
+    /// refused, or one past its GOAWAY; a TLS handshake it refused after the fact): as
+    /// safe to send elsewhere as an unsent one, when its body was kept.
+    Unprocessed(Cause, Box<http::request::Parts>),
 }
 
 /// How [`Conn::exchange`] failed.
@@ -108,6 +112,11 @@ impl Conn {
                 Box::new(Request::from_parts(parts, body)),
                 Cause::UpstreamReset,
             ),
+            // The upstream's TLS layer refused the connection after the fact (see
+            // `classify::upstream_read_error`): nothing behind it saw the request.
+            Failed::Sent(Cause::UpstreamTlsFailed) => {
+                SendError::Unprocessed(Cause::UpstreamTlsFailed, Box::new(parts))
+            }
             Failed::Sent(cause) => SendError::Sent(cause, Box::new(parts)),
         })
     }

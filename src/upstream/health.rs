@@ -9,12 +9,13 @@ use bytes::Bytes;
 use http::header::{CONNECTION, HOST, USER_AGENT};
 use http::{HeaderValue, Request};
 use http_body_util::Empty;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::watch;
 
 use super::balance::unit_random;
 use super::endpoint::{now_ms, Endpoint};
 use super::pool::Pool;
+use crate::config::runtime::Protocol;
 use crate::config::HealthCheck;
 use crate::gateway::stop_requested;
 
@@ -80,22 +81,52 @@ pub async fn request(
             .connect(addr, host)
             .await
             .map_err(|err| std::io::Error::other(err.to_string()))?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
-                .await
-                .map_err(std::io::Error::other)?;
-        tokio::spawn(connection);
-        let request = Request::get(check.path.as_str())
-            .header(HOST, host_header.clone())
-            .header(CONNECTION, HeaderValue::from_static("close"))
-            .header(USER_AGENT, HeaderValue::from_static("baton-health-check"))
-            .body(Empty::new())
-            .map_err(std::io::Error::other)?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(std::io::Error::other)?;
-        Ok::<_, std::io::Error>(response.status().as_u16())
+        let status = match pool.protocol() {
+            Protocol::Http1 => {
+                let (mut sender, connection) =
+                    hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+                        .await
+                        .map_err(std::io::Error::other)?;
+                tokio::spawn(connection);
+                let request = Request::get(check.path.as_str())
+                    .header(HOST, host_header.clone())
+                    .header(CONNECTION, HeaderValue::from_static("close"))
+                    .header(USER_AGENT, HeaderValue::from_static("baton-health-check"))
+                    .body(Empty::new())
+                    .map_err(std::io::Error::other)?;
+                sender
+                    .send_request(request)
+                    .await
+                    .map_err(std::io::Error::other)?
+                    .status()
+            }
+            Protocol::H2 | Protocol::H2c => {
+                let (mut sender, connection) =
+                    hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(
+                        TokioExecutor::new(),
+                        TokioIo::new(stream),
+                    )
+                    .await
+                    .map_err(std::io::Error::other)?;
+                tokio::spawn(connection);
+                let scheme = if pool.is_tls() { "https" } else { "http" };
+                let uri = format!(
+                    "{scheme}://{}{}",
+                    host_header.to_str().unwrap_or("localhost"),
+                    check.path
+                );
+                let request = Request::get(uri)
+                    .header(USER_AGENT, HeaderValue::from_static("baton-health-check"))
+                    .body(Empty::new())
+                    .map_err(std::io::Error::other)?;
+                sender
+                    .send_request(request)
+                    .await
+                    .map_err(std::io::Error::other)?
+                    .status()
+            }
+        };
+        Ok::<_, std::io::Error>(status.as_u16())
     })
     .await;
     match outcome {

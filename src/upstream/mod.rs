@@ -1,9 +1,11 @@
 //! Upstreams and their endpoints: where requests go, and the state baton keeps about each.
 
 pub mod balance;
+pub mod client;
 pub mod dns;
 pub mod endpoint;
 pub mod h1;
+pub mod h2;
 pub mod health;
 pub mod outlier;
 pub mod pool;
@@ -15,6 +17,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
+use crate::config::runtime::Protocol;
 use crate::config::{Balance, EndpointConfig, HashKey, Keepalive, UpstreamConfig};
 use crate::tls::ClientTls;
 use balance::{Balancer, Pick};
@@ -33,8 +36,9 @@ pub struct Upstream {
     balance: Balance,
     slow_start: Duration,
     keepalive: Keepalive,
-    /// TLS to the endpoints, for the endpoints this upstream makes.
+    /// TLS to the endpoints, and their protocol, for the endpoints this upstream makes.
     tls: Option<ClientTls>,
+    protocol: Protocol,
     outlier: Arc<OutlierPolicy>,
 }
 
@@ -61,6 +65,7 @@ impl Upstream {
             old_config.outlier == config.outlier
                 && old_config.keepalive == config.keepalive
                 && old_config.tls == config.tls
+                && old_config.protocol == config.protocol
         });
         let outlier = match old {
             Some((old, _)) => old.outlier.clone(),
@@ -103,7 +108,9 @@ impl Upstream {
             }
         }
         for endpoint in &endpoints {
-            endpoint.pool.set_tls(config.tls.clone());
+            endpoint
+                .pool
+                .set_transport(config.tls.clone(), config.protocol);
         }
         outlier.set_endpoints(&endpoints);
         let unresolved = config.names.iter().any(|n| {
@@ -124,6 +131,7 @@ impl Upstream {
             slow_start: config.slow_start,
             keepalive: config.keepalive,
             tls: config.tls.clone(),
+            protocol: config.protocol,
             outlier,
         }
     }
@@ -158,7 +166,7 @@ impl Upstream {
     /// A new endpoint for this upstream, sharing its pool settings and outlier policy.
     pub fn endpoint(&self, config: &EndpointConfig) -> Endpoint {
         let endpoint = Endpoint::new(config, self.keepalive, self.outlier.clone());
-        endpoint.pool.set_tls(self.tls.clone());
+        endpoint.pool.set_transport(self.tls.clone(), self.protocol);
         endpoint
     }
 
@@ -238,6 +246,7 @@ mod tests {
             health: None,
             names: Vec::new(),
             tls: None,
+            protocol: Protocol::Http1,
         })
     }
 

@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,9 +20,11 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::h1::Conn;
+use super::h2;
 use super::Endpoint;
 use crate::cause::Cause;
 use crate::classify;
+use crate::config::runtime::Protocol;
 use crate::config::Keepalive;
 use crate::tls::ClientTls;
 use crate::transport::Stream;
@@ -47,6 +49,9 @@ pub struct Pool {
     /// TLS to the endpoint, when its upstream has `tls`; a reload with the same settings
     /// swaps in what its files hold now.
     tls: ArcSwapOption<ClientTls>,
+    protocol: AtomicU8,
+    /// The endpoint's HTTP/2 connections, for `protocol = "h2"` or `"h2c"`.
+    pub h2: h2::Connections,
 }
 
 /// Why a new connection could not be made.
@@ -80,11 +85,28 @@ impl Pool {
             idle: Mutex::new(VecDeque::new()),
             keepalive,
             tls: ArcSwapOption::empty(),
+            protocol: AtomicU8::new(Protocol::Http1 as u8),
+            h2: h2::Connections::default(),
         }
     }
 
-    pub fn set_tls(&self, tls: Option<ClientTls>) {
+    /// How connections are made: with TLS or without, and the protocol they speak.
+    pub fn set_transport(&self, tls: Option<ClientTls>, protocol: Protocol) {
         self.tls.store(tls.map(Arc::new));
+        self.protocol.store(protocol as u8, Ordering::Relaxed);
+    }
+
+    pub fn protocol(&self) -> Protocol {
+        match self.protocol.load(Ordering::Relaxed) {
+            p if p == Protocol::H2 as u8 => Protocol::H2,
+            p if p == Protocol::H2c as u8 => Protocol::H2c,
+            _ => Protocol::Http1,
+        }
+    }
+
+    /// Whether connections are made with TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.load().is_some()
     }
 
     /// A new connection to `addr` (found under the host name `host`, if it was): TCP,
@@ -96,13 +118,19 @@ impl Pool {
     ) -> Result<Stream, ConnectError> {
         let tcp = TcpStream::connect(addr).await.map_err(ConnectError::Tcp)?;
         tcp.set_nodelay(true).map_err(ConnectError::Tcp)?;
-        match self.tls.load_full() {
-            None => Ok(Stream::Tcp(tcp)),
-            Some(tls) => tls
-                .handshake(tcp, host, addr.ip())
-                .await
-                .map_err(ConnectError::Tls),
+        let Some(tls) = self.tls.load_full() else {
+            return Ok(Stream::Tcp(tcp));
+        };
+        let stream = tls
+            .handshake(tcp, host, addr.ip())
+            .await
+            .map_err(ConnectError::Tls)?;
+        if self.protocol() == Protocol::H2 && !stream.alpn_is(b"h2") {
+            return Err(ConnectError::Tls(io::Error::other(
+                "the upstream did not agree to HTTP/2 by ALPN",
+            )));
         }
+        Ok(stream)
     }
 
     /// The most recently used idle connection that has not expired or closed.
@@ -146,6 +174,7 @@ impl Pool {
 
     /// Drops (and so closes) idle connections that expired or that the upstream closed.
     pub fn purge(&self) {
+        self.h2.purge(self.keepalive.idle);
         let now = Instant::now();
         if let Ok(mut idle) = self.idle.lock() {
             idle.retain(|c| c.expires > now && c.conn.is_open());

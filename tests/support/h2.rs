@@ -190,3 +190,284 @@ impl Client {
         }
     }
 }
+
+/// A real HTTP/2 upstream (hyper's server), h2c or over TLS, that answers `200 h2 ok`
+/// after `delay`, allowing `max_streams` streams per connection, and counts what it saw.
+pub struct H2Upstream {
+    pub addr: SocketAddr,
+    pub connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pub requests: std::sync::Arc<std::sync::Mutex<Vec<http::request::Parts>>>,
+    /// The most streams open at once on one connection.
+    pub most_streams: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for H2Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl H2Upstream {
+    pub async fn start(
+        delay: Duration,
+        max_streams: u32,
+        tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    ) -> H2Upstream {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests: Arc<Mutex<Vec<http::request::Parts>>> = Arc::default();
+        let most_streams = Arc::new(AtomicUsize::new(0));
+        let (c, r, m) = (connections.clone(), requests.clone(), most_streams.clone());
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                c.fetch_add(1, Ordering::SeqCst);
+                let (r, m, acceptor) = (r.clone(), m.clone(), acceptor.clone());
+                tokio::spawn(async move {
+                    let open = Arc::new(AtomicUsize::new(0));
+                    let service = hyper::service::service_fn(
+                        move |request: http::Request<hyper::body::Incoming>| {
+                            let (r, m, open) = (r.clone(), m.clone(), open.clone());
+                            async move {
+                                let now = open.fetch_add(1, Ordering::SeqCst) + 1;
+                                m.fetch_max(now, Ordering::SeqCst);
+                                let (parts, body) = request.into_parts();
+                                r.lock().unwrap().push(parts);
+                                let _ = http_body_util::BodyExt::collect(body).await;
+                                tokio::time::sleep(delay).await;
+                                open.fetch_sub(1, Ordering::SeqCst);
+                                Ok::<_, std::convert::Infallible>(http::Response::new(
+                                    http_body_util::Full::new(bytes::Bytes::from_static(b"h2 ok")),
+                                ))
+                            }
+                        },
+                    );
+                    let mut builder = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    );
+                    builder.max_concurrent_streams(max_streams);
+                    match acceptor {
+                        None => {
+                            let _ = builder
+                                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                                .await;
+                        }
+                        Some(acceptor) => {
+                            if let Ok(tls) = acceptor.accept(tcp).await {
+                                let _ = builder
+                                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                                    .await;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        H2Upstream {
+            addr,
+            connections,
+            requests,
+            most_streams,
+            task,
+        }
+    }
+
+    pub fn requests(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// What a raw HTTP/2 upstream does with the streams of each connection.
+#[derive(Clone, Copy, Debug)]
+pub enum RawScenario {
+    /// The connection's first stream is refused with `REFUSED_STREAM`; the rest answered.
+    RefuseFirst,
+    /// Each connection answers `answered` streams, then meets the next with a graceful
+    /// `GOAWAY` naming the last answered stream, and closes.
+    GoawayAfter(usize),
+}
+
+/// An HTTP/2 upstream (h2c) that writes its frames by hand, to refuse streams and go away
+/// exactly as a test needs. Counts the streams it answered (processed) and turned away.
+pub struct RawH2Upstream {
+    pub addr: SocketAddr,
+    pub answered: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pub turned_away: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RawH2Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RawH2Upstream {
+    pub async fn start(scenario: RawScenario) -> RawH2Upstream {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let answered = Arc::new(AtomicUsize::new(0));
+        let turned_away = Arc::new(AtomicUsize::new(0));
+        let (a, t) = (answered.clone(), turned_away.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let (a, t) = (a.clone(), t.clone());
+                tokio::spawn(async move {
+                    let mut conn = RawServerConn {
+                        stream: tcp,
+                        buf: Vec::new(),
+                    };
+                    if !conn.handshake().await {
+                        return;
+                    }
+                    let mut streams_seen = 0usize;
+                    let mut last_answered = 0u32;
+                    while let Some(frame) = conn.read_frame().await {
+                        match frame.kind {
+                            HEADERS => {
+                                streams_seen += 1;
+                                match scenario {
+                                    RawScenario::RefuseFirst if streams_seen == 1 => {
+                                        t.fetch_add(1, Ordering::SeqCst);
+                                        let refused = frame_bytes(
+                                            RST_STREAM,
+                                            0,
+                                            frame.stream,
+                                            &0x7u32.to_be_bytes(),
+                                        );
+                                        let _ = conn.stream.write_all(&refused).await;
+                                    }
+                                    RawScenario::GoawayAfter(n) if streams_seen > n => {
+                                        t.fetch_add(1, Ordering::SeqCst);
+                                        let mut payload = last_answered.to_be_bytes().to_vec();
+                                        payload.extend_from_slice(&0u32.to_be_bytes());
+                                        let _ = conn
+                                            .stream
+                                            .write_all(&frame_bytes(GOAWAY, 0, 0, &payload))
+                                            .await;
+                                        tokio::time::sleep(Duration::from_millis(50)).await;
+                                        return;
+                                    }
+                                    _ => {
+                                        a.fetch_add(1, Ordering::SeqCst);
+                                        last_answered = frame.stream;
+                                        let mut answer = frame_bytes(
+                                            HEADERS,
+                                            END_HEADERS,
+                                            frame.stream,
+                                            &[0x88],
+                                        );
+                                        answer.extend(frame_bytes(
+                                            DATA,
+                                            END_STREAM,
+                                            frame.stream,
+                                            b"raw ok",
+                                        ));
+                                        if conn.stream.write_all(&answer).await.is_err() {
+                                            return;
+                                        }
+                                    }
+                                }
+                            }
+                            PING if frame.flags & ACK == 0 => {
+                                let _ = conn
+                                    .stream
+                                    .write_all(&frame_bytes(PING, ACK, 0, &frame.payload))
+                                    .await;
+                            }
+                            _ => {}
+                        }
+                    }
+                });
+            }
+        });
+        RawH2Upstream {
+            addr,
+            answered,
+            turned_away,
+            task,
+        }
+    }
+
+    pub fn answered(&self) -> usize {
+        self.answered.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn turned_away(&self) -> usize {
+        self.turned_away.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn frame_bytes(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    frame(kind, flags, stream, payload)
+}
+
+/// The server side of a raw connection.
+struct RawServerConn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawServerConn {
+    /// Reads the client's preface and sends SETTINGS (and the ACK of the client's).
+    async fn handshake(&mut self) -> bool {
+        while self.buf.len() < PREFACE.len() {
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk).await {
+                Ok(n) if n > 0 => self.buf.extend_from_slice(&chunk[..n]),
+                _ => return false,
+            }
+        }
+        if &self.buf[..PREFACE.len()] != PREFACE {
+            return false;
+        }
+        self.buf.drain(..PREFACE.len());
+        let mut hello = frame(SETTINGS, 0, 0, &[]);
+        hello.extend(frame(SETTINGS, ACK, 0, &[]));
+        self.stream.write_all(&hello).await.is_ok()
+    }
+
+    async fn read_frame(&mut self) -> Option<Frame> {
+        loop {
+            if self.buf.len() >= 9 {
+                let len = u32::from_be_bytes([0, self.buf[0], self.buf[1], self.buf[2]]) as usize;
+                if self.buf.len() >= 9 + len {
+                    let frame = Frame {
+                        kind: self.buf[3],
+                        flags: self.buf[4],
+                        stream: u32::from_be_bytes([
+                            self.buf[5],
+                            self.buf[6],
+                            self.buf[7],
+                            self.buf[8],
+                        ]) & 0x7fff_ffff,
+                        payload: self.buf[9..9 + len].to_vec(),
+                    };
+                    self.buf.drain(..9 + len);
+                    return Some(frame);
+                }
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            match self.stream.read(&mut chunk).await {
+                Ok(n) if n > 0 => self.buf.extend_from_slice(&chunk[..n]),
+                _ => return None,
+            }
+        }
+    }
+}

@@ -25,22 +25,35 @@ pub(super) fn build_upstream(
     // `None`: a problem was recorded; the rest is still checked.
     let tls = match &upstream.tls {
         None => Some(None),
-        Some(tls) => build_tls(v, tls).map(Some),
+        Some(tls) => build_tls(v, tls, upstream.protocol.as_ref()).map(Some),
     };
-    if let Some(protocol) = &upstream.protocol {
-        match protocol.get_ref().as_str() {
-            "http1" => {}
-            "h2" | "h2c" => v.error(
-                Some(protocol.span()),
-                format!(
-                    "protocol {:?} to upstreams is not supported yet by this version of baton; use \"http1\"",
-                    protocol.get_ref()
-                ),
-            ),
-            other => v.error(
+    let protocol = match upstream
+        .protocol
+        .as_ref()
+        .map(|p| (p, p.get_ref().as_str()))
+    {
+        None | Some((_, "http1")) => Protocol::Http1,
+        Some((_, "h2")) => Protocol::H2,
+        Some((_, "h2c")) => Protocol::H2c,
+        Some((protocol, other)) => {
+            v.error(
                 Some(protocol.span()),
                 format!("`protocol` must be \"http1\", \"h2\" or \"h2c\", not {other:?}"),
+            );
+            Protocol::Http1
+        }
+    };
+    if let Some(span) = upstream.protocol.as_ref().map(|p| p.span()) {
+        match (protocol, upstream.tls.is_some()) {
+            (Protocol::H2, false) => v.error(
+                Some(span),
+                "protocol \"h2\" is HTTP/2 over TLS: add `tls = { ... }`, or use \"h2c\" for HTTP/2 without TLS",
             ),
+            (Protocol::H2c, true) => v.error(
+                Some(span),
+                "protocol \"h2c\" is HTTP/2 without TLS: remove `tls`, or use \"h2\" for HTTP/2 over TLS",
+            ),
+            _ => {}
         }
     }
     if let Some(max_inflight) = &upstream.max_inflight {
@@ -168,6 +181,7 @@ pub(super) fn build_upstream(
         outlier,
         health,
         tls: tls?,
+        protocol,
     })
 }
 
@@ -315,9 +329,15 @@ fn host_port(text: &str) -> Option<(String, u16)> {
 
 /// HTTP/1.1 by ALPN, for upstreams that insist on a protocol being named.
 const ALPN_HTTP1: &[u8] = b"http/1.1";
+/// HTTP/2 over TLS is agreed by ALPN (RFC 9113 §3.2).
+const ALPN_H2: &[u8] = b"h2";
 
 /// An upstream's `tls`, its files read now.
-fn build_tls(v: &mut Validator, raw: &Spanned<RawUpstreamTls>) -> Option<ClientTls> {
+fn build_tls(
+    v: &mut Validator,
+    raw: &Spanned<RawUpstreamTls>,
+    protocol: Option<&Spanned<String>>,
+) -> Option<ClientTls> {
     let tls = raw.get_ref();
     let path =
         |value: &Option<Spanned<String>>| value.as_ref().map(|p| v.base_dir.join(p.get_ref()));
@@ -327,7 +347,11 @@ fn build_tls(v: &mut Validator, raw: &Spanned<RawUpstreamTls>) -> Option<ClientT
         verify: tls.verify.unwrap_or(true),
         cert: path(&tls.cert),
         key: path(&tls.key),
-        alpn: vec![ALPN_HTTP1.to_vec()],
+        alpn: vec![if protocol.is_some_and(|p| p.get_ref() == "h2") {
+            ALPN_H2.to_vec()
+        } else {
+            ALPN_HTTP1.to_vec()
+        }],
     };
     match ClientTls::new(settings) {
         Ok(client) => Some(client),
