@@ -253,6 +253,7 @@ fn refuser(gateway: Arc<Gateway>, peer: SocketAddr) -> Refuse {
                 accept: refusal.accept.as_ref(),
                 retry_after: None,
                 close: true,
+                grpc: false,
             },
             &gateway.current().config.error_pages,
         );

@@ -89,6 +89,7 @@ pub async fn handle(
 ) -> Response<ResponseBody> {
     let request_id = forward::request_id(request.headers());
     let accept = request.headers().get(ACCEPT).cloned();
+    let grpc = respond::is_grpc(request.headers().get(CONTENT_TYPE));
     let method = request.method().clone();
     let client_version = request.version();
     let mut exchange = Exchange::new(
@@ -176,6 +177,7 @@ pub async fn handle(
                     accept: accept.as_ref(),
                     retry_after,
                     close: error.close,
+                    grpc,
                 },
                 &snapshot.config.error_pages,
             );

@@ -39,6 +39,81 @@ pub struct ErrorReply<'a> {
     pub retry_after: Option<Duration>,
     /// Close the client connection after this response (framing errors).
     pub close: bool,
+    /// The request is a gRPC call (`Content-Type: application/grpc…`): the answer is a
+    /// trailers-only gRPC status, since gRPC clients read no error bodies (SPEC §5).
+    pub grpc: bool,
+}
+
+/// The gRPC status codes baton answers with (grpc/doc/statuscodes.md).
+mod grpc_code {
+    pub const UNKNOWN: u16 = 2;
+    pub const INVALID_ARGUMENT: u16 = 3;
+    pub const DEADLINE_EXCEEDED: u16 = 4;
+    pub const RESOURCE_EXHAUSTED: u16 = 8;
+    pub const INTERNAL: u16 = 13;
+    pub const UNAVAILABLE: u16 = 14;
+}
+
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+
+/// Whether a request with this `Content-Type` is a gRPC call.
+pub fn is_grpc(content_type: Option<&HeaderValue>) -> bool {
+    content_type.is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The gRPC status for an error baton answers (SPEC §5).
+fn grpc_status(cause: Cause, delivery: Delivery) -> u16 {
+    let status = cause.status();
+    if cause == Cause::InternalError {
+        grpc_code::INTERNAL
+    } else if status == StatusCode::GATEWAY_TIMEOUT {
+        grpc_code::DEADLINE_EXCEEDED
+    } else if status == StatusCode::TOO_MANY_REQUESTS {
+        grpc_code::RESOURCE_EXHAUSTED
+    } else if status.is_client_error() {
+        grpc_code::INVALID_ARGUMENT
+    } else if delivery == Delivery::Sent {
+        grpc_code::UNKNOWN
+    } else {
+        grpc_code::UNAVAILABLE
+    }
+}
+
+/// `grpc-message`: percent-encoded UTF-8, every byte outside printable ASCII and `%` as
+/// `%XX` (the gRPC HTTP/2 protocol's Status-Message).
+fn grpc_message(text: &str) -> HeaderValue {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    HeaderValue::try_from(out).unwrap_or(HeaderValue::from_static("baton error"))
+}
+
+/// A trailers-only gRPC answer: HTTP 200 with the status in the head and no body.
+fn grpc_error(reply: &ErrorReply<'_>, retry_after: Option<Duration>) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::empty());
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert(
+        GRPC_STATUS,
+        HeaderValue::from(grpc_status(reply.cause, reply.delivery)),
+    );
+    headers.insert(
+        GRPC_MESSAGE,
+        grpc_message(&format!(
+            "{}: {} (request {})",
+            reply.cause.code(),
+            reply.cause.title(),
+            reply.request_id
+        )),
+    );
+    set_baton_headers(&mut response, reply, retry_after);
+    response
 }
 
 /// Builds the one response baton sends for an error. `templates` are `[error_pages]`.
@@ -50,6 +125,9 @@ pub fn error_response(
     let retry_after = reply.retry_after.filter(|_| {
         status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS
     });
+    if reply.grpc {
+        return grpc_error(reply, retry_after);
+    }
     let (content_type, body) = if reply.accept.is_some_and(prefers_json) {
         ("application/problem+json", problem_json(reply, retry_after))
     } else {
@@ -65,6 +143,19 @@ pub fn error_response(
 
     let mut response = Response::new(ResponseBody::full(Bytes::from(body)));
     *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    set_baton_headers(&mut response, reply, retry_after);
+    response
+}
+
+/// The headers every generated error carries (SPEC §5).
+fn set_baton_headers(
+    response: &mut Response<ResponseBody>,
+    reply: &ErrorReply<'_>,
+    retry_after: Option<Duration>,
+) {
     let headers = response.headers_mut();
     headers.insert(BATON_ERROR, HeaderValue::from_static(reply.cause.code()));
     headers.insert(
@@ -78,14 +169,12 @@ pub fn error_response(
         headers.insert(X_REQUEST_ID, id);
     }
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     if let Some(after) = retry_after {
         headers.insert(RETRY_AFTER, HeaderValue::from(after.as_secs().max(1)));
     }
     if reply.close {
         headers.insert(CONNECTION, HeaderValue::from_static("close"));
     }
-    response
 }
 
 /// Serializes a generated response as HTTP/1.1 bytes, for answers written below hyper.
@@ -362,6 +451,7 @@ mod tests {
             accept: None,
             retry_after: None,
             close: false,
+            grpc: false,
         };
         let page = render_template(
             "{{status}} {{cause}} {{ request_id }} {{unknown}} {{",
@@ -369,5 +459,61 @@ mod tests {
             None,
         );
         assert_eq!(page, "502 upstream-reset &lt;id&gt; {{unknown}} {{");
+    }
+
+    #[test]
+    fn grpc_statuses_follow_the_table() {
+        use grpc_code::*;
+        let table = [
+            (Cause::UpstreamConnectRefused, Delivery::None, UNAVAILABLE),
+            (Cause::NoHealthyUpstream, Delivery::None, UNAVAILABLE),
+            (Cause::UpstreamReset, Delivery::Sent, UNKNOWN),
+            (
+                Cause::UpstreamResponseTimeout,
+                Delivery::Sent,
+                DEADLINE_EXCEEDED,
+            ),
+            (
+                Cause::UpstreamConnectTimeout,
+                Delivery::None,
+                DEADLINE_EXCEEDED,
+            ),
+            (Cause::RateLimited, Delivery::None, RESOURCE_EXHAUSTED),
+            (Cause::HeadersTooLarge, Delivery::None, INVALID_ARGUMENT),
+            (Cause::NoRoute, Delivery::None, INVALID_ARGUMENT),
+            (Cause::InternalError, Delivery::Sent, INTERNAL),
+        ];
+        for (cause, delivery, code) in table {
+            assert_eq!(grpc_status(cause, delivery), code, "{cause:?} {delivery:?}");
+        }
+    }
+
+    #[test]
+    fn a_grpc_error_is_trailers_only_with_an_encoded_message() {
+        let reply = ErrorReply {
+            cause: Cause::UpstreamConnectRefused,
+            delivery: Delivery::None,
+            request_id: "abc",
+            method: &Method::POST,
+            accept: None,
+            retry_after: None,
+            close: false,
+            grpc: true,
+        };
+        let response = error_response(&reply, &HashMap::new());
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.body().full_bytes().is_none());
+        let headers = response.headers();
+        assert_eq!(headers["grpc-status"], "14");
+        assert_eq!(headers["baton-error"], "upstream-connect-refused");
+        assert_eq!(headers["content-type"], "application/grpc");
+        assert!(headers["grpc-message"]
+            .to_str()
+            .unwrap()
+            .starts_with("upstream-connect-refused: "));
+        assert_eq!(
+            grpc_message("100% \u{e9}").to_str().unwrap(),
+            "100%25 %C3%A9"
+        );
     }
 }
