@@ -89,7 +89,9 @@ pub async fn handle(
 ) -> Response<ResponseBody> {
     let request_id = forward::request_id(request.headers());
     let accept = request.headers().get(ACCEPT).cloned();
-    let grpc = respond::is_grpc(request.headers().get(CONTENT_TYPE));
+    // gRPC runs over HTTP/2 only; an HTTP/1.1 request costs no header lookup for it.
+    let grpc = request.version() == Version::HTTP_2
+        && respond::is_grpc(request.headers().get(CONTENT_TYPE));
     let method = request.method().clone();
     let client_version = request.version();
     let mut exchange = Exchange::new(

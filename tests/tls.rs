@@ -7,7 +7,9 @@ mod support;
 use std::net::SocketAddr;
 
 use support::tls::{self, TestCa};
-use support::{admin_get, admin_post, read_response, send_raw, Baton, TempDir, Upstream};
+use support::{
+    admin_get, admin_post, read_response, send_raw, Baton, BatonProcess, TempDir, Upstream,
+};
 
 /// A TLS listener with the certificate in `site.pem` / `site.key`, more certificates in
 /// `certs`, and one route to `upstream`.
@@ -242,4 +244,42 @@ async fn a_renewed_certificate_is_served_after_reload_while_older_connections_go
         .await
         .unwrap();
     assert_eq!(tls::peer_leaf(&later), renewed_der);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_is_served_after_sighup() {
+    let upstream = Upstream::ok("hello").await;
+    let dir = TempDir::new();
+    let ca = TestCa::new("test ca");
+    let old = ca.leaf(&dir, "site", &["site.test"]);
+    let old_der = tls::leaf_der(&old.cert);
+    let baton = BatonProcess::start_in(dir, &https_config(upstream.addr, ""));
+    let connector = || tls::client(&ca, &[b"http/1.1"]);
+    let request = b"GET / HTTP/1.1\r\nHost: site.test\r\n\r\n";
+    let before = tls::connect(&connector(), baton.addr, "site.test")
+        .await
+        .unwrap();
+    assert_eq!(tls::peer_leaf(&before), old_der);
+    let mut before = support::http::Reader::new(before);
+
+    let renewed = ca.leaf(&baton.dir, "site", &["site.test"]);
+    let renewed_der = tls::leaf_der(&renewed.cert);
+    baton.signal("HUP");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let now = tls::connect(&connector(), baton.addr, "site.test")
+            .await
+            .unwrap();
+        if tls::peer_leaf(&now) == renewed_der {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the renewed certificate never came"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The connection opened before the reload still answers.
+    before.write_all(request).await.unwrap();
+    assert_eq!(read_response(&mut before, "GET").await.text(), "hello");
 }

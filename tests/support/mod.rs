@@ -815,8 +815,13 @@ pub struct BatonProcess {
 impl BatonProcess {
     /// Writes `config` to a file and runs `baton run -c FILE`; waits until it listens.
     pub fn start(config: &str) -> BatonProcess {
+        Self::start_in(TempDir::new(), config)
+    }
+
+    /// Like [`BatonProcess::start`], with the config written into `dir`, where the files it
+    /// names are.
+    pub fn start_in(dir: TempDir, config: &str) -> BatonProcess {
         use std::io::BufRead;
-        let dir = TempDir::new();
         let path = dir.file("baton.toml", config);
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
             .args(["run", "-c"])
