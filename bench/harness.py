@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PROXY_CORE = "0"
 LOAD_CORE = "1"
 TICKS = os.sysconf("SC_CLK_TCK")
-TOOLS = {"wrk": "wrk", "nginx": "nginx", "haproxy": "haproxy", "h2load": "nghttp2-client"}
+TOOLS = {"wrk": "wrk", "nginx": "nginx", "haproxy": "haproxy", "h2load": "nghttp2-client",
+         "openssl": "openssl"}
 BODY_100 = "x" * 100
 
 
@@ -177,15 +178,16 @@ class Proxy:
     command: list
     env: dict = field(default_factory=dict)
     process: subprocess.Popen = None
+    # HTTPS (HTTP/1.1 and HTTP/2 by ALPN), when the proxy was given a certificate.
+    tls_port: int = None
 
     def start(self):
         self.process = subprocess.Popen(
             ["taskset", "-c", PROXY_CORE, *self.command],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             env=dict(os.environ, **self.env))
-        wait_for_port(self.h1_port, self.process)
-        if self.h2_port != self.h1_port:
-            wait_for_port(self.h2_port, self.process)
+        for port in {self.h1_port, self.h2_port, self.tls_port} - {None}:
+            wait_for_port(port, self.process)
 
     def pids(self):
         return process_tree(self.process.pid)
@@ -206,10 +208,10 @@ def percentile(sorted_values, q):
     return sorted_values[index]
 
 
-def run_wrk(port, path, connections, seconds):
+def run_wrk(port, path, connections, seconds, scheme="http"):
     out = subprocess.run(
         ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
-         "--latency", f"http://127.0.0.1:{port}{path}"],
+         "--latency", f"{scheme}://127.0.0.1:{port}{path}"],
         capture_output=True, text=True, check=True).stdout
     result = {"requests": 0, "errors": 0, "p50": None, "p99": None}
     unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}
@@ -235,11 +237,11 @@ def run_wrk(port, path, connections, seconds):
     return result
 
 
-def run_h2load(port, path, connections, streams, seconds, work):
+def run_h2load(port, path, connections, streams, seconds, work, scheme="http"):
     log_file = work / "h2load.log"
     out = subprocess.run(
         ["taskset", "-c", LOAD_CORE, "h2load", "-t1", f"-c{connections}", f"-m{streams}",
-         f"-D{seconds}", "--log-file", str(log_file), f"http://127.0.0.1:{port}{path}"],
+         f"-D{seconds}", "--log-file", str(log_file), f"{scheme}://127.0.0.1:{port}{path}"],
         capture_output=True, text=True).stdout
     latencies = []
     errors = 0
@@ -261,10 +263,53 @@ def run_h2load(port, path, connections, streams, seconds, work):
 
 
 
-def baton_config(work, name, backend_endpoints, pool, access="off", routes=None):
-    """A baton config file: one listener, the routes given as path prefixes (default one
-    catch-all), all to one upstream of `backend_endpoints`; returns (path, port)."""
+def make_certificate(work):
+    """A self-signed P-256 certificate for 127.0.0.1, the same for every proxy: returns
+    (cert, key, both in one file for HAProxy)."""
+    cert, key, both = work / "bench.pem", work / "bench.key", work / "bench-both.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1", "-addext",
+         "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True)
+    both.write_text(cert.read_text() + key.read_text())
+    return cert, key, both
+
+
+def run_handshakes(port, seconds, reuse, clients=4):
+    """New TLS connections to `port` for `seconds`, from `clients` openssl s_time
+    processes on the load core: full TLS 1.3 handshakes, or with `reuse` resumed TLS 1.2
+    ones (s_time cannot resume TLS 1.3: it never reads the session ticket that follows
+    the handshake). No request is sent. Returns the handshakes made."""
+    mode = ["-reuse", "-tls1_2"] if reuse else ["-new"]
+    runs = [subprocess.Popen(
+        ["taskset", "-c", LOAD_CORE, "openssl", "s_time", "-connect", f"127.0.0.1:{port}",
+         *mode, "-time", str(seconds)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for _ in range(clients)]
+    total = 0
+    for run in runs:
+        out, _ = run.communicate(timeout=seconds + 30)
+        for line in out.splitlines():
+            # "12345 connections in 5.01s; 2463.07 connections/user sec, ..."
+            words = line.split()
+            if len(words) > 2 and words[1] == "connections" and words[2] == "in":
+                total += int(words[0])
+                break
+    return total
+
+
+def baton_config(work, name, backend_endpoints, pool, access="off", routes=None, tls=None):
+    """A baton config file: one listener (and a second one, HTTPS, with `tls` = (cert,
+    key)), the routes given as path prefixes (default one catch-all), all to one upstream
+    of `backend_endpoints`; returns (path, port, tls port)."""
     port = free_port()
+    tls_port = free_port() if tls else None
+    tls_listener = "" if not tls else f"""
+[[listeners]]
+name = "bench-tls"
+listen = "127.0.0.1:{tls_port}"
+tls = {{ cert = "{tls[0]}", key = "{tls[1]}" }}
+"""
     route_text = "".join(
         f'[[routes]]\nname = "r{i}"\npath_prefix = "{prefix}"\nupstream = "backend"\n'
         for i, prefix in enumerate(routes or ["/"]))
@@ -279,22 +324,33 @@ level = "warn"
 [[listeners]]
 name = "bench"
 listen = "127.0.0.1:{port}"
+{tls_listener}
 {route_text}
 [upstreams.backend]
 endpoints = [{endpoints}]
 keepalive = {{ idle = "60s", max_idle_per_endpoint = {pool} }}
 """)
-    return conf, port
+    return conf, port, tls_port
 
 
-def baton_proxy(baton, work, name, backend_endpoints, pool, access="off", routes=None):
-    conf, port = baton_config(work, name, backend_endpoints, pool, access, routes)
-    return Proxy(name, port, port, [str(baton), "run", "-c", str(conf)])
+def baton_proxy(baton, work, name, backend_endpoints, pool, access="off", routes=None, tls=None):
+    conf, port, tls_port = baton_config(work, name, backend_endpoints, pool, access, routes, tls)
+    return Proxy(name, port, port, [str(baton), "run", "-c", str(conf)], tls_port=tls_port)
 
 
-def nginx_proxy(work, backend_port, pool, servers=None, name="nginx"):
-    """nginx as the proxy, in front of the back-end (or of `servers`, "host:port" each)."""
+def nginx_proxy(work, backend_port, pool, servers=None, name="nginx", tls=None):
+    """nginx as the proxy, in front of the back-end (or of `servers`, "host:port" each);
+    with `tls` = (cert, key), HTTPS on a third port (HTTP/2 and HTTP/1.1 by ALPN, session
+    tickets and a session cache, TLS 1.2 and 1.3)."""
     port, h2 = free_port(), free_port()
+    tls_port = free_port() if tls else None
+    tls_server = "" if not tls else f"""
+        listen 127.0.0.1:{tls_port} ssl http2 backlog=4096;
+        ssl_certificate {tls[0]};
+        ssl_certificate_key {tls[1]};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:SSL:10m;
+        ssl_session_tickets on;"""
     conf = work / f"{name}.conf"
     upstream_servers = " ".join(
         f"server {server};" for server in (servers or [f"127.0.0.1:{backend_port}"]))
@@ -311,17 +367,23 @@ http {{
     upstream backend {{ {upstream_servers} keepalive {pool}; keepalive_requests 100000000; }}
     server {{
         listen 127.0.0.1:{port} backlog=4096;
-        listen 127.0.0.1:{h2} http2 backlog=4096;
+        listen 127.0.0.1:{h2} http2 backlog=4096;{tls_server}
         location / {{ proxy_pass http://backend; proxy_http_version 1.1;
                      proxy_set_header Connection ""; proxy_buffering on; }}
     }}
 }}
 """)
-    return Proxy(name, port, h2, ["nginx", "-c", str(conf)])
+    return Proxy(name, port, h2, ["nginx", "-c", str(conf)], tls_port=tls_port)
 
 
-def haproxy_proxy(work, backend_port, pool):
+def haproxy_proxy(work, backend_port, pool, tls=None):
+    """HAProxy as the proxy; with `tls` = (cert, key, both in one file), HTTPS on a third
+    port (ALPN h2 and http/1.1; its session cache and tickets are on by default)."""
     port, h2 = free_port(), free_port()
+    tls_port = free_port() if tls else None
+    tls_bind = "" if not tls else (
+        f"\n    bind 127.0.0.1:{tls_port} ssl crt {tls[2]} alpn h2,http/1.1 "
+        "ssl-min-ver TLSv1.2 backlog 4096")
     conf = work / "haproxy.cfg"
     conf.write_text(f"""
 global
@@ -336,12 +398,12 @@ defaults
     http-reuse always
 frontend bench
     bind 127.0.0.1:{port} backlog 4096
-    bind 127.0.0.1:{h2} proto h2 backlog 4096
+    bind 127.0.0.1:{h2} proto h2 backlog 4096{tls_bind}
     default_backend backend
 backend backend
     server s1 127.0.0.1:{backend_port} pool-max-conn {pool}
 """)
-    return Proxy("haproxy", port, h2, ["haproxy", "-db", "-f", str(conf)])
+    return Proxy("haproxy", port, h2, ["haproxy", "-db", "-f", str(conf)], tls_port=tls_port)
 
 
 def raise_file_limit():
