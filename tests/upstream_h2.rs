@@ -159,3 +159,23 @@ async fn an_h2_client_reaches_an_h2_upstream() {
     assert_eq!(seen.uri.path_and_query().unwrap().as_str(), "/x?y=1");
     assert_eq!(seen.headers["via"], "2 baton");
 }
+
+#[tokio::test]
+async fn an_upgrade_request_goes_to_an_h2_upstream_as_a_plain_request() {
+    let upstream = H2Upstream::start(Duration::ZERO, 100, None).await;
+    let baton = baton_h2c(&[upstream.addr], "").await;
+    let response = support::send_raw(
+        baton.addr,
+        b"GET /chat HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text(), "h2 ok");
+    let seen = upstream.requests.lock().unwrap()[0].clone();
+    assert!(!seen.headers.contains_key("upgrade"), "{:?}", seen.headers);
+    assert!(
+        !seen.headers.contains_key("connection"),
+        "{:?}",
+        seen.headers
+    );
+}

@@ -174,6 +174,9 @@ impl Connections {
         };
         let (mut parts, body) = request.into_parts();
         let kept = parts.clone();
+        // HTTP/2 has no connection-specific fields (RFC 9113 §8.2.2): hyper drops what is
+        // left of them (`Connection`, `Upgrade` of a WebSocket handshake, which goes on as
+        // a plain request).
         let authority = forwarding.apply(&mut parts.headers, endpoint_host);
         parts.uri = match upstream_uri(&parts.uri, &authority, tls) {
             Some(uri) => uri,
