@@ -69,6 +69,21 @@ impl Failure {
     }
 }
 
+/// A refused or unreachable endpoint is ordinary (its cause says it all, and outlier
+/// detection acts on it); a failed TLS handshake is a certificate or configuration problem
+/// whose reason — an expired certificate, a name mismatch — only the error tells, so it
+/// is logged where an operator sees it.
+fn log_connect_failure(endpoint: &Endpoint, err: &ConnectError) {
+    match err {
+        ConnectError::Tls(_) => {
+            tracing::warn!(endpoint = %endpoint.addr, error = %err, "TLS to the upstream failed")
+        }
+        ConnectError::Tcp(_) => {
+            tracing::debug!(endpoint = %endpoint.addr, error = %err, "connect failed")
+        }
+    }
+}
+
 /// A new connection to `endpoint` within `limit`.
 async fn connect(endpoint: &Endpoint, limit: Option<Duration>) -> Result<Stream, ConnectError> {
     let connecting = endpoint
@@ -120,7 +135,7 @@ pub async fn attempt(
                 match connected {
                     Ok(stream) => Conn::new(stream),
                     Err(err) => {
-                        tracing::debug!(endpoint = %endpoint.addr, error = %err, "connect failed");
+                        log_connect_failure(endpoint, &err);
                         return Err(Failure::connect(err, request, connect_time));
                     }
                 }
@@ -180,7 +195,7 @@ async fn attempt_h2(
             connect: connect_time,
         }),
         Err(H2Failure::Connect(err, request)) => {
-            tracing::debug!(endpoint = %endpoint.addr, error = %err, "connect failed");
+            log_connect_failure(endpoint, &err);
             Err(Failure::connect(err, *request, connect_time))
         }
         Err(H2Failure::Send(error)) => Err(Failure::send(error, connect_time)),

@@ -258,3 +258,31 @@ async fn pipelined_requests_of_every_framing_survive_any_split() {
     );
     baton.stop().await;
 }
+
+/// A keep-alive connection with no request in flight is closed after the listener's
+/// `idle_timeout`; one that sends again in time stays.
+#[tokio::test]
+async fn an_idle_keep_alive_connection_closes_after_idle_timeout() {
+    let upstream = Upstream::ok("hi").await;
+    let config = support::simple_config(&[upstream.addr], "", "").replace(
+        "listen = \"127.0.0.1:0\"\n\n[[routes]]",
+        "listen = \"127.0.0.1:0\"\nidle_timeout = \"400ms\"\n\n[[routes]]",
+    );
+    let baton = Baton::start(&config).await;
+    let mut client = baton.connect().await;
+    for _ in 0..3 {
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(read_response(&mut client, "GET").await.text(), "hi");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let mut stream = client.stream;
+    let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+    assert!(matches!(closed, Ok(Ok(0))), "still open: {closed:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    baton.stop().await;
+}

@@ -41,8 +41,8 @@ impl Cause {
             ),
             Cause::UpstreamTlsFailed => e(
                 "The TLS handshake with the endpoint failed, or its certificate did not verify.",
-                "An expired or self-signed certificate; a name that does not match `tls.sni`; a wrong `tls.ca`; the endpoint does not speak TLS.",
-                "Inspect the endpoint's certificate (`openssl s_client -connect ADDR -servername NAME`); fix `tls.sni` or `tls.ca` in the upstream.",
+                "An expired or self-signed certificate; a name that does not match `tls.sni` (or the endpoint's host name or address when `sni` is unset); a wrong `tls.ca`; the endpoint does not speak TLS; it wants a client certificate (`tls.cert`/`tls.key`) that baton did not show or it does not accept; with `protocol = \"h2\"`, it does not offer HTTP/2 by ALPN.",
+                "Inspect the endpoint's certificate (`openssl s_client -connect ADDR -servername NAME -alpn h2`); fix `tls.sni`, `tls.ca` or the client certificate in the upstream; `baton check --probe` shows the handshake error per endpoint.",
                 "Yes: nothing was sent, but the same failure is likely until the certificate is fixed.",
             ),
             Cause::UpstreamReset => e(
@@ -59,9 +59,9 @@ impl Cause {
             ),
             Cause::UpstreamProtocolError => e(
                 "The endpoint broke the HTTP/2 protocol (a stream or connection error).",
-                "A back-end HTTP/2 bug; a mismatch between `protocol` and what the back-end speaks.",
-                "Check the upstream's `protocol`; look at the back-end's HTTP/2 server logs.",
-                "Only if the request is idempotent or carries an Idempotency-Key.",
+                "A back-end HTTP/2 bug; a mismatch between `protocol` and what the back-end speaks; a back-end that refused the stream (REFUSED_STREAM) on every endpoint tried, when it is overloaded.",
+                "Check the upstream's `protocol`; look at the back-end's HTTP/2 server logs and its concurrent-stream limit.",
+                "Only if the request is idempotent or carries an Idempotency-Key, unless Baton-Delivery is none (the stream was refused and nothing was processed).",
             ),
             Cause::UpstreamConnectTimeout => e(
                 "The TCP connection to the endpoint was not established within `timeouts.connect`.",
