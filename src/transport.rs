@@ -215,3 +215,69 @@ impl From<TcpStream> for Stream {
         Stream::Tcp(tcp)
     }
 }
+
+/// A stream handed whole to hyper's HTTP/2 code, with bytes already read from it in front
+/// (the client's preface, read while telling HTTP/2 from HTTP/1.1), and `watch` shown every
+/// byte read from it after those.
+pub struct Handed<W: FnMut(&[u8])> {
+    io: Stream,
+    front: bytes::Bytes,
+    watch: W,
+}
+
+impl<W: FnMut(&[u8])> Handed<W> {
+    pub fn new(io: Stream, front: bytes::Bytes, watch: W) -> Handed<W> {
+        Handed { io, front, watch }
+    }
+}
+
+impl<W: FnMut(&[u8]) + Unpin> AsyncRead for Handed<W> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.front.is_empty() {
+            let n = this.front.len().min(buf.remaining());
+            buf.put_slice(&this.front.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            (this.watch)(&buf.filled()[before..]);
+        }
+        polled
+    }
+}
+
+impl<W: FnMut(&[u8]) + Unpin> AsyncWrite for Handed<W> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}

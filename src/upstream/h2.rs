@@ -3,7 +3,7 @@
 //! as many requests as the upstream allows.
 //!
 //! hyper does not tell its user the peer's `SETTINGS_MAX_CONCURRENT_STREAMS`, so the bytes
-//! the upstream sends are watched on their way in ([`Tap`]): its SETTINGS frames give the
+//! the upstream sends are watched on their way in ([`Scan`]): its SETTINGS frames give the
 //! limit, and a GOAWAY marks the connection as taking no new request. A request goes to
 //! a connection with room, and a new connection opens (one at a time per endpoint) when
 //! none has any; h2 would otherwise queue the request until a stream closes.
@@ -14,17 +14,14 @@
 //! connection errors are `upstream-protocol-error`, and may have been processed.
 
 use std::io;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response, Uri, Version};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -34,7 +31,7 @@ use super::pool::ConnectError;
 use crate::body::RequestBody;
 use crate::cause::Cause;
 use crate::forward::Forwarding;
-use crate::transport::Stream;
+use crate::transport::{Handed, Stream};
 
 /// How long a new connection waits for the upstream's first SETTINGS before it is used
 /// as if it allowed any number of streams (RFC 9113 §6.5.2: the initial value is
@@ -283,11 +280,12 @@ async fn handshake(stream: Stream) -> io::Result<Arc<Conn>> {
         going_away: AtomicBool::new(false),
         settings,
     });
-    let tap = Tap {
-        io: stream,
-        scan: Scan::default(),
-        peer: peer.clone(),
-    };
+    // The upstream's frames are watched on their way in (see the module doc).
+    let mut scan = Scan::default();
+    let watched = peer.clone();
+    let tap = Handed::new(stream, bytes::Bytes::new(), move |data: &[u8]| {
+        scan.feed(data, &watched)
+    });
     let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .handshake(TokioIo::new(tap))
@@ -376,60 +374,6 @@ impl Scan {
     }
 }
 
-/// An upstream connection whose incoming frames are watched (see the module doc).
-struct Tap {
-    io: Stream,
-    scan: Scan,
-    peer: Arc<PeerState>,
-}
-
-impl AsyncRead for Tap {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = polled {
-            this.scan.feed(&buf.filled()[before..], &this.peer);
-        }
-        polled
-    }
-}
-
-impl AsyncWrite for Tap {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
-/// Where an endpoint's HTTP/2 connections go, for tests of the scan.
 #[cfg(test)]
 mod tests {
     use super::*;

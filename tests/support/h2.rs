@@ -121,31 +121,10 @@ impl Client {
 
     async fn read_any_frame(&mut self, within: Duration) -> Option<Frame> {
         let deadline = tokio::time::Instant::now() + within;
-        loop {
-            if self.buf.len() >= 9 {
-                let len = u32::from_be_bytes([0, self.buf[0], self.buf[1], self.buf[2]]) as usize;
-                if self.buf.len() >= 9 + len {
-                    let frame = Frame {
-                        kind: self.buf[3],
-                        flags: self.buf[4],
-                        stream: u32::from_be_bytes([
-                            self.buf[5],
-                            self.buf[6],
-                            self.buf[7],
-                            self.buf[8],
-                        ]) & 0x7fff_ffff,
-                        payload: self.buf[9..9 + len].to_vec(),
-                    };
-                    self.buf.drain(..9 + len);
-                    return Some(frame);
-                }
-            }
-            let mut chunk = [0u8; 16 * 1024];
-            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
-                Ok(Ok(n)) if n > 0 => self.buf.extend_from_slice(&chunk[..n]),
-                _ => return None,
-            }
-        }
+        tokio::time::timeout_at(deadline, next_frame(&mut self.stream, &mut self.buf))
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Reads the answer on `stream`: its `:status` is not decoded, so this returns the
@@ -444,30 +423,30 @@ impl RawServerConn {
     }
 
     async fn read_frame(&mut self) -> Option<Frame> {
-        loop {
-            if self.buf.len() >= 9 {
-                let len = u32::from_be_bytes([0, self.buf[0], self.buf[1], self.buf[2]]) as usize;
-                if self.buf.len() >= 9 + len {
-                    let frame = Frame {
-                        kind: self.buf[3],
-                        flags: self.buf[4],
-                        stream: u32::from_be_bytes([
-                            self.buf[5],
-                            self.buf[6],
-                            self.buf[7],
-                            self.buf[8],
-                        ]) & 0x7fff_ffff,
-                        payload: self.buf[9..9 + len].to_vec(),
-                    };
-                    self.buf.drain(..9 + len);
-                    return Some(frame);
-                }
+        next_frame(&mut self.stream, &mut self.buf).await
+    }
+}
+
+/// The next whole frame from `stream`, after what `buf` holds; `None` at EOF or on an error.
+async fn next_frame(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Frame> {
+    loop {
+        if buf.len() >= 9 {
+            let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
+            if buf.len() >= 9 + len {
+                let frame = Frame {
+                    kind: buf[3],
+                    flags: buf[4],
+                    stream: u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff,
+                    payload: buf[9..9 + len].to_vec(),
+                };
+                buf.drain(..9 + len);
+                return Some(frame);
             }
-            let mut chunk = [0u8; 16 * 1024];
-            match self.stream.read(&mut chunk).await {
-                Ok(n) if n > 0 => self.buf.extend_from_slice(&chunk[..n]),
-                _ => return None,
-            }
+        }
+        let mut chunk = [0u8; 16 * 1024];
+        match stream.read(&mut chunk).await {
+            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return None,
         }
     }
 }
