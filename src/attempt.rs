@@ -181,6 +181,7 @@ async fn attempt_h2(
                 connect_time = Some(started.elapsed());
                 connected
             },
+            connect_timeout,
             endpoint.pool.is_tls(),
             request,
             forwarding,

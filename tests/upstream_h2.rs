@@ -179,3 +179,35 @@ async fn an_upgrade_request_goes_to_an_h2_upstream_as_a_plain_request() {
         seen.headers
     );
 }
+
+#[tokio::test]
+async fn requests_do_not_queue_behind_a_connect_that_hangs() {
+    // Connects to this upstream never complete: its listen backlog is full.
+    let hanging = support::Upstream::full_backlog().await;
+    let config = simple_config(
+        &[hanging.addr],
+        "timeouts = { connect = \"300ms\" }",
+        "protocol = \"h2c\"",
+    );
+    let baton = Baton::start(&config).await;
+    let started = std::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let addr = baton.addr;
+        tasks.spawn(async move { get(addr, "/").await });
+    }
+    while let Some(response) = tasks.join_next().await {
+        let response = response.unwrap();
+        assert_eq!(response.status(), 504);
+        assert_eq!(
+            response.header("baton-error"),
+            Some("upstream-connect-timeout")
+        );
+    }
+    // One after another they would take 10 × 300 ms.
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -151,11 +151,14 @@ impl Connections {
 
     /// Sends `request` on a stream of a connection to the endpoint, with the fields of
     /// `forwarding` (`endpoint_host` as `:authority` unless the client's is kept), and
-    /// waits for the response head until `deadline`.
+    /// waits for the response head until `deadline`. Finding a stream — waiting for
+    /// another request's connect to this endpoint included — takes at most
+    /// `connect_timeout`, so that requests do not queue behind a connect that hangs.
     #[allow(clippy::too_many_arguments)]
     pub async fn send<F>(
         &self,
         connect: F,
+        connect_timeout: Option<Duration>,
         tls: bool,
         request: Request<RequestBody>,
         forwarding: &Forwarding,
@@ -165,7 +168,14 @@ impl Connections {
     where
         F: AsyncFnOnce() -> Result<Stream, ConnectError>,
     {
-        let (mut sender, slot) = match self.slot(connect).await {
+        let slot = self.slot(connect);
+        let found = match connect_timeout {
+            Some(limit) => tokio::time::timeout(limit, slot)
+                .await
+                .unwrap_or_else(|_| Err(ConnectError::Tcp(io::ErrorKind::TimedOut.into()))),
+            None => slot.await,
+        };
+        let (mut sender, slot) = match found {
             Ok(found) => found,
             Err(err) => return Err(H2Failure::Connect(err, Box::new(request))),
         };
