@@ -1,0 +1,345 @@
+//! HTTP/1.1 to upstreams, driven by the exchange that uses the connection.
+//!
+//! hyper's client runs each connection as a task of its own and hands requests, responses
+//! and body chunks across channels to it; on a proxy's hot path that is most of the user
+//! time spent per request. Here the request's own task writes the request, reads the
+//! response head and, through [`Body`], the response body, straight from the socket: no
+//! task, no channel, and an idle pooled connection holds nothing but its socket.
+//!
+//! What is checked on the way in: the response head parses (httparse), fits
+//! [`MAX_HEAD_BYTES`], has at most [`MAX_HEADERS`](crate::codec::MAX_HEADERS) fields and unambiguous framing
+//! (RFC 9112 §6.3: no `Content-Length` with `Transfer-Encoding`, no differing lengths);
+//! chunk sizes parse. A connection is reused only when the response said it may be (HTTP/1.1
+//! without `Connection: close`, or HTTP/1.0 with `keep-alive`), its body was delimited
+//! and read to the end, and nothing followed it.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::pin;
+use std::task::{Context, Poll};
+
+use bytes::BytesMut;
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use tokio::time::Instant;
+
+use crate::body::RequestBody;
+use crate::cause::Cause;
+use crate::classify;
+use crate::codec::{encode_data, encode_trailers, MAX_HEAD_BYTES};
+use crate::forward::Forwarding;
+use crate::transport::Stream;
+
+mod body;
+mod head;
+
+pub use body::Body;
+pub(crate) use head::fuzz;
+use head::{early, parse_head, response_framing, Early, ParsedHead};
+
+/// Request body data this small is written with the head, in one system call.
+const COALESCE_BYTES: usize = 16 * 1024;
+/// Room for a read of what an upstream sends while the request body still goes out.
+const EARLY_READ: usize = 8 * 1024;
+
+/// One HTTP/1.1 connection to an upstream.
+pub struct Conn {
+    io: Stream,
+    /// Bytes read and not yet used.
+    buf: BytesMut,
+}
+
+/// A failed exchange, and whether any of the request reached the upstream.
+pub enum SendError {
+    /// Nothing was written: the request comes back, to go elsewhere.
+    NotSent(Box<Request<RequestBody>>, Cause),
+    /// Some or all of it was written. The head comes back, so that the request can be
+    /// sent again when its body was kept.
+    Sent(Cause, Box<http::request::Parts>),
+    /// It was written, and the upstream says it did not process it (an HTTP/2 stream it
+    /// refused, or one past its GOAWAY; a TLS handshake it refused after the fact): as
+    /// safe to send elsewhere as an unsent one, when its body was kept.
+    Unprocessed(Cause, Box<http::request::Parts>),
+}
+
+/// How [`Conn::exchange`] failed.
+enum Failed {
+    NotSent(RequestBody),
+    Sent(Cause),
+}
+
+impl Conn {
+    pub fn new(io: Stream) -> Conn {
+        Conn {
+            io,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Whether the connection can carry another request: nothing unread is waiting on it
+    /// and the upstream has not closed it. Costs no system call unless the socket became
+    /// readable since the last read.
+    pub fn is_open(&self) -> bool {
+        self.buf.is_empty() && self.io.is_idle_open()
+    }
+
+    /// Sends `request`, with the fields of `forwarding` and `host` as its `Host` unless
+    /// the client's is kept, and reads the response head, all by `deadline` (else
+    /// `upstream-response-timeout`). The response body streams from the connection through
+    /// the returned [`Body`], which gives the connection back when the exchange allows its
+    /// reuse.
+    pub async fn send(
+        self,
+        request: Request<RequestBody>,
+        forwarding: &Forwarding,
+        host: &HeaderValue,
+        deadline: Option<Instant>,
+    ) -> Result<Response<Body>, SendError> {
+        let head_request = request.method() == Method::HEAD;
+        let (mut parts, body) = request.into_parts();
+        let framing = request_framing(&mut parts.headers, &body);
+        let mut head = BytesMut::with_capacity(512);
+        encode_request_line(&mut head, &parts);
+        forwarding.encode_fields(&mut head, &parts.headers, host);
+        let exchange = self.exchange(head, body, framing, head_request);
+        let result = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, exchange)
+                .await
+                .unwrap_or(Err(Failed::Sent(Cause::UpstreamResponseTimeout))),
+            None => exchange.await,
+        };
+        result.map_err(|failed| match failed {
+            Failed::NotSent(body) => SendError::NotSent(
+                Box::new(Request::from_parts(parts, body)),
+                Cause::UpstreamReset,
+            ),
+            // The upstream's TLS layer refused the connection after the fact (see
+            // `classify::upstream_read_error`): nothing behind it saw the request.
+            Failed::Sent(Cause::UpstreamTlsFailed) => {
+                SendError::Unprocessed(Cause::UpstreamTlsFailed, Box::new(parts))
+            }
+            Failed::Sent(cause) => SendError::Sent(cause, Box::new(parts)),
+        })
+    }
+
+    /// Writes the encoded head `out` and the body, and reads the response head.
+    async fn exchange(
+        mut self,
+        mut out: BytesMut,
+        mut body: RequestBody,
+        framing: Outgoing,
+        head_request: bool,
+    ) -> Result<Response<Body>, Failed> {
+        // Body data already at hand, when small, goes out with the head in one write; it
+        // is taken from the body only once written.
+        let coalesced = match body.front_data() {
+            Some(data) if data.len() <= COALESCE_BYTES => {
+                encode_data(&mut out, data, matches!(framing, Outgoing::Chunked));
+                Some(data.len() as u64)
+            }
+            _ => None,
+        };
+        match poll_fn(|cx| self.io.poll_write(cx, &[io::IoSlice::new(&out)])).await {
+            Ok(written) if written > 0 => {
+                if self.io.write_all(&out[written..]).await.is_err() {
+                    return Err(Failed::Sent(Cause::UpstreamReset));
+                }
+            }
+            // Nothing went out: the request, untouched, may go elsewhere.
+            _ => return Err(Failed::NotSent(body)),
+        }
+        if coalesced.is_some() {
+            // The frame just written, through the body's own accounting.
+            let _ = body.frame().await;
+        }
+        let mut whole = true;
+        if !http_body::Body::is_end_stream(&body) || matches!(framing, Outgoing::Chunked) {
+            whole = self
+                .send_body(&mut body, framing, coalesced.unwrap_or(0))
+                .await
+                .map_err(Failed::Sent)?;
+        }
+        drop(body);
+        let (head, mut incoming) = self.read_head(head_request).await.map_err(Failed::Sent)?;
+        // An upstream that answered before taking the whole body left the connection in
+        // the middle of a request.
+        incoming.reusable &= whole;
+        Ok(Response::from_parts(head, incoming))
+    }
+
+    /// Writes the rest of the request body while watching for an early response. Returns
+    /// whether the whole body was sent (`false`: the upstream answered first).
+    async fn send_body(
+        &mut self,
+        body: &mut RequestBody,
+        framing: Outgoing,
+        already_sent: u64,
+    ) -> Result<bool, Cause> {
+        let io = &self.io;
+        let buf = &mut self.buf;
+        let send = async {
+            let mut out = BytesMut::new();
+            let mut sent = already_sent;
+            loop {
+                out.clear();
+                let last = match body.frame().await {
+                    None => {
+                        if let Outgoing::Length(length) = framing {
+                            if sent != length {
+                                return Err(Cause::BadRequest);
+                            }
+                        } else {
+                            out.extend_from_slice(b"0\r\n\r\n");
+                        }
+                        true
+                    }
+                    Some(Err(err)) => return Err(err.0),
+                    Some(Ok(frame)) => match frame.into_data() {
+                        Ok(data) => {
+                            sent += data.len() as u64;
+                            if matches!(framing, Outgoing::Length(length) if sent > length) {
+                                return Err(Cause::BadRequest);
+                            }
+                            encode_data(&mut out, &data, matches!(framing, Outgoing::Chunked));
+                            false
+                        }
+                        // Trailers end the body; only chunked framing can carry them.
+                        Err(frame) => {
+                            if let (Outgoing::Chunked, Ok(trailers)) =
+                                (framing, frame.into_trailers())
+                            {
+                                encode_trailers(&mut out, &trailers);
+                            }
+                            true
+                        }
+                    },
+                };
+                io.write_all(&out).await.map_err(|_| Cause::UpstreamReset)?;
+                if last {
+                    return Ok(());
+                }
+            }
+        };
+        let mut send = pin!(send);
+        loop {
+            tokio::select! {
+                sent = &mut send => return sent.map(|()| true),
+                read = poll_fn(|cx| io.poll_read(cx, buf, EARLY_READ)) => match read {
+                    Ok(n) if n > 0 => {
+                        // An interim answer (a `100 Continue` sent unasked) leaves the
+                        // upstream waiting for the rest of the body; anything else is an
+                        // early answer (or garbage, which reading the head will tell).
+                        if let Early::Final = early(buf)? {
+                            return Ok(false);
+                        }
+                    }
+                    _ => return Err(Cause::UpstreamReset),
+                },
+            }
+        }
+    }
+
+    /// Reads until a whole response head (skipping interim 1xx answers other than 101).
+    async fn read_head(
+        mut self,
+        head_request: bool,
+    ) -> Result<(http::response::Parts, Body), Cause> {
+        loop {
+            if self.buf.is_empty() {
+                self.read_more().await?;
+            }
+            if let Some(parsed) = parse_head(&mut self.buf)? {
+                let ParsedHead {
+                    status,
+                    version,
+                    headers,
+                    connection,
+                } = parsed;
+                if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+                    continue;
+                }
+                let framing = response_framing(status, &headers, head_request)?;
+                let (mut parts, ()) = Response::new(()).into_parts();
+                parts.status = status;
+                parts.version = version;
+                parts.headers = headers;
+                let body = Body {
+                    conn: Some(self),
+                    framing,
+                    upgraded: status == StatusCode::SWITCHING_PROTOCOLS,
+                    reusable: connection.allows_reuse(version),
+                    keep_alive_hint: connection.timeout,
+                    failed: None,
+                };
+                return Ok((parts, body));
+            }
+            if self.buf.len() >= MAX_HEAD_BYTES {
+                return Err(Cause::UpstreamInvalidResponse);
+            }
+            self.read_more().await?;
+        }
+    }
+
+    /// Reads more of a response head; the upstream closing first is a reset.
+    async fn read_more(&mut self) -> Result<(), Cause> {
+        match poll_fn(|cx| self.io.poll_read_head(cx, &mut self.buf)).await {
+            Ok(0) => Err(Cause::UpstreamReset),
+            Err(err) => Err(classify::upstream_read_error(&err)),
+            Ok(_) => Ok(()),
+        }
+    }
+
+    /// The socket and what was read past the response head, for a tunnel after `101`.
+    pub fn into_parts(self) -> (Stream, BytesMut) {
+        (self.io, self.buf)
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>, room: usize) -> Poll<io::Result<usize>> {
+        self.io.poll_read(cx, &mut self.buf, room)
+    }
+
+    /// Ready for the pool: the (empty) read buffer's memory is given back.
+    fn idle(mut self) -> Conn {
+        self.buf = BytesMut::new();
+        self
+    }
+}
+
+/// How the request body is framed on the wire.
+#[derive(Clone, Copy)]
+enum Outgoing {
+    Length(u64),
+    Chunked,
+}
+
+/// Decides the request body's framing and sets its header: the client's `Content-Length`
+/// when it sent one (the gate checked it), else the exact size when known, else chunked.
+fn request_framing(headers: &mut HeaderMap, body: &RequestBody) -> Outgoing {
+    if http_body::Body::is_end_stream(body) {
+        return Outgoing::Length(0);
+    }
+    if let Some(length) = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+    {
+        return Outgoing::Length(length);
+    }
+    if let Some(length) = http_body::Body::size_hint(body).exact() {
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
+        return Outgoing::Length(length);
+    }
+    headers.remove(CONTENT_LENGTH);
+    headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+    Outgoing::Chunked
+}
+
+/// The request line, as HTTP/1.1 with the target in origin form.
+fn encode_request_line(out: &mut BytesMut, parts: &http::request::Parts) {
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.extend_from_slice(b" ");
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+}
