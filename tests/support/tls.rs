@@ -5,7 +5,13 @@ use std::path::PathBuf;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 
-use super::TempDir;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+use super::{Head, Reader, TempDir, Upstream};
 
 /// A certificate authority for one test.
 pub struct TestCa {
@@ -164,4 +170,65 @@ pub fn server_config(
     let mut config = builder.with_single_cert(chain, key).unwrap();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     std::sync::Arc::new(config)
+}
+
+impl Upstream {
+    /// Answers 200 with `body` over TLS with the certificate `leaf`; with `client_ca`, only
+    /// to clients that show a certificate it signed (mTLS). Connections that fail their
+    /// handshake are counted as connections, and see no request.
+    pub async fn ok_tls(body: &str, leaf: &Leaf, client_ca: Option<&TestCa>) -> Upstream {
+        let config = server_config(leaf, client_ca, &[b"http/1.1"]);
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let body = body.as_bytes().to_vec();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut upstream = Self::idle(listener.local_addr().unwrap());
+        let seen = upstream.seen.clone();
+        let body_bytes = upstream.body_bytes.clone();
+        let connections = upstream.connections.clone();
+        upstream.task = Some(tokio::spawn(async move {
+            let mut tasks = JoinSet::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                connections.fetch_add(1, Ordering::SeqCst);
+                let (acceptor, body, seen, body_bytes) = (
+                    acceptor.clone(),
+                    body.clone(),
+                    seen.clone(),
+                    body_bytes.clone(),
+                );
+                tasks.spawn(async move {
+                    if let Ok(stream) = acceptor.accept(stream).await {
+                        serve_ok(stream, &body, &seen, &body_bytes).await;
+                    }
+                });
+            }
+        }));
+        upstream
+    }
+}
+
+/// Answers every request on `stream` with 200 and `body`, on any stream (TLS).
+async fn serve_ok<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: S,
+    body: &[u8],
+    seen: &Mutex<Vec<Head>>,
+    body_bytes: &AtomicU64,
+) {
+    let mut reader = Reader::new(stream);
+    while let Ok(Some(head)) = reader.read_request_head().await {
+        seen.lock().unwrap().push(head.clone());
+        let read = reader
+            .read_request_body(&head, |piece| {
+                body_bytes.fetch_add(piece.len() as u64, Ordering::SeqCst);
+            })
+            .await;
+        if read.is_err() {
+            return;
+        }
+        let mut bytes =
+            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()).into_bytes();
+        bytes.extend_from_slice(body);
+        if reader.write_all(&bytes).await.is_err() {
+            return;
+        }
+    }
 }
