@@ -104,11 +104,16 @@ impl StreamGuard {
 }
 
 impl Drop for StreamGuard {
+    /// The connection's task is woken only when what it watches changed: a stream
+    /// cancelled early (rapid reset?), or the last open stream ended (idle from now). A
+    /// stream that ends among others costs it nothing.
     fn drop(&mut self) {
+        let mut changed = false;
         if !self.answered {
             self.streams
                 .premature_resets
                 .fetch_add(1, Ordering::Relaxed);
+            changed = true;
         }
         if self.streams.open.fetch_sub(1, Ordering::Relaxed) == 1 {
             *self
@@ -116,8 +121,11 @@ impl Drop for StreamGuard {
                 .idle_since
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+            changed = true;
         }
-        self.streams.changed.notify_one();
+        if changed {
+            self.streams.changed.notify_one();
+        }
     }
 }
 
