@@ -10,8 +10,11 @@
 //!                                                                       (retry)
 //! ```
 //!
-//! - [`listener`] accepts connections; [`server`] serves HTTP/1.1 on each (checking every
-//!   request head, writing every answer) and hands h2c to hyper's HTTP/2 server;
+//! - [`listener`] accepts connections (with the TLS handshake of [`tls::server`] on an
+//!   HTTPS listener); [`server`] serves HTTP/1.1 on each (checking every request head,
+//!   writing every answer) and hands HTTP/2 (by ALPN, or h2c) to hyper's HTTP/2 server
+//!   with the limits of [`server`]'s `h2` module;
+//! - [`transport`] is the byte stream under both sides, plain TCP or TLS;
 //! - [`proxy`] is the handler: [`proxy::handle`] wraps the work of `handle_inner` and is the
 //!   one place that turns a result into a response;
 //! - [`route`] picks the route by host and longest path prefix;
@@ -19,18 +22,20 @@
 //! - [`idempotency`] keys POSTs and PATCHes so that each is executed once, in memory or
 //!   in Redis;
 //! - [`codec`] decodes and encodes HTTP/1.1 bodies for both sides, and [`sock`] reads and
-//!   writes their sockets;
+//!   writes their TCP sockets;
 //! - [`upstream`] holds endpoints and their health ([`upstream::endpoint`],
 //!   [`upstream::health`], [`upstream::dns`]), the balancers ([`upstream::balance`]), the
-//!   keep-alive [`upstream::pool`] and the HTTP/1.1 client [`upstream::h1`];
+//!   [`upstream::pool`] that makes connections (TCP, then [`tls::client`]) and keeps them,
+//!   and the clients behind the seam of [`upstream::client`]: baton's own HTTP/1.1
+//!   ([`upstream::h1`]) and hyper's HTTP/2 ([`upstream::h2`]);
 //! - [`failover`] tries endpoints until one answers, and [`retry`] decides what may be
 //!   tried again, when, and within what budget;
-//! - [`attempt`] tries one endpoint; [`classify`] turns io and hyper errors into a
-//!   [`cause::Cause`] (the upstream client, [`upstream::h1`], classifies its own);
+//! - [`attempt`] tries one endpoint; [`classify`] turns io, TLS and hyper errors into a
+//!   [`cause::Cause`] (the HTTP/2 client, [`upstream::h2`], classifies its stream errors);
 //! - [`guard`] catches a panic around each request and each connection, so that a bug
 //!   costs one request a 500 `internal-error` and nothing else;
 //! - [`body`] streams bodies both ways and ends the exchange; [`respond`] builds every
-//!   error response; [`observe`] keeps metrics, the access log and the one-minute figures;
+//!   error response (a trailers-only status for gRPC); [`observe`] keeps metrics, the access log and the one-minute figures;
 //!   [`admin`] serves them, with the status pages of [`status`].
 //!
 //! [`gateway::start`] is the entry point: it binds the listeners and the admin server from a
