@@ -192,7 +192,7 @@ This port speaks HTTPS: use an https:// address instead.\n";
 const PLAINTEXT_LINGER: Duration = Duration::from_secs(1);
 
 /// Runs the server side of a handshake on `tcp`, all within `timeout`. A client that
-/// starts with anything but a TLS handshake record gets [`PLAINTEXT_ANSWER`].
+/// starts with anything but a TLS handshake record gets a short 400 saying to use https.
 pub async fn accept(tcp: TcpStream, acceptor: &TlsAcceptor, timeout: Duration) -> Handshake {
     let deadline = Instant::now() + timeout;
     let mut first = [0u8; 1];

@@ -3,7 +3,7 @@
 //! as many requests as the upstream allows.
 //!
 //! hyper does not tell its user the peer's `SETTINGS_MAX_CONCURRENT_STREAMS`, so the bytes
-//! the upstream sends are watched on their way in ([`Scan`]): its SETTINGS frames give the
+//! the upstream sends are watched on their way in (`Scan`): its SETTINGS frames give the
 //! limit, and a GOAWAY marks the connection as taking no new request. A request goes to
 //! a connection with room, and a new connection opens (one at a time per endpoint) when
 //! none has any; h2 would otherwise queue the request until a stream closes.
