@@ -283,3 +283,54 @@ async fn a_renewed_certificate_is_served_after_sighup() {
     before.write_all(request).await.unwrap();
     assert_eq!(read_response(&mut before, "GET").await.text(), "hello");
 }
+
+#[tokio::test]
+async fn a_websocket_upgrade_over_https_is_tunnelled() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = Upstream::upgrade_echo().await;
+    let dir = TempDir::new();
+    let ca = TestCa::new("test ca");
+    ca.leaf(&dir, "site", &["site.test"]);
+    let baton = Baton::start_in(dir, &https_config(upstream.addr, "")).await;
+    let stream = tls::connect(&tls::client(&ca, &[b"http/1.1"]), baton.addr, "site.test")
+        .await
+        .unwrap();
+    let mut reader = support::http::Reader::new(stream);
+    reader
+        .write_all(
+            b"GET /chat HTTP/1.1\r\nhost: site.test\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\
+              sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let head = reader.read_response_head().await.unwrap().unwrap();
+    assert_eq!(head.status, 101);
+    let mut stream = reader.stream;
+    // A masked text frame "hello", echoed back byte for byte through TLS and the tunnel.
+    let frame = [
+        0x81,
+        0x85,
+        1,
+        2,
+        3,
+        4,
+        b'h' ^ 1,
+        b'e' ^ 2,
+        b'l' ^ 3,
+        b'l' ^ 4,
+        b'o' ^ 1,
+    ];
+    for _ in 0..3 {
+        stream.write_all(&frame).await.unwrap();
+        stream.flush().await.unwrap();
+        let mut echoed = [0u8; 11];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            stream.read_exact(&mut echoed),
+        )
+        .await
+        .expect("the echo within 5 s")
+        .unwrap();
+        assert_eq!(echoed, frame);
+    }
+}
