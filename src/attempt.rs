@@ -36,6 +36,9 @@ pub struct Failure {
     /// The head of a request that was sent, to send again with a kept copy of its body.
     pub sent_head: Option<Box<http::request::Parts>>,
     pub connect: Option<Duration>,
+    /// What the cause alone does not say, for the operator: why a TLS handshake failed
+    /// (an expired certificate, a name mismatch).
+    pub detail: Option<Arc<str>>,
 }
 
 impl Failure {
@@ -44,12 +47,14 @@ impl Failure {
         request: Request<RequestBody>,
         connect: Option<Duration>,
     ) -> Failure {
+        let detail = matches!(err, ConnectError::Tls(_)).then(|| Arc::from(err.to_string()));
         Failure {
             cause: err.cause(),
             delivery: Delivery::None,
             request: Some(request),
             sent_head: None,
             connect,
+            detail,
         }
     }
 
@@ -65,6 +70,7 @@ impl Failure {
             request,
             sent_head,
             connect,
+            detail: None,
         }
     }
 }

@@ -148,6 +148,7 @@ pub(crate) async fn try_endpoints(
             exchange.connect = failure.connect;
         }
         last_failure = Some(failure.cause);
+        exchange.detail = failure.detail.clone();
         if failure.cause.is_timeout() {
             timed_out.push(index);
         }

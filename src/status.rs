@@ -197,6 +197,7 @@ pub fn admin(gateway: &Gateway) -> Value {
                 "endpoint": e.endpoint.as_deref(),
                 "status": e.status,
                 "cause": e.cause.code(),
+                "detail": e.detail.as_deref(),
             })
         })
         .collect();

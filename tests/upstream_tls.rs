@@ -81,6 +81,14 @@ async fn a_wrong_name_or_an_unknown_ca_is_502_tls_failed_with_nothing_sent() {
             "{tls}"
         );
         assert_eq!(response.header("baton-delivery"), Some("none"), "{tls}");
+        // Why is for the operator: on the status page, not in the answer.
+        let status = support::status_json(&baton).await;
+        let detail = status["recent_errors"][0]["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(detail.contains("certificate"), "{tls}: {status}");
+        assert!(!response.text().contains(&detail), "{tls}");
     }
     assert_eq!(upstream.requests(), 0);
 

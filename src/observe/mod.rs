@@ -41,6 +41,8 @@ pub struct RecentError {
     pub endpoint: Option<Arc<str>>,
     pub status: u16,
     pub cause: Cause,
+    /// What the cause alone does not say (see [`Exchange::detail`]).
+    pub detail: Option<Arc<str>>,
 }
 
 impl Observer {
@@ -94,6 +96,9 @@ pub struct Exchange {
     pub status: u16,
     /// The cause of a response baton generated itself.
     pub cause: Option<Cause>,
+    /// The last failed attempt's detail, for the status page: why a TLS handshake with
+    /// the upstream failed. Never sent to the client.
+    pub detail: Option<Arc<str>>,
     pub bytes_in: Option<Arc<AtomicU64>>,
     pub connect: Option<Duration>,
     pub ttfb: Option<Duration>,
@@ -135,6 +140,7 @@ impl Exchange {
             connect: None,
             ttfb: None,
             claim: None,
+            detail: None,
         }
     }
 
@@ -203,6 +209,7 @@ impl Exchange {
                 endpoint: self.endpoint.clone(),
                 status: self.status,
                 cause,
+                detail: self.detail.clone(),
             });
         }
 
