@@ -198,31 +198,8 @@ async fn websocket_upgrade_is_passed_through() {
         Some("dGhlIHNhbXBsZSBub25jZQ==")
     );
 
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = reader.stream;
-    // A masked WebSocket text frame "hello", echoed back byte for byte.
-    let frame = [
-        0x81,
-        0x85,
-        1,
-        2,
-        3,
-        4,
-        b'h' ^ 1,
-        b'e' ^ 2,
-        b'l' ^ 3,
-        b'l' ^ 4,
-        b'o' ^ 1,
-    ];
-    for _ in 0..3 {
-        stream.write_all(&frame).await.unwrap();
-        let mut echoed = [0u8; 11];
-        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut echoed))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(echoed, frame);
-    }
+    support::assert_websocket_echo(&mut stream).await;
     baton.stop().await;
 }
 

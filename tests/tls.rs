@@ -286,7 +286,6 @@ async fn a_renewed_certificate_is_served_after_sighup() {
 
 #[tokio::test]
 async fn a_websocket_upgrade_over_https_is_tunnelled() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let upstream = Upstream::upgrade_echo().await;
     let dir = TempDir::new();
     let ca = TestCa::new("test ca");
@@ -306,31 +305,5 @@ async fn a_websocket_upgrade_over_https_is_tunnelled() {
     let head = reader.read_response_head().await.unwrap().unwrap();
     assert_eq!(head.status, 101);
     let mut stream = reader.stream;
-    // A masked text frame "hello", echoed back byte for byte through TLS and the tunnel.
-    let frame = [
-        0x81,
-        0x85,
-        1,
-        2,
-        3,
-        4,
-        b'h' ^ 1,
-        b'e' ^ 2,
-        b'l' ^ 3,
-        b'l' ^ 4,
-        b'o' ^ 1,
-    ];
-    for _ in 0..3 {
-        stream.write_all(&frame).await.unwrap();
-        stream.flush().await.unwrap();
-        let mut echoed = [0u8; 11];
-        tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            stream.read_exact(&mut echoed),
-        )
-        .await
-        .expect("the echo within 5 s")
-        .unwrap();
-        assert_eq!(echoed, frame);
-    }
+    support::assert_websocket_echo(&mut stream).await;
 }

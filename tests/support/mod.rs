@@ -852,3 +852,35 @@ impl Drop for BatonProcess {
         }
     }
 }
+
+/// Sends a masked WebSocket text frame ("hello") three times over an upgraded `stream`
+/// and checks each comes back byte for byte (the test upstream echoes).
+pub async fn assert_websocket_echo<S>(stream: &mut S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let frame = [
+        0x81,
+        0x85,
+        1,
+        2,
+        3,
+        4,
+        b'h' ^ 1,
+        b'e' ^ 2,
+        b'l' ^ 3,
+        b'l' ^ 4,
+        b'o' ^ 1,
+    ];
+    for _ in 0..3 {
+        stream.write_all(&frame).await.unwrap();
+        stream.flush().await.unwrap();
+        let mut echoed = [0u8; 11];
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut echoed))
+            .await
+            .expect("the echo within 5 s")
+            .unwrap();
+        assert_eq!(echoed, frame);
+    }
+}
