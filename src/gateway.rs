@@ -5,6 +5,7 @@
 //! reload builds the next snapshot beside it (taking over the endpoints, health and
 //! counters that persist), binds the listeners it adds, and swaps it in whole.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -68,6 +69,9 @@ pub struct Snapshot {
     pub route_table: RouteTable,
     /// In the order of `config.upstreams`.
     pub upstreams: Vec<Arc<Upstream>>,
+    /// Positions in `config.routes` and `config.upstreams` by name.
+    route_index: HashMap<Box<str>, usize>,
+    upstream_index: HashMap<Box<str>, usize>,
 }
 
 /// What baton keeps about a route; a reload keeps it for a route of the same name.
@@ -135,11 +139,7 @@ impl Snapshot {
             .iter()
             .map(|route| {
                 let previous = old.and_then(|old| {
-                    let index = old
-                        .config
-                        .routes
-                        .iter()
-                        .position(|r| r.name == route.name)?;
+                    let &index = old.route_index.get(route.name.as_str())?;
                     Some((&old.config.routes[index], &old.routes[index]))
                 });
                 match previous {
@@ -159,11 +159,7 @@ impl Snapshot {
             .iter()
             .map(|upstream| {
                 let previous = old.and_then(|old| {
-                    let index = old
-                        .config
-                        .upstreams
-                        .iter()
-                        .position(|u| u.name == upstream.name)?;
+                    let &index = old.upstream_index.get(upstream.name.as_str())?;
                     Some((&old.upstreams[index], &old.config.upstreams[index]))
                 });
                 match previous {
@@ -183,6 +179,8 @@ impl Snapshot {
             .collect();
         Snapshot {
             route_table: RouteTable::new(&config.routes),
+            route_index: index_by_name(config.routes.iter().map(|r| r.name.as_str())),
+            upstream_index: index_by_name(config.upstreams.iter().map(|u| u.name.as_str())),
             config,
             routes,
             upstreams,
@@ -191,8 +189,17 @@ impl Snapshot {
 
     /// The upstream named `name`.
     pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
-        self.upstreams.iter().find(|u| &*u.name == name)
+        self.upstreams.get(*self.upstream_index.get(name)?)
     }
+}
+
+/// Each name's position: what a reload finds the state to carry over by, in one lookup
+/// per route or upstream however many there are.
+fn index_by_name<'a>(names: impl Iterator<Item = &'a str>) -> HashMap<Box<str>, usize> {
+    names
+        .enumerate()
+        .map(|(index, name)| (Box::from(name), index))
+        .collect()
 }
 
 /// What the last reload did, for the status page.
@@ -352,9 +359,9 @@ impl Gateway {
         let snapshot = Arc::new(Snapshot::new(config, Some(&old)));
         let fresh: Vec<usize> = (0..snapshot.upstreams.len())
             .filter(|&i| {
-                !old.upstreams
-                    .iter()
-                    .any(|u| Arc::ptr_eq(u, &snapshot.upstreams[i]))
+                let upstream = &snapshot.upstreams[i];
+                !old.upstream(&upstream.name)
+                    .is_some_and(|u| Arc::ptr_eq(u, upstream))
             })
             .collect();
         if let Err(errors) = start_upstreams(&snapshot, &fresh, &mut control.tasks).await {
@@ -368,11 +375,11 @@ impl Gateway {
 
         // Retire what the new config no longer has.
         for upstream in &old.upstreams {
-            if snapshot.upstreams.iter().any(|u| Arc::ptr_eq(u, upstream)) {
+            let successor = snapshot.upstream(&upstream.name);
+            if successor.is_some_and(|u| Arc::ptr_eq(u, upstream)) {
                 continue;
             }
             upstream.retire();
-            let successor = snapshot.upstream(&upstream.name);
             for endpoint in &upstream.members().endpoints {
                 let taken_over = successor.is_some_and(|s| {
                     s.members()
