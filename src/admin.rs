@@ -27,7 +27,7 @@ use tokio::sync::watch;
 
 use crate::body::ResponseBody;
 use crate::gateway::{stop_requested, Gateway};
-use crate::observe::metrics::EndpointLabels;
+use crate::observe::metrics::{EndpointLabels, UpstreamLabel};
 use crate::status;
 use crate::upstream::endpoint::now_ms;
 
@@ -298,6 +298,20 @@ fn refresh_endpoint_gauges(gateway: &Gateway) {
     let metrics = &gateway.observer.metrics;
     let now = now_ms();
     for upstream in &gateway.current().upstreams {
+        if let Some(admission) = &upstream.admission {
+            let usage = admission.usage();
+            let labels = UpstreamLabel {
+                upstream: upstream.name.clone(),
+            };
+            metrics
+                .inflight_limit
+                .get_or_create(&labels)
+                .set(i64::from(usage.limit));
+            metrics
+                .queue
+                .get_or_create(&labels)
+                .set(i64::try_from(usage.queued).unwrap_or(i64::MAX));
+        }
         for endpoint in &upstream.members().endpoints {
             let labels = EndpointLabels {
                 upstream: upstream.name.clone(),

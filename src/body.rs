@@ -165,6 +165,11 @@ impl BodyCopy {
 
 impl RequestBody {
     /// The data of the next frame when it is already buffered, without taking it.
+    /// Whether the whole body was read from the client (or there was none).
+    pub fn is_read(&self) -> bool {
+        self.rest.is_none()
+    }
+
     pub fn front_data(&self) -> Option<&Bytes> {
         self.buffered.front()?.data_ref()
     }

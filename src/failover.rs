@@ -127,6 +127,9 @@ pub(crate) async fn try_endpoints(
                 endpoint.record_success(now);
                 endpoint.observe_latency(latency, now);
                 endpoint.recent.record(now, latency, None);
+                if let Some(admission) = &upstream.admission {
+                    admission.record(latency);
+                }
                 exchange.delivery = Delivery::Sent;
                 exchange.connect = success.connect;
                 exchange.ttfb = Some(answered.saturating_duration_since(exchange.started));
@@ -151,6 +154,10 @@ pub(crate) async fn try_endpoints(
         exchange.detail = failure.detail.clone();
         if failure.cause.is_timeout() {
             timed_out.push(index);
+            // A timeout is latency too: the most telling sample of an overloaded upstream.
+            if let Some(admission) = &upstream.admission {
+                admission.record(failed_at.saturating_duration_since(sent_at));
+            }
         }
 
         let retryable = may_retry(

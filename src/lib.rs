@@ -59,6 +59,7 @@ pub mod fuzz;
 pub mod gateway;
 pub mod guard;
 pub mod idempotency;
+pub mod limit;
 pub mod listener;
 pub mod observe;
 pub mod probe;

@@ -2,7 +2,7 @@
 //! (HTTP/1.1, or h2c with prior knowledge), and drain them gracefully at shutdown.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -37,9 +37,29 @@ pub struct ClientConn {
     /// The upstream's connection after it accepted an upgrade, for the tunnel that follows
     /// the `101` to the client.
     upgraded: Mutex<Option<h1::Conn>>,
+    /// The socket of an HTTP/1.1 connection, to see the client go away while its request
+    /// waits (an HTTP/2 stream's handler is dropped when its client goes).
+    socket: OnceLock<Weak<Stream>>,
 }
 
 impl ClientConn {
+    /// Remembers the connection's socket (HTTP/1.1), for [`ClientConn::closed`].
+    pub fn set_socket(&self, socket: &Arc<Stream>) {
+        let _ = self.socket.set(Arc::downgrade(socket));
+    }
+
+    /// Resolves when the client closed its connection; never, when that cannot be seen (an
+    /// HTTP/2 connection, or bytes of a next request arrived). Only for a request whose
+    /// body was read in full: nothing else may be reading the socket.
+    pub async fn closed(&self) {
+        let Some(socket) = self.socket.get().and_then(Weak::upgrade) else {
+            return std::future::pending().await;
+        };
+        if !std::future::poll_fn(|cx| socket.poll_closed(cx)).await {
+            std::future::pending::<()>().await;
+        }
+    }
+
     pub fn set_upgraded(&self, upstream: h1::Conn) {
         *self.upgraded.lock().unwrap_or_else(PoisonError::into_inner) = Some(upstream);
     }
@@ -138,6 +158,7 @@ pub async fn serve(
                 tls: acceptor.is_some(),
                 listener: state.clone(),
                 upgraded: Mutex::new(None),
+                socket: OnceLock::new(),
             }),
             limits: Limits {
                 max_head_bytes: config.max_header_bytes,

@@ -22,6 +22,7 @@ use crate::forward::{self, Forwarding, Peer};
 use crate::gateway::{Gateway, Snapshot};
 use crate::guard::{self, Stage};
 use crate::idempotency::{Decision, Refused, StoredResponse};
+use crate::limit;
 use crate::listener::ClientConn;
 use crate::observe::metrics::RouteResult;
 use crate::observe::Exchange;
@@ -56,7 +57,7 @@ impl From<Cause> for ProxyError {
 }
 
 impl ProxyError {
-    fn closing(cause: Cause) -> ProxyError {
+    pub(crate) fn closing(cause: Cause) -> ProxyError {
         ProxyError {
             close: true,
             ..ProxyError::from(cause)
@@ -413,6 +414,13 @@ async fn handle_inner(
         key,
     };
 
+    if upstream.admission.is_some() {
+        let watch = outgoing.request.body().is_read();
+        Box::pin(limit::admit(
+            gateway, upstream, deadline, conn, watch, exchange,
+        ))
+        .await?;
+    }
     route_state.retry_budget.record_request();
     let success = try_endpoints(gateway, upstream, route_state, route, outgoing, exchange).await?;
     guard::checkpoint(exchange.path(), Stage::AfterUpstream);

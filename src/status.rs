@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Value};
 
+use crate::config::runtime::InflightLimit;
 use crate::config::{HostPattern, Route};
 use crate::gateway::{Gateway, RouteState, Snapshot};
 use crate::observe::window::{Recent, Window, WINDOW};
@@ -168,9 +169,28 @@ pub fn admin(gateway: &Gateway) -> Value {
                 .filter(|e| e.is_usable(now))
                 .count();
             let recent = Window::merged(members.endpoints.iter().map(|e| &e.recent), now);
+            let admission = upstream.admission.as_ref().map(|admission| {
+                let usage = admission.usage();
+                let config = admission.config();
+                json!({
+                    "max_inflight": match config.limit {
+                        InflightLimit::Fixed(n) => json!(n),
+                        InflightLimit::Auto => json!("auto"),
+                    },
+                    "limit": usage.limit,
+                    "learned_limit": usage.learned.map(|l| (l * 10.0).round() / 10.0),
+                    "unloaded_latency_ms": usage.baseline_ms.map(|b| (b * 100.0).round() / 100.0),
+                    "inflight": usage.inflight,
+                    "queued": usage.queued,
+                    "queue_size": config.queue_size,
+                    "queue_timeout_ms": config.queue_timeout.as_millis() as u64,
+                    "wait": recent_json(&admission.recent_waits.recent(now)),
+                })
+            });
             json!({
                 "name": &*upstream.name,
                 "balance": upstream.balance(),
+                "admission": admission,
                 "unresolved_names": members.unresolved,
                 "usable": usable,
                 "recent": recent_json(&recent),

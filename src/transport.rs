@@ -122,6 +122,28 @@ impl Stream {
         }
     }
 
+    /// Whether the peer closed the connection, to watch a client whose request waits while
+    /// nothing else reads its socket: `Ready(true)` once it closed or failed, `Ready(false)`
+    /// when bytes arrived instead (a pipelined request: closing can no longer be seen without
+    /// reading them). Received bytes stay where the next read finds them.
+    pub fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<bool> {
+        match self {
+            Stream::Tcp(tcp) => {
+                let mut probe = [0u8; 1];
+                let mut probe = tokio::io::ReadBuf::new(&mut probe);
+                match ready!(tcp.poll_peek(cx, &mut probe)) {
+                    Ok(0) | Err(_) => Poll::Ready(true),
+                    Ok(_) => Poll::Ready(false),
+                }
+            }
+            // What is filled stays buffered in the session for the next read.
+            Stream::Tls(tls) => match ready!(Pin::new(&mut *lock(tls)).poll_fill_buf(cx)) {
+                Ok([]) | Err(_) => Poll::Ready(true),
+                Ok(_) => Poll::Ready(false),
+            },
+        }
+    }
+
     /// Whether the TLS handshake agreed on the ALPN protocol `protocol`.
     pub fn alpn_is(&self, protocol: &[u8]) -> bool {
         match self {

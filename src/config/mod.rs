@@ -165,6 +165,48 @@ mod tests {
     }
 
     #[test]
+    fn max_inflight_is_a_number_or_auto_and_queue_takes_defaults() {
+        use crate::config::runtime::{AdmissionConfig, InflightLimit};
+        let admission = |extra: &str| {
+            parse(&format!("{BASE}{extra}\n"), "t.toml", Path::new("."))
+                .map(|c| c.upstreams[0].admission)
+        };
+        assert_eq!(admission("max_inflight = 0").unwrap(), None);
+        assert_eq!(
+            admission("max_inflight = 4").unwrap(),
+            Some(AdmissionConfig {
+                limit: InflightLimit::Fixed(4),
+                queue_size: 1024,
+                queue_timeout: Duration::from_secs(1),
+            })
+        );
+        let auto = admission("max_inflight = \"auto\"\nqueue = { size = 0, timeout = \"50ms\" }");
+        assert_eq!(
+            auto.unwrap(),
+            Some(AdmissionConfig {
+                limit: InflightLimit::Auto,
+                queue_size: 0,
+                queue_timeout: Duration::from_millis(50),
+            })
+        );
+        for bad in [
+            "max_inflight = -1",
+            "max_inflight = \"many\"",
+            "max_inflight = 2000000",
+        ] {
+            let errors = admission(bad).unwrap_err();
+            assert!(
+                errors[0].message.contains("`max_inflight` must be"),
+                "{bad}: {errors:?}"
+            );
+        }
+        let errors = admission("max_inflight = 4\nqueue = { size = 2000000 }").unwrap_err();
+        assert!(errors[0].message.contains("`queue.size`"), "{errors:?}");
+        let errors = admission("max_inflight = 4\nqueue = { length = 2 }").unwrap_err();
+        assert!(errors[0].message.contains("length"), "{errors:?}");
+    }
+
+    #[test]
     fn store_max_bytes_is_checked() {
         let parsed = parse(
             &format!("{BASE}[store]\nmax_bytes = \"1MiB\"\n"),

@@ -152,13 +152,22 @@ pub struct RawUpstream {
     pub balance: Option<Spanned<String>>,
     pub protocol: Option<Spanned<String>>,
     pub keepalive: RawKeepalive,
-    pub max_inflight: Option<Spanned<u64>>,
+    /// A number, or `"auto"`.
+    pub max_inflight: Option<Spanned<toml::Value>>,
     pub hash_key: Option<Spanned<String>>,
     pub tls: Option<Spanned<RawUpstreamTls>>,
-    pub queue: Unsupported,
+    pub queue: Option<Spanned<RawQueue>>,
     pub slow_start: Option<Dur>,
     pub health: Option<Spanned<RawHealth>>,
     pub outlier: RawOutlier,
+}
+
+/// An upstream's `queue`: where requests wait while `max_inflight` are in flight.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawQueue {
+    pub size: Option<Spanned<u64>>,
+    pub timeout: Option<Dur>,
 }
 
 /// An upstream's `tls`: how its connections are secured.

@@ -49,6 +49,11 @@ pub const DEFAULT_MAX_EJECTED_PERCENT: u32 = 50;
 pub const DEFAULT_FAILURE_PERCENT: u32 = 5;
 pub const DEFAULT_FAILURE_WINDOW: Duration = Duration::from_secs(10);
 pub const DEFAULT_MIN_REQUESTS: u32 = 20;
+pub const DEFAULT_QUEUE_SIZE: usize = 1024;
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The most a fixed `max_inflight` or a queue may be: beyond, a limit protects nothing.
+pub const MAX_INFLIGHT: u32 = 1_000_000;
+pub const MAX_QUEUE_SIZE: usize = 1_000_000;
 pub const DEFAULT_IDEMPOTENCY_HEADER: &str = "idempotency-key";
 pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
 /// hyper refuses a read buffer below 8 KiB, so no smaller head limit can be enforced.
@@ -219,6 +224,25 @@ pub struct UpstreamConfig {
     /// TLS to the endpoints, when the upstream has `tls`.
     pub tls: Option<ClientTls>,
     pub protocol: Protocol,
+    /// Admission (SPEC §9): `None` when requests are not limited.
+    pub admission: Option<AdmissionConfig>,
+}
+
+/// How many requests an upstream takes at once, and where the rest wait (SPEC §9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdmissionConfig {
+    pub limit: InflightLimit,
+    /// Requests that may wait for a place (0: none wait, the overflow is refused at once) ...
+    pub queue_size: usize,
+    /// ... each for at most this long.
+    pub queue_timeout: Duration,
+}
+
+/// `max_inflight`: a number, or found by baton from the latency it measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InflightLimit {
+    Fixed(u32),
+    Auto,
 }
 
 /// The HTTP version spoken to an upstream's endpoints.

@@ -41,6 +41,9 @@ pub struct AccessRecord<'a> {
     pub duration: Duration,
     pub connect: Option<Duration>,
     pub ttfb: Option<Duration>,
+    /// How long the request waited for admission to its upstream; `None` when the
+    /// upstream has no `max_inflight`.
+    pub queue: Option<Duration>,
 }
 
 impl AccessRecord<'_> {
@@ -100,6 +103,8 @@ impl AccessRecord<'_> {
         write_millis(out, self.connect);
         out.extend_from_slice(b",\"ttfb_ms\":");
         write_millis(out, self.ttfb);
+        out.extend_from_slice(b",\"queue_ms\":");
+        write_millis(out, self.queue);
         out.push(b'}');
     }
 }
@@ -422,6 +427,7 @@ mod tests {
             duration: Duration::from_micros(12_500),
             connect: None,
             ttfb: Some(Duration::from_millis(3)),
+            queue: Some(Duration::from_micros(250)),
         };
         let mut line = Vec::new();
         record.write_json(&mut line);
@@ -434,6 +440,7 @@ mod tests {
         assert_eq!(json["duration_ms"], 12.5);
         assert_eq!(json["ttfb_ms"], 3.0);
         assert_eq!(json["connect_ms"], serde_json::Value::Null);
+        assert_eq!(json["queue_ms"], 0.25);
         for (micros, text) in [(0, "0.0"), (42, "0.042"), (1_500, "1.5"), (12_340, "12.34")] {
             let mut out = Vec::new();
             write_millis(&mut out, Some(Duration::from_micros(micros)));
@@ -445,6 +452,6 @@ mod tests {
             .keys()
             .map(String::as_str)
             .collect();
-        assert_eq!(keys.len(), 20, "{keys:?}");
+        assert_eq!(keys.len(), 21, "{keys:?}");
     }
 }

@@ -42,6 +42,11 @@ pub struct AttemptLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabel {
+    pub upstream: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndpointLabels {
     pub upstream: Arc<str>,
     pub endpoint: Arc<str>,
@@ -75,6 +80,18 @@ fn duration_histogram() -> Histogram {
     ))
 }
 
+/// Queue waits from 100 µs to about 6.5 s, doubling.
+const WAIT_BUCKET_START: f64 = 0.0001;
+const WAIT_BUCKET_COUNT: u16 = 17;
+
+fn wait_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(
+        WAIT_BUCKET_START,
+        2.0,
+        WAIT_BUCKET_COUNT,
+    ))
+}
+
 /// Label values are `Arc<str>`, shared with the runtime state, so that recording a metric
 /// copies no string.
 pub struct Metrics {
@@ -95,6 +112,12 @@ pub struct Metrics {
     /// Exchanges in progress per endpoint; set when metrics are read.
     pub endpoint_inflight: Family<EndpointLabels, Gauge>,
     pub reloads: Family<ResultLabel, Counter>,
+    /// The upstream's `max_inflight` now (learned, for `"auto"`), and the requests waiting
+    /// for a place; set when metrics are read.
+    pub inflight_limit: Family<UpstreamLabel, Gauge>,
+    pub queue: Family<UpstreamLabel, Gauge>,
+    /// How long requests waited for admission, refused ones included.
+    pub queue_wait: Family<UpstreamLabel, Histogram, fn() -> Histogram>,
     /// Panics caught on a request's path or a connection's (bugs).
     pub panics: Counter,
     /// Settled idempotency records dropped to keep the memory store within `max_bytes`.
@@ -172,6 +195,27 @@ impl Default for Metrics {
             "Config reloads, by result (success or failure)",
             reloads.clone(),
         );
+        let inflight_limit = Family::<UpstreamLabel, Gauge>::default();
+        registry.register(
+            "upstream_inflight_limit",
+            "Requests the upstream takes at once (max_inflight, or what \"auto\" learned)",
+            inflight_limit.clone(),
+        );
+        let queue = Family::<UpstreamLabel, Gauge>::default();
+        registry.register(
+            "upstream_queue",
+            "Requests waiting for a place among the upstream's max_inflight",
+            queue.clone(),
+        );
+        let queue_wait =
+            Family::<UpstreamLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+                wait_histogram,
+            );
+        registry.register(
+            "upstream_queue_wait_seconds",
+            "Time requests waited for admission to the upstream, refused ones included",
+            queue_wait.clone(),
+        );
         let panics = Counter::default();
         registry.register(
             "panics",
@@ -187,6 +231,9 @@ impl Default for Metrics {
         Metrics {
             registry,
             reloads,
+            inflight_limit,
+            queue,
+            queue_wait,
             panics,
             store_evictions,
             endpoint_up,

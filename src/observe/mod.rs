@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use crate::cause::{Cause, Delivery};
 use crate::gateway::{Gateway, RouteState};
 use crate::idempotency::Claim;
+use crate::limit::admission::Permit;
 use crate::upstream::endpoint::now_ms;
 use crate::upstream::Upstream;
 use access_log::{AccessLog, AccessRecord, FailedAttempt};
@@ -104,6 +105,10 @@ pub struct Exchange {
     pub ttfb: Option<Duration>,
     /// The idempotency key this request holds, settled when the exchange ends.
     pub claim: Option<Claim>,
+    /// Its place among the upstream's requests in flight, given back when the exchange
+    /// ends, and how long it waited for it.
+    pub permit: Option<Permit>,
+    pub queue_wait: Option<Duration>,
 }
 
 impl Exchange {
@@ -141,6 +146,8 @@ impl Exchange {
             ttfb: None,
             claim: None,
             detail: None,
+            permit: None,
+            queue_wait: None,
         }
     }
 
@@ -248,6 +255,7 @@ impl Exchange {
             duration,
             connect: self.connect,
             ttfb: self.ttfb,
+            queue: self.queue_wait,
         });
     }
 }

@@ -105,6 +105,7 @@ pub async fn serve(stream: Stream, mut setup: Setup) {
         return Box::pin(h2::serve(stream, Bytes::new(), setup)).await;
     }
     let io = Arc::new(stream);
+    setup.conn.set_socket(&io);
     let mut buf = BytesMut::new();
     let mut first = true;
     loop {

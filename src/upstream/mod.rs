@@ -19,6 +19,7 @@ use tokio::sync::watch;
 
 use crate::config::runtime::Protocol;
 use crate::config::{Balance, EndpointConfig, HashKey, Keepalive, UpstreamConfig};
+use crate::limit::admission::Admission;
 use crate::tls::ClientTls;
 use balance::{Balancer, Pick};
 pub use endpoint::Endpoint;
@@ -40,6 +41,9 @@ pub struct Upstream {
     tls: Option<ClientTls>,
     protocol: Protocol,
     outlier: Arc<OutlierPolicy>,
+    /// `max_inflight` and its queue, when the upstream has a limit; carried over by a
+    /// reload that keeps the limit, with what it learned and the requests it holds.
+    pub admission: Option<Arc<Admission>>,
 }
 
 /// The endpoints of an upstream at one moment, with a balancer built for them.
@@ -61,6 +65,15 @@ impl Upstream {
     /// and, for an endpoint found by DNS, the same host name. Endpoints start afresh when
     /// the outlier or keep-alive settings changed.
     pub fn after(config: &UpstreamConfig, old: Option<(&Upstream, &UpstreamConfig)>) -> Upstream {
+        let admission = config.admission.map(|settings| {
+            match old.and_then(|(old, _)| old.admission.as_ref()) {
+                Some(admission) => {
+                    admission.configure(settings);
+                    admission.clone()
+                }
+                None => Arc::new(Admission::new(settings)),
+            }
+        });
         let old = old.filter(|(_, old_config)| {
             old_config.outlier == config.outlier
                 && old_config.keepalive == config.keepalive
@@ -133,6 +146,7 @@ impl Upstream {
             tls: config.tls.clone(),
             protocol: config.protocol,
             outlier,
+            admission,
         }
     }
 
@@ -247,6 +261,7 @@ mod tests {
             names: Vec::new(),
             tls: None,
             protocol: Protocol::Http1,
+            admission: None,
         })
     }
 

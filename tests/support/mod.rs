@@ -55,6 +55,48 @@ enum Behavior {
     /// Sends `100 Continue` on the request head, unasked, then reads the body and answers
     /// like [`Behavior::Sink`].
     ContinueFirst,
+    /// Works on a few requests at once and queues the rest inside itself.
+    Workers(Arc<Workers>),
+}
+
+/// A back-end of limited capacity: `workers` requests at once, each taking `service`, the
+/// rest waiting inside it (as a thread pool's queue does). Counts what is inside it.
+pub struct Workers {
+    permits: tokio::sync::Semaphore,
+    service: Duration,
+    inside: AtomicUsize,
+    max_inside: AtomicUsize,
+    /// How many requests were inside as each one arrived.
+    arrivals: Mutex<Vec<usize>>,
+}
+
+impl Workers {
+    /// The most requests that were inside at once.
+    pub fn max_inside(&self) -> usize {
+        self.max_inside.load(Ordering::SeqCst)
+    }
+
+    /// How many were inside as each request arrived, in order.
+    pub fn arrivals(&self) -> Vec<usize> {
+        self.arrivals.lock().unwrap().clone()
+    }
+
+    async fn serve(&self) {
+        struct Inside<'a>(&'a AtomicUsize);
+        impl Drop for Inside<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let now = self.inside.fetch_add(1, Ordering::SeqCst) + 1;
+        let _inside = Inside(&self.inside);
+        self.max_inside.fetch_max(now, Ordering::SeqCst);
+        self.arrivals.lock().unwrap().push(now);
+        let Ok(_permit) = self.permits.acquire().await else {
+            return;
+        };
+        tokio::time::sleep(self.service).await;
+    }
 }
 
 /// A real upstream server on 127.0.0.1 with one behavior, counting the requests it saw.
@@ -126,6 +168,19 @@ impl Upstream {
         ))
         .await;
         (upstream, broken)
+    }
+
+    /// A back-end that works on `workers` requests at once, `service` each, and queues
+    /// the rest inside itself; answers 200 `done`.
+    pub async fn workers(workers: usize, service: Duration) -> (Upstream, Arc<Workers>) {
+        let state = Arc::new(Workers {
+            permits: tokio::sync::Semaphore::new(workers),
+            service,
+            inside: AtomicUsize::new(0),
+            max_inside: AtomicUsize::new(0),
+            arrivals: Mutex::default(),
+        });
+        (Self::start(Behavior::Workers(state.clone())).await, state)
     }
 
     /// Requests other than health checks.
@@ -449,6 +504,12 @@ async fn serve(
                         .into_bytes();
                 bytes.extend_from_slice(body);
                 reader.write_all(&bytes).await
+            }
+            Behavior::Workers(workers) => {
+                workers.serve().await;
+                reader
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ndone")
+                    .await
             }
             Behavior::SlowHead(delay) => {
                 tokio::time::sleep(*delay).await;

@@ -19,7 +19,6 @@ pub(super) fn build_upstream(
     name: &Spanned<String>,
     upstream: &RawUpstream,
 ) -> Option<UpstreamConfig> {
-    v.unsupported("queue", &upstream.queue);
     let balance = build_balance(v, name, upstream);
     let health = upstream.health.as_ref().and_then(|h| build_health(v, h));
     // `None`: a problem was recorded; the rest is still checked.
@@ -56,14 +55,7 @@ pub(super) fn build_upstream(
             _ => {}
         }
     }
-    if let Some(max_inflight) = &upstream.max_inflight {
-        if *max_inflight.get_ref() != 0 {
-            v.error(
-                Some(max_inflight.span()),
-                "`max_inflight` limits are not supported yet by this version of baton; remove it or set 0",
-            );
-        }
-    }
+    let admission = build_admission(v, upstream);
     let Some(raw_endpoints) = &upstream.endpoints else {
         v.error(
             Some(name.span()),
@@ -182,6 +174,52 @@ pub(super) fn build_upstream(
         health,
         tls: tls?,
         protocol,
+        admission,
+    })
+}
+
+/// `max_inflight` and `queue` (SPEC §9). A `queue` without a limit is accepted and
+/// unused, as SPEC §2 has it: the defaults may be written out.
+fn build_admission(v: &mut Validator, upstream: &RawUpstream) -> Option<AdmissionConfig> {
+    let (queue_size, queue_timeout) = match &upstream.queue {
+        None => (DEFAULT_QUEUE_SIZE, DEFAULT_QUEUE_TIMEOUT),
+        Some(queue) => {
+            let queue = queue.get_ref();
+            let size = match &queue.size {
+                None => DEFAULT_QUEUE_SIZE,
+                Some(size) => match usize::try_from(*size.get_ref()) {
+                    Ok(n) if n <= MAX_QUEUE_SIZE => n,
+                    _ => {
+                        v.error(
+                            Some(size.span()),
+                            format!("`queue.size` must be 0 to {MAX_QUEUE_SIZE}"),
+                        );
+                        DEFAULT_QUEUE_SIZE
+                    }
+                },
+            };
+            (size, queue.timeout.map_or(DEFAULT_QUEUE_TIMEOUT, |d| d.0))
+        }
+    };
+    let raw = upstream.max_inflight.as_ref()?;
+    let limit = match raw.get_ref() {
+        toml::Value::Integer(0) => return None,
+        toml::Value::Integer(n) if (1..=i64::from(MAX_INFLIGHT)).contains(n) => {
+            InflightLimit::Fixed(*n as u32)
+        }
+        toml::Value::String(text) if text == "auto" => InflightLimit::Auto,
+        _ => {
+            v.error(
+                Some(raw.span()),
+                format!("`max_inflight` must be a number of requests (0 to {MAX_INFLIGHT}; 0 = unlimited) or \"auto\""),
+            );
+            return None;
+        }
+    };
+    Some(AdmissionConfig {
+        limit,
+        queue_size,
+        queue_timeout,
     })
 }
 
