@@ -29,6 +29,7 @@ use crate::observe::window::Window;
 use crate::observe::Observer;
 use crate::retry::RetryBudget;
 use crate::route::RouteTable;
+use crate::store::redis::Redis;
 use crate::upstream::{dns, health, Upstream};
 use crate::{admin, listener};
 
@@ -236,10 +237,9 @@ impl Gateway {
                 usize::try_from(*max_bytes).unwrap_or(usize::MAX),
                 metrics.store_evictions.clone(),
             )),
-            StoreConfig::Redis { url } => Store::Redis(
-                RedisStore::new(url)
-                    .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?,
-            ),
+            StoreConfig::Redis { url } => Store::Redis(RedisStore::new(Arc::new(
+                Redis::new(url).map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?,
+            ))),
         };
         Ok(Gateway {
             current: ArcSwap::from_pointee(Snapshot::new(config, None)),

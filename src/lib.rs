@@ -71,6 +71,7 @@ pub mod server;
 pub mod slots;
 pub mod sock;
 pub mod status;
+pub mod store;
 pub mod tls;
 pub mod transport;
 pub mod upstream;

@@ -3,67 +3,35 @@
 //! strings. When Redis cannot be reached, keyed requests are refused (503), and service
 //! comes back by itself with Redis.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::Mutex;
 
 use super::store::Unavailable;
 use super::{Record, StoredResponse};
+use crate::store::redis::Redis;
 
 /// How long one command may take before the store counts as unavailable.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// Keys are namespaced so that baton can share a Redis with other users.
 const PREFIX: &str = "baton:idempotency:";
 
 pub struct RedisStore {
-    client: redis::Client,
-    connection: Mutex<Option<ConnectionManager>>,
-}
-
-fn unavailable(err: impl std::fmt::Display) -> Unavailable {
-    Unavailable(err.to_string())
+    redis: Arc<Redis>,
 }
 
 impl RedisStore {
-    pub fn new(url: &str) -> Result<RedisStore, String> {
-        let client = redis::Client::open(url).map_err(|err| err.to_string())?;
-        Ok(RedisStore {
-            client,
-            connection: Mutex::new(None),
-        })
-    }
-
-    /// The shared connection, made on first use; it reconnects by itself afterwards.
-    async fn connection(&self) -> Result<ConnectionManager, Unavailable> {
-        let mut slot = self.connection.lock().await;
-        if let Some(connection) = slot.as_ref() {
-            return Ok(connection.clone());
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(CONNECT_TIMEOUT)
-            .set_response_timeout(COMMAND_TIMEOUT)
-            .set_number_of_retries(1);
-        let connection = tokio::time::timeout(
-            CONNECT_TIMEOUT + COMMAND_TIMEOUT,
-            ConnectionManager::new_with_config(self.client.clone(), config),
-        )
-        .await
-        .map_err(|_| Unavailable("connecting to Redis timed out".into()))?
-        .map_err(unavailable)?;
-        *slot = Some(connection.clone());
-        Ok(connection)
+    pub fn new(redis: Arc<Redis>) -> RedisStore {
+        RedisStore { redis }
     }
 
     async fn run<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, Unavailable> {
-        let mut connection = self.connection().await?;
-        tokio::time::timeout(COMMAND_TIMEOUT, command.query_async(&mut connection))
+        self.redis
+            .run(command, COMMAND_TIMEOUT)
             .await
-            .map_err(|_| Unavailable("a Redis command timed out".into()))?
-            .map_err(unavailable)
+            .map_err(|err| Unavailable(err.0))
     }
 
     pub async fn claim(
