@@ -261,6 +261,31 @@ impl Peer<'_> {
     }
 }
 
+/// The client's address: the peer's, or when the peer is a trusted proxy, the last address
+/// in `X-Forwarded-For` that no trusted proxy added — read from the right, skipping trusted
+/// addresses, as nginx's `real_ip_recursive` does. A value that is not an address ends the
+/// walk at the last trusted hop: whatever it claims cannot be believed.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted_proxies: &[IpNet]) -> IpAddr {
+    let trusted = |ip: &IpAddr| trusted_proxies.iter().any(|net| net.contains(ip));
+    if !trusted(&peer) {
+        return peer;
+    }
+    let mut client = peer;
+    for field in headers.get_all(X_FORWARDED_FOR).iter().rev() {
+        let Ok(text) = field.to_str() else {
+            return client;
+        };
+        for hop in text.rsplit(',') {
+            match hop.trim().parse::<IpAddr>() {
+                Ok(ip) if trusted(&ip) => client = ip,
+                Ok(ip) => return ip,
+                Err(_) => return client,
+            }
+        }
+    }
+    client
+}
+
 /// An address as a header value (`X-Forwarded-For`).
 pub fn ip_header(ip: IpAddr) -> HeaderValue {
     HeaderValue::try_from(ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
@@ -485,6 +510,31 @@ mod tests {
             );
         }
         map
+    }
+
+    #[test]
+    fn the_client_ip_is_the_first_untrusted_hop_from_the_right() {
+        let nets: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let with = |xff: &str| headers(&[("x-forwarded-for", xff)]);
+        assert_eq!(
+            client_ip(ip("192.0.2.9"), &with("203.0.113.5"), &nets),
+            ip("192.0.2.9")
+        );
+        assert_eq!(
+            client_ip(proxy, &with("203.0.113.5"), &nets),
+            ip("203.0.113.5")
+        );
+        assert_eq!(
+            client_ip(proxy, &with("198.51.100.1, 203.0.113.5, 10.0.0.7"), &nets),
+            ip("203.0.113.5")
+        );
+        assert_eq!(
+            client_ip(proxy, &with("nonsense, 10.0.0.7"), &nets),
+            ip("10.0.0.7")
+        );
+        assert_eq!(client_ip(proxy, &HeaderMap::new(), &nets), proxy);
     }
 
     #[test]

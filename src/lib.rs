@@ -3,11 +3,11 @@
 //! A request travels through one module per stage, in this order:
 //!
 //! ```text
-//! listener ─▶ route ─▶ maintenance ─▶ idempotency ─▶ read body ─▶ balance ─▶ attempt ─▶ respond
-//! (listener,  (route)  (proxy)        (idempotency)  ahead        (upstream) (attempt)  (body,
-//!  server)                                           (body)          ▲          │        respond)
-//!                                                                    └─ retry ◀─┘
-//!                                                                       (retry)
+//! listener ─▶ route ─▶ maintenance ─▶ rate limit ─▶ idempotency ─▶ read body ─▶ balance ─▶ admission ─▶ attempt ─▶ respond
+//! (listener,  (route)  (proxy)        (limit::rate)  (idempotency)  ahead        (upstream) (limit::     (attempt)  (body,
+//!  server)                                                          (body)          ▲        admission)    │        respond)
+//!                                                                                   └────── retry ◀───────┘
+//!                                                                                           (retry)
 //! ```
 //!
 //! - [`listener`] accepts connections (with the TLS handshake of [`tls::server`] on an
@@ -19,6 +19,9 @@
 //!   one place that turns a result into a response;
 //! - [`route`] picks the route by host and longest path prefix;
 //! - [`forward`] applies the header rules on the way in and out;
+//! - [`limit`] holds clients to rate limits ([`limit::rate`], in memory or in Redis) and
+//!   upstreams to `max_inflight` ([`limit::admission`], with the `"auto"` controller of
+//!   [`limit::adaptive`]); [`store`] is the Redis they share with idempotency keys;
 //! - [`idempotency`] keys POSTs and PATCHes so that each is executed once, in memory or
 //!   in Redis;
 //! - [`codec`] decodes and encodes HTTP/1.1 bodies for both sides, and [`sock`] reads and

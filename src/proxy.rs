@@ -117,6 +117,9 @@ pub async fn handle(
             let (mut parts, body) = proxied.response.into_parts();
             // The client gets its own protocol version, whatever the upstream spoke.
             parts.version = client_version;
+            if let Some(rate) = &exchange.rate {
+                rate.add_fields(&mut parts.headers);
+            }
             exchange.status = parts.status.as_u16();
             let capture = exchange
                 .claim
@@ -150,6 +153,9 @@ pub async fn handle(
             response
                 .headers_mut()
                 .insert(BATON_IDEMPOTENT_REPLAY, HeaderValue::from_static("true"));
+            if let Some(rate) = &exchange.rate {
+                rate.add_fields(response.headers_mut());
+            }
             exchange.status = stored.status.as_u16();
             let bytes_out = http_body::Body::size_hint(response.body())
                 .exact()
@@ -171,7 +177,7 @@ pub async fn handle(
                 _ => None,
             };
             let delivery = exchange.delivery.max(error.delivery);
-            let response = respond::error_response(
+            let mut response = respond::error_response(
                 &ErrorReply {
                     cause: error.cause,
                     delivery,
@@ -184,6 +190,9 @@ pub async fn handle(
                 },
                 &snapshot.config.error_pages,
             );
+            if let Some(rate) = &exchange.rate {
+                rate.add_fields(response.headers_mut());
+            }
             exchange.status = response.status().as_u16();
             exchange.cause = Some(error.cause);
             exchange.delivery = delivery;
@@ -307,6 +316,20 @@ async fn handle_inner(
             ..ProxyError::from(Cause::Maintenance)
         };
         return Err(Box::pin(answer_early(request, error)).await);
+    }
+    if let Some(limit) = &route.rate_limit {
+        let checked = Box::pin(limit::check_rate(
+            gateway,
+            route_state,
+            limit,
+            conn,
+            request.headers(),
+            exchange,
+        ))
+        .await;
+        if let Err(refused) = checked {
+            return Err(Box::pin(answer_early(request, refused)).await);
+        }
     }
     if declared_length(&request).is_some_and(|length| length > route.max_body_bytes) {
         return Err(ProxyError::closing(Cause::RequestTooLarge));

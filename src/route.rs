@@ -121,6 +121,7 @@ mod tests {
                 total: None,
             },
             idempotency: None,
+            rate_limit: None,
             retry: crate::config::runtime::Retry {
                 attempts: 1,
                 non_idempotent: false,

@@ -233,13 +233,31 @@ pub fn admin(gateway: &Gateway) -> Value {
         "window_seconds": WINDOW.as_secs(),
         "ready": gateway.ready.load(Ordering::Acquire),
         "access_log_dropped": gateway.observer.access_log.dropped(),
-        "store": gateway.keys.usage(),
+        "store": store_usage(gateway, config),
         "last_reload": last_reload,
         "listeners": listeners,
         "routes": routes,
         "upstreams": upstreams,
         "recent_errors": recent_errors,
     })
+}
+
+/// What the `[store]` holds: for memory, the idempotency records' bytes within their part
+/// of `max_bytes`, and the rate-limit keys within theirs.
+fn store_usage(gateway: &Gateway, config: &crate::config::Config) -> Value {
+    let mut usage = gateway.keys.usage();
+    if let (Some(object), crate::config::StoreConfig::Memory { max_bytes }) =
+        (usage.as_object_mut(), &config.store)
+    {
+        if let Some(records_max) = object.insert("max_bytes".into(), json!(max_bytes)) {
+            object.insert("records_max_bytes".into(), records_max);
+        }
+        if let Some((keys, max_keys)) = gateway.rates.usage() {
+            object.insert("rate_limit_keys".into(), json!(keys));
+            object.insert("rate_limit_max_keys".into(), json!(max_keys));
+        }
+    }
+    usage
 }
 
 /// The public status page: each route and how it is doing, nothing else (no addresses,

@@ -207,6 +207,56 @@ mod tests {
     }
 
     #[test]
+    fn rate_limits_need_requests_and_take_defaults() {
+        use crate::config::runtime::RateKey;
+        let rate = |table: &str| {
+            parse(
+                &format!("{BASE}[[routes]]\nupstream = \"app\"\nrate_limit = {table}\n"),
+                "t.toml",
+                Path::new("."),
+            )
+            .map(|c| c.routes[0].rate_limit.clone())
+        };
+        let limit = rate("{ requests = 5 }").unwrap().unwrap();
+        assert_eq!((limit.requests, limit.burst), (5, 5));
+        assert_eq!(limit.per, Duration::from_secs(1));
+        assert_eq!(limit.key, RateKey::ClientIp);
+        assert_eq!(limit.policy, "\"default\";q=5;w=1");
+        let limit = rate("{ requests = 2, per = \"1m\", burst = 4, key = \"header:X-Api-Key\" }")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            limit.key,
+            RateKey::Header(http::HeaderName::from_static("x-api-key"))
+        );
+        assert_eq!(limit.policy, "\"default\";q=4;w=120");
+        assert_eq!(
+            rate("{ requests = 1, key = \"route\" }")
+                .unwrap()
+                .unwrap()
+                .key,
+            RateKey::Route
+        );
+        for (bad, message) in [
+            ("{ per = \"1s\" }", "needs `requests`"),
+            ("{ requests = 0 }", "`rate_limit.requests` must be"),
+            ("{ requests = 1, burst = 0 }", "`rate_limit.burst` must be"),
+            ("{ requests = 1, per = \"0s\" }", "at least 1ms"),
+            (
+                "{ requests = 1, key = \"cookie:x\" }",
+                "`rate_limit.key` must be",
+            ),
+            (
+                "{ requests = 1, key = \"header:bad name\" }",
+                "`rate_limit.key` must be",
+            ),
+        ] {
+            let errors = rate(bad).unwrap_err();
+            assert!(errors[0].message.contains(message), "{bad}: {errors:?}");
+        }
+    }
+
+    #[test]
     fn store_max_bytes_is_checked() {
         let parsed = parse(
             &format!("{BASE}[store]\nmax_bytes = \"1MiB\"\n"),

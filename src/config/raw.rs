@@ -113,7 +113,17 @@ pub struct RawRoute {
     pub retry: RawRetry,
     pub cache: Unsupported,
     pub idempotency: Option<Spanned<RawIdempotency>>,
-    pub rate_limit: Unsupported,
+    pub rate_limit: Option<Spanned<RawRateLimit>>,
+}
+
+/// A route's `rate_limit`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRateLimit {
+    pub requests: Option<Spanned<u64>>,
+    pub per: Option<Spanned<Dur>>,
+    pub burst: Option<Spanned<u64>>,
+    pub key: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

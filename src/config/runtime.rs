@@ -54,6 +54,9 @@ pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The most a fixed `max_inflight` or a queue may be: beyond, a limit protects nothing.
 pub const MAX_INFLIGHT: u32 = 1_000_000;
 pub const MAX_QUEUE_SIZE: usize = 1_000_000;
+/// The most `requests` or `burst` of a rate limit may be.
+pub const MAX_RATE_REQUESTS: u64 = 1_000_000_000;
+pub const DEFAULT_RATE_PER: Duration = Duration::from_secs(1);
 pub const DEFAULT_IDEMPOTENCY_HEADER: &str = "idempotency-key";
 pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
 /// hyper refuses a read buffer below 8 KiB, so no smaller head limit can be enforced.
@@ -167,9 +170,49 @@ pub struct Route {
     pub retry: Retry,
     /// Idempotency keys, when the route has `idempotency`.
     pub idempotency: Option<Idempotency>,
+    /// The route's rate limit, when it has `rate_limit`.
+    pub rate_limit: Option<RateLimit>,
     /// How much of a request body baton reads before it forwards the request; a body that
     /// fits is kept, so that a request can be sent again.
     pub buffer_bytes: usize,
+}
+
+/// A route's rate limit (SPEC §9): `requests` per `per` for each key, `burst` at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimit {
+    pub requests: u32,
+    pub per: Duration,
+    pub burst: u32,
+    pub key: RateKey,
+    /// The `RateLimit-Policy` field every answer of the route carries: the burst as the
+    /// quota, in the time the whole burst takes to come back.
+    pub policy: http::HeaderValue,
+}
+
+impl RateLimit {
+    pub fn new(requests: u32, per: Duration, burst: u32, key: RateKey) -> RateLimit {
+        let window = per.as_secs_f64() * f64::from(burst) / f64::from(requests);
+        let policy = format!("\"default\";q={burst};w={}", window.ceil().max(1.0) as u64);
+        RateLimit {
+            requests,
+            per,
+            burst,
+            key,
+            policy: http::HeaderValue::try_from(policy)
+                .unwrap_or(http::HeaderValue::from_static("\"default\"")),
+        }
+    }
+}
+
+/// What a rate limit counts requests by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateKey {
+    /// The client's address, after `trusted_proxies`.
+    ClientIp,
+    /// A request header's value; requests without it are not limited.
+    Header(http::HeaderName),
+    /// One limit for the whole route.
+    Route,
 }
 
 /// Idempotency keys on a route (SPEC §8).

@@ -1,21 +1,121 @@
-//! Limits that protect upstreams: admission (`max_inflight` and its queue) and the
-//! `"auto"` controller that finds the limit (SPEC §9).
+//! Limits that protect upstreams (SPEC §9): rate limits per client ([`rate`], a stage
+//! right after maintenance), and admission ([`admission`]: `max_inflight` and its queue,
+//! a stage just before the first attempt) with the `"auto"` controller that finds the
+//! limit ([`adaptive`]).
 
 pub mod adaptive;
 pub mod admission;
+pub mod rate;
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use http::{HeaderMap, HeaderName, HeaderValue};
+
 use crate::cause::Cause;
-use crate::gateway::Gateway;
+use crate::config::runtime::{RateKey, RateLimit};
+use crate::forward;
+use crate::gateway::{Gateway, RouteState};
 use crate::listener::ClientConn;
+use crate::observe::metrics::RouteLabel;
 use crate::observe::metrics::UpstreamLabel;
+use rate::{Key, Verdict};
+
 use crate::observe::Exchange;
 use crate::proxy::ProxyError;
 use crate::upstream::endpoint::ms_at;
 use crate::upstream::Upstream;
+
+/// What the route's rate limit said of a request, for the `RateLimit` fields of its answer.
+pub struct RateNote {
+    pub policy: HeaderValue,
+    /// `None` when the request was not counted (no key, or the store could not be asked).
+    pub verdict: Option<Verdict>,
+}
+
+impl RateNote {
+    /// Adds `RateLimit-Policy` and, when the request was counted, `RateLimit`
+    /// (draft-ietf-httpapi-ratelimit-headers).
+    pub fn add_fields(&self, headers: &mut HeaderMap) {
+        headers.insert(RATELIMIT_POLICY, self.policy.clone());
+        if let Some(verdict) = &self.verdict {
+            let value = format!(
+                "\"default\";r={};t={}",
+                verdict.remaining,
+                whole_seconds(verdict.reset).as_secs()
+            );
+            if let Ok(value) = HeaderValue::try_from(value) {
+                headers.insert(RATELIMIT, value);
+            }
+        }
+    }
+}
+
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// `duration` rounded up to whole seconds: a client told to wait 0 s would come back at once.
+fn whole_seconds(duration: Duration) -> Duration {
+    Duration::from_secs(duration.as_secs() + u64::from(duration.subsec_nanos() > 0))
+}
+
+/// The rate-limit stage: counts the request against its key and refuses it with 429
+/// `rate-limited` when the key is over the limit. A request without the key's header is
+/// not counted; when Redis cannot be asked, the request goes (SPEC §9), counted in
+/// `baton_store_errors_total`.
+pub(crate) async fn check_rate(
+    gateway: &Gateway,
+    route: &RouteState,
+    limit: &RateLimit,
+    conn: &ClientConn,
+    headers: &HeaderMap,
+    exchange: &mut Exchange,
+) -> Result<(), ProxyError> {
+    let key = match &limit.key {
+        RateKey::ClientIp => {
+            let trusted = &conn.listener.config.load().trusted_proxies;
+            Some(Key::ClientIp(forward::client_ip(
+                conn.peer.ip(),
+                headers,
+                trusted,
+            )))
+        }
+        RateKey::Header(name) => headers.get(name).map(|v| Key::Header(v.as_bytes())),
+        RateKey::Route => Some(Key::Route),
+    };
+    let verdict = match key {
+        None => None,
+        Some(key) => match gateway.rates.check(&route.label, &key, limit).await {
+            Ok(verdict) => Some(verdict),
+            Err(err) => {
+                tracing::debug!(route = %route.label, error = %err, "rate limit not checked: the store is unavailable; the request goes");
+                None
+            }
+        },
+    };
+    exchange.rate = Some(RateNote {
+        policy: limit.policy.clone(),
+        verdict,
+    });
+    match verdict {
+        Some(verdict) if !verdict.allowed => {
+            gateway
+                .observer
+                .metrics
+                .rate_limited
+                .get_or_create(&RouteLabel {
+                    route: route.label.clone(),
+                })
+                .inc();
+            Err(ProxyError {
+                retry_after: Some(whole_seconds(verdict.retry_after)),
+                ..ProxyError::from(Cause::RateLimited)
+            })
+        }
+        _ => Ok(()),
+    }
+}
 
 /// The `Retry-After` of an `upstream-overloaded` answer: overload is measured in queue
 /// timeouts, so a client may come back soon.

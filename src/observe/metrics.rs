@@ -120,8 +120,12 @@ pub struct Metrics {
     pub queue_wait: Family<UpstreamLabel, Histogram, fn() -> Histogram>,
     /// Panics caught on a request's path or a connection's (bugs).
     pub panics: Counter,
-    /// Settled idempotency records dropped to keep the memory store within `max_bytes`.
+    /// Settled idempotency records and rate-limit keys dropped to keep the memory store
+    /// within `max_bytes`.
     pub store_evictions: Counter,
+    /// Redis commands that failed, and rate checks skipped because Redis just failed.
+    pub store_errors: Counter,
+    pub rate_limited: Family<RouteLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -225,8 +229,20 @@ impl Default for Metrics {
         let store_evictions = Counter::default();
         registry.register(
             "store_evictions",
-            "Settled idempotency records dropped to keep the memory store within max_bytes",
+            "Settled idempotency records and rate-limit keys dropped to keep the memory store within max_bytes",
             store_evictions.clone(),
+        );
+        let store_errors = Counter::default();
+        registry.register(
+            "store_errors",
+            "Redis commands that failed, and rate-limit checks skipped (the request let through) because Redis had just failed",
+            store_errors.clone(),
+        );
+        let rate_limited = Family::<RouteLabel, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused with 429 rate-limited",
+            rate_limited.clone(),
         );
         Metrics {
             registry,
@@ -236,6 +252,8 @@ impl Default for Metrics {
             queue_wait,
             panics,
             store_evictions,
+            store_errors,
+            rate_limited,
             endpoint_up,
             endpoint_inflight,
             no_route: Arc::from(""),

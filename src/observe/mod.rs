@@ -17,6 +17,7 @@ use crate::cause::{Cause, Delivery};
 use crate::gateway::{Gateway, RouteState};
 use crate::idempotency::Claim;
 use crate::limit::admission::Permit;
+use crate::limit::RateNote;
 use crate::upstream::endpoint::now_ms;
 use crate::upstream::Upstream;
 use access_log::{AccessLog, AccessRecord, FailedAttempt};
@@ -109,6 +110,8 @@ pub struct Exchange {
     /// ends, and how long it waited for it.
     pub permit: Option<Permit>,
     pub queue_wait: Option<Duration>,
+    /// What the route's rate limit said, for the `RateLimit` fields of the answer.
+    pub rate: Option<RateNote>,
 }
 
 impl Exchange {
@@ -148,6 +151,7 @@ impl Exchange {
             detail: None,
             permit: None,
             queue_wait: None,
+            rate: None,
         }
     }
 

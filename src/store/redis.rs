@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::Mutex;
 
@@ -19,14 +20,18 @@ pub struct RedisError(pub String);
 pub struct Redis {
     client: redis::Client,
     connection: Mutex<Option<ConnectionManager>>,
+    /// `baton_store_errors_total`: commands that failed, and requests whose check was
+    /// skipped because Redis had just failed.
+    pub errors: Counter,
 }
 
 impl Redis {
-    pub fn new(url: &str) -> Result<Redis, String> {
+    pub fn new(url: &str, errors: Counter) -> Result<Redis, String> {
         let client = redis::Client::open(url).map_err(|err| err.to_string())?;
         Ok(Redis {
             client,
             connection: Mutex::new(None),
+            errors,
         })
     }
 
@@ -57,11 +62,22 @@ impl Redis {
         command: &redis::Cmd,
         timeout: Duration,
     ) -> Result<T, RedisError> {
-        let mut connection = self.connection().await?;
-        tokio::time::timeout(timeout, command.query_async(&mut connection))
-            .await
-            .map_err(|_| RedisError("a Redis command timed out".into()))?
-            .map_err(|err| RedisError(err.to_string()))
+        let result = async {
+            let mut connection = self.connection().await?;
+            tokio::time::timeout(timeout, command.query_async(&mut connection))
+                .await
+                .map_err(|_| RedisError("a Redis command timed out".into()))?
+                .map_err(|err| RedisError(err.to_string()))
+        }
+        .await;
+        self.count(result)
+    }
+
+    fn count<T>(&self, result: Result<T, RedisError>) -> Result<T, RedisError> {
+        if result.is_err() {
+            self.errors.inc();
+        }
+        result
     }
 
     /// Runs a Lua script by its digest, loading it first when Redis does not know it
@@ -71,10 +87,14 @@ impl Redis {
         invocation: &redis::ScriptInvocation<'_>,
         timeout: Duration,
     ) -> Result<T, RedisError> {
-        let mut connection = self.connection().await?;
-        tokio::time::timeout(timeout, invocation.invoke_async(&mut connection))
-            .await
-            .map_err(|_| RedisError("a Redis script timed out".into()))?
-            .map_err(|err| RedisError(err.to_string()))
+        let result = async {
+            let mut connection = self.connection().await?;
+            tokio::time::timeout(timeout, invocation.invoke_async(&mut connection))
+                .await
+                .map_err(|_| RedisError("a Redis script timed out".into()))?
+                .map_err(|err| RedisError(err.to_string()))
+        }
+        .await;
+        self.count(result)
     }
 }

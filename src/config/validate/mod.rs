@@ -284,7 +284,10 @@ fn build_route(
         .idempotency
         .as_ref()
         .and_then(|i| build_idempotency(v, i));
-    v.unsupported("rate_limit", &route.rate_limit);
+    let rate_limit = route
+        .rate_limit
+        .as_ref()
+        .and_then(|r| build_rate_limit(v, r));
 
     let host = build_host(v, route.host.as_ref());
     let path_prefix = match &route.path_prefix {
@@ -369,6 +372,7 @@ fn build_route(
         },
         retry: build_retry(v, &route.retry, attempts),
         idempotency,
+        rate_limit,
         buffer_bytes: usize::try_from(
             route
                 .retry
@@ -377,6 +381,68 @@ fn build_route(
         )
         .unwrap_or(usize::MAX),
     })
+}
+
+fn build_rate_limit(
+    v: &mut Validator,
+    raw: &Spanned<super::raw::RawRateLimit>,
+) -> Option<RateLimit> {
+    let span = raw.span();
+    let raw = raw.get_ref();
+    let mut count = |value: &Option<Spanned<u64>>, key: &str| match value {
+        Some(n) if !(1..=MAX_RATE_REQUESTS).contains(n.get_ref()) => {
+            v.error(
+                Some(n.span()),
+                format!("`rate_limit.{key}` must be 1 to {MAX_RATE_REQUESTS}"),
+            );
+            None
+        }
+        Some(n) => Some(Some(*n.get_ref() as u32)),
+        None => Some(None),
+    };
+    let requests = count(&raw.requests, "requests");
+    let burst = count(&raw.burst, "burst");
+    let requests = match requests? {
+        Some(requests) => requests,
+        None => {
+            v.error(
+                Some(span),
+                "`rate_limit` needs `requests`, how many requests a key may make `per` period",
+            );
+            return None;
+        }
+    };
+    let per = match &raw.per {
+        None => DEFAULT_RATE_PER,
+        Some(per) if per.get_ref().0 < Duration::from_millis(1) => {
+            v.error(Some(per.span()), "`rate_limit.per` must be at least 1ms");
+            return None;
+        }
+        Some(per) => per.get_ref().0,
+    };
+    let key = match raw.key.as_ref().map(|k| (k, k.get_ref().as_str())) {
+        None | Some((_, "client-ip")) => RateKey::ClientIp,
+        Some((_, "route")) => RateKey::Route,
+        Some((spanned, text)) => match text
+            .strip_prefix("header:")
+            .and_then(|name| http::HeaderName::from_bytes(name.as_bytes()).ok())
+        {
+            Some(name) => RateKey::Header(name),
+            None => {
+                v.error(
+                    Some(spanned.span()),
+                    format!("`rate_limit.key` must be \"client-ip\", \"header:NAME\" or \"route\", not {text:?}"),
+                );
+                return None;
+            }
+        },
+    };
+    Some(RateLimit::new(
+        requests,
+        per,
+        burst?.unwrap_or(requests),
+        key,
+    ))
 }
 
 fn build_idempotency(
