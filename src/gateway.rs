@@ -649,7 +649,8 @@ impl Running {
     }
 }
 
-/// Closes expired idle upstream connections and ends ran-out ejections, until shutdown.
+/// Closes expired idle upstream connections, ends ran-out ejections and takes each
+/// upstream's figures into its history, until shutdown.
 async fn upkeep(gateway: Arc<Gateway>, mut stopped: watch::Receiver<bool>) {
     let mut ticks = tokio::time::interval(UPKEEP_INTERVAL);
     loop {
@@ -664,6 +665,7 @@ async fn upkeep(gateway: Arc<Gateway>, mut stopped: watch::Receiver<bool>) {
                 endpoint.pool.purge();
                 endpoint.is_ejected(now);
             }
+            upstream.sample_history(now);
         }
     }
 }

@@ -20,8 +20,9 @@ fn rfc3339(at: SystemTime) -> String {
     humantime::format_rfc3339_millis(at).to_string()
 }
 
+/// Milliseconds to the microsecond: a fast upstream answers in well under one.
 fn millis(duration: Option<Duration>) -> Option<f64> {
-    duration.map(|d| (d.as_secs_f64() * 1e4).round() / 10.0)
+    duration.map(|d| (d.as_secs_f64() * 1e6).round() / 1e3)
 }
 
 fn recent_json(recent: &Recent) -> Value {
@@ -191,6 +192,7 @@ pub fn admin(gateway: &Gateway) -> Value {
                 "name": &*upstream.name,
                 "balance": upstream.balance(),
                 "admission": admission,
+                "history": upstream.history.to_json(),
                 "unresolved_names": members.unresolved,
                 "usable": usable,
                 "recent": recent_json(&recent),

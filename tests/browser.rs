@@ -49,6 +49,7 @@ outlier = {{ consecutive_failures = 3, base_ejection = "60s" }}
 
 [upstreams.api]
 endpoints = ["{}"]
+max_inflight = 100
 
 [upstreams.legacy]
 endpoints = ["{}"]
@@ -119,6 +120,21 @@ endpoints = ["{}"]
                 .contains("upstream-invalid-response"),
             "{why}"
         );
+        // Sub-millisecond latency shows in microseconds, not as "0.0 ms".
+        assert!(
+            browser.wait_for("document.body.textContent.includes(' µs')", Duration::from_secs(5)),
+            "no latency in µs"
+        );
+        let limit = browser.eval("document.querySelector('[data-admission=\"api\"]').textContent");
+        assert!(limit.as_str().unwrap_or("").contains("limit 100"), "{limit}");
+        // The charts: every completed 5-second slot is a point.
+        let points = "Number(document.querySelector('[data-upstream=\"web\"] [data-chart=\"req/s\"]').dataset.points)";
+        assert!(
+            browser.wait_for(&format!("{points} >= 1"), Duration::from_secs(12)),
+            "no chart points"
+        );
+        let lines = browser.eval("document.querySelectorAll('[data-upstream=\"api\"] svg polyline').length");
+        assert!(lines.as_u64() >= Some(4), "req/s, errors, p99 and queued: {lines}");
         // Let the generated errors and figures fill in for the picture.
         std::thread::sleep(Duration::from_millis(2500));
         browser.screenshot()

@@ -55,6 +55,8 @@ struct State {
     /// when the last one waited less.
     waits_above_since: Option<Instant>,
     next_id: u64,
+    /// The most requests waiting at once since the status page's history last looked.
+    peak_queued: usize,
 }
 
 struct Waiter {
@@ -139,6 +141,7 @@ impl Admission {
                 waiting: VecDeque::new(),
                 waits_above_since: None,
                 next_id: 0,
+                peak_queued: 0,
             }),
             recent_waits: Window::default(),
             wait_histogram: Cached::default(),
@@ -183,6 +186,13 @@ impl Admission {
         }
     }
 
+    /// The most requests that waited at once since the last call.
+    pub fn take_peak_queued(&self) -> usize {
+        let mut state = self.lock();
+        let queued = state.waiting.len();
+        std::mem::replace(&mut state.peak_queued, queued).max(queued)
+    }
+
     /// Admits a request: at once while there is room and nobody waits, else after those
     /// before it. `deadline` is the request's own (its total timeout), when it has one.
     /// A request whose client goes away leaves the queue when this future is dropped.
@@ -215,6 +225,7 @@ impl Admission {
                 since: arrived,
                 turn: sender,
             });
+            state.peak_queued = state.peak_queued.max(state.waiting.len());
             (id, receiver, state.config.queue_timeout)
         };
         let mut queued = Queued {

@@ -2,6 +2,7 @@
 //! feeds both once a request has been answered.
 
 pub mod access_log;
+pub mod history;
 pub mod metrics;
 pub mod window;
 

@@ -47,8 +47,11 @@ impl Slot {
     }
 }
 
+/// The length of one slot: the resolution of the figures over time.
+pub const SLOT: Duration = Duration::from_millis(SLOT_MS);
+
 /// The period of a moment on baton's clock ([`now_ms`](crate::upstream::endpoint::now_ms)), from 1.
-fn period(now_ms: u64) -> u64 {
+pub fn period(now_ms: u64) -> u64 {
     now_ms / SLOT_MS + 1
 }
 
@@ -141,8 +144,31 @@ impl Window {
     pub fn merged<'a>(windows: impl IntoIterator<Item = &'a Window>, now_ms: u64) -> Recent {
         let current = period(now_ms);
         let oldest = current.saturating_sub(SLOTS as u64 - 1).max(1);
+        let seconds = (now_ms.min(SLOT_MS * (SLOTS as u64 - 1) + now_ms % SLOT_MS)) as f64 / 1e3;
+        Window::merged_periods(windows, oldest, current, seconds)
+    }
+
+    /// The figures of one whole slot, `back` slots before the one `now_ms` is in (1: the
+    /// last complete one), while the windows still hold it.
+    pub fn merged_slot<'a>(
+        windows: impl IntoIterator<Item = &'a Window>,
+        now_ms: u64,
+        back: u64,
+    ) -> Option<Recent> {
+        let current = period(now_ms);
+        let wanted = current.checked_sub(back).filter(|&p| p >= 1)?;
+        (back < SLOTS as u64)
+            .then(|| Window::merged_periods(windows, wanted, wanted, SLOT_MS as f64 / 1e3))
+    }
+
+    fn merged_periods<'a>(
+        windows: impl IntoIterator<Item = &'a Window>,
+        oldest: u64,
+        current: u64,
+        seconds: f64,
+    ) -> Recent {
         let mut recent = Recent {
-            seconds: (now_ms.min(SLOT_MS * (SLOTS as u64 - 1) + now_ms % SLOT_MS)) as f64 / 1e3,
+            seconds,
             ..Recent::default()
         };
         let mut latency = [0u64; BUCKETS];

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use crate::config::runtime::Protocol;
 use crate::config::{Balance, EndpointConfig, HashKey, Keepalive, UpstreamConfig};
 use crate::limit::admission::Admission;
+use crate::observe::history::History;
 use crate::tls::ClientTls;
 use balance::{Balancer, Pick};
 pub use endpoint::Endpoint;
@@ -44,6 +45,8 @@ pub struct Upstream {
     /// `max_inflight` and its queue, when the upstream has a limit; carried over by a
     /// reload that keeps the limit, with what it learned and the requests it holds.
     pub admission: Option<Arc<Admission>>,
+    /// Its last fifteen minutes, for the status page; kept by a reload.
+    pub history: Arc<History>,
 }
 
 /// The endpoints of an upstream at one moment, with a balancer built for them.
@@ -74,6 +77,7 @@ impl Upstream {
                 None => Arc::new(Admission::new(settings)),
             }
         });
+        let history = old.map_or_else(Arc::default, |(old, _)| old.history.clone());
         let old = old.filter(|(_, old_config)| {
             old_config.outlier == config.outlier
                 && old_config.keepalive == config.keepalive
@@ -147,7 +151,16 @@ impl Upstream {
             protocol: config.protocol,
             outlier,
             admission,
+            history,
         }
+    }
+
+    /// Takes the figures of the slots completed since the last call into its history.
+    pub fn sample_history(&self, now_ms: u64) {
+        let members = self.members();
+        let queued = self.admission.as_ref().map(|a| a.take_peak_queued());
+        self.history
+            .sample(members.endpoints.iter().map(|e| &e.recent), queued, now_ms);
     }
 
     /// Resolves when the upstream is retired.
