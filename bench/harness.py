@@ -298,10 +298,13 @@ def run_handshakes(port, seconds, reuse, clients=4):
     return total
 
 
-def baton_config(work, name, backend_endpoints, pool, access="off", routes=None, tls=None):
+def baton_config(work, name, backend_endpoints, pool, access="off", routes=None, tls=None,
+                 extra=("", "", "")):
     """A baton config file: one listener (and a second one, HTTPS, with `tls` = (cert,
     key)), the routes given as path prefixes (default one catch-all), all to one upstream
-    of `backend_endpoints`; returns (path, port, tls port)."""
+    of `backend_endpoints`; `extra` = lines for each route, the upstream and the file's
+    end. Returns (path, port, tls port)."""
+    route_extra, upstream_extra, file_extra = extra
     port = free_port()
     tls_port = free_port() if tls else None
     tls_listener = "" if not tls else f"""
@@ -311,7 +314,7 @@ listen = "127.0.0.1:{tls_port}"
 tls = {{ cert = "{tls[0]}", key = "{tls[1]}" }}
 """
     route_text = "".join(
-        f'[[routes]]\nname = "r{i}"\npath_prefix = "{prefix}"\nupstream = "backend"\n'
+        f'[[routes]]\nname = "r{i}"\npath_prefix = "{prefix}"\nupstream = "backend"\n{route_extra}\n'
         for i, prefix in enumerate(routes or ["/"]))
     endpoints = ", ".join(f'"{e}"' for e in backend_endpoints)
     conf = work / f"{name}.toml"
@@ -329,12 +332,16 @@ listen = "127.0.0.1:{port}"
 [upstreams.backend]
 endpoints = [{endpoints}]
 keepalive = {{ idle = "60s", max_idle_per_endpoint = {pool} }}
+{upstream_extra}
+{file_extra}
 """)
     return conf, port, tls_port
 
 
-def baton_proxy(baton, work, name, backend_endpoints, pool, access="off", routes=None, tls=None):
-    conf, port, tls_port = baton_config(work, name, backend_endpoints, pool, access, routes, tls)
+def baton_proxy(baton, work, name, backend_endpoints, pool, access="off", routes=None, tls=None,
+                extra=("", "", "")):
+    conf, port, tls_port = baton_config(work, name, backend_endpoints, pool, access, routes, tls,
+                                        extra)
     return Proxy(name, port, port, [str(baton), "run", "-c", str(conf)], tls_port=tls_port)
 
 

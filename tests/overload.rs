@@ -97,6 +97,36 @@ async fn a_queued_request_whose_client_went_away_is_never_sent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_http2_stream_that_is_cancelled_is_never_sent() {
+    let (upstream, _workers) = Upstream::workers(1, Duration::from_millis(600)).await;
+    let baton = Baton::in_front_of(
+        &[upstream.addr],
+        "",
+        "max_inflight = 1\nqueue = { size = 8, timeout = \"5s\" }",
+    )
+    .await;
+    let addr = baton.addr;
+    let first = tokio::spawn(async move { get(addr, "/first").await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut client = support::h2::Client::connect(baton.addr).await;
+    client.send(&support::h2::get(1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let queued = |status: serde_json::Value| status["upstreams"][0]["admission"]["queued"].clone();
+    assert_eq!(queued(support::status_json(&baton).await), 1);
+    client.send(&support::h2::reset(1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(queued(support::status_json(&baton).await), 0);
+    assert_eq!(first.await.unwrap().status(), 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        upstream.requests(),
+        1,
+        "the cancelled stream was never sent"
+    );
+    baton.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_finds_a_limit_near_the_back_ends_capacity_and_keeps_latency_near_unloaded() {
     const CAPACITY: usize = 4;
     const SERVICE: Duration = Duration::from_millis(50);
@@ -161,5 +191,57 @@ async fn auto_finds_a_limit_near_the_back_ends_capacity_and_keeps_latency_near_u
         throughput >= 0.6 * capacity,
         "{throughput:.0}/s of {capacity:.0}/s (limit {limit})"
     );
+    baton.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_the_requests_in_flight_counted_and_applies_a_new_limit() {
+    let (upstream, workers) = Upstream::workers(8, Duration::from_millis(800)).await;
+    let limited = |limit: u32, weight: u32| {
+        support::simple_config(
+            &[],
+            "",
+            &format!("max_inflight = {limit}\nqueue = {{ size = 0 }}"),
+        )
+        .replace(
+            "endpoints = []",
+            &format!(
+                "endpoints = [{{ addr = \"{}\", weight = {weight} }}]",
+                upstream.addr
+            ),
+        )
+    };
+    let baton = Baton::start(&limited(2, 1)).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let addr = baton.addr;
+        held.push(tokio::spawn(async move { get(addr, "/").await.status() }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The upstream changes (its weight), its admission does not: the two in flight count.
+    baton.write_config(&limited(2, 3));
+    let reloaded = support::admin_post(&baton, "/reload", &[]).await;
+    assert_eq!(reloaded.status(), 200, "{}", reloaded.text());
+    assert!(
+        reloaded.text().contains("upstream app changed"),
+        "{}",
+        reloaded.text()
+    );
+    assert_eq!(
+        get(baton.addr, "/").await.status(),
+        503,
+        "a fresh limit would have let it in"
+    );
+    // A higher limit applies at once, to the same count.
+    baton.write_config(&limited(3, 3));
+    assert_eq!(
+        support::admin_post(&baton, "/reload", &[]).await.status(),
+        200
+    );
+    assert_eq!(get(baton.addr, "/").await.status(), 200);
+    for request in held {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+    assert!(workers.max_inside() <= 3);
     baton.stop().await;
 }

@@ -14,7 +14,7 @@
 //! below (and the script), on baton's clock, with a hard bound on keys.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
 use std::net::IpAddr;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -87,6 +87,30 @@ fn now_ns() -> u64 {
     u64::try_from(now.saturating_duration_since(start).as_nanos()).unwrap_or(u64::MAX) + 1
 }
 
+/// One shard's TATs by key hash. The keys are hashes already (of a secret seed), so the map
+/// takes them as they are rather than hashing them again.
+type Tats = HashMap<u64, u64, BuildHasherDefault<KeyHash>>;
+
+#[derive(Default)]
+struct KeyHash(u64);
+
+impl Hasher for KeyHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used, by `u64`'s `Hash`; anything else is folded in.
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+}
+
 /// Shards of the key table, each with its own lock.
 const SHARDS: usize = 16;
 /// What one key costs in the table: its hash and TAT, the map's control byte, and room for
@@ -99,7 +123,7 @@ pub const KEY_BYTES: usize = 40;
 /// requests (counted in `evictions`). Keys are hashed with a secret seed, so a client
 /// cannot aim collisions at another's key.
 pub struct Buckets {
-    shards: Box<[Mutex<HashMap<u64, u64>>]>,
+    shards: Box<[Mutex<Tats>]>,
     per_shard: usize,
     seed: RandomState,
     evictions: Counter,
@@ -109,7 +133,7 @@ impl Buckets {
     /// A table that holds at most `max_bytes` (at least one key per shard).
     pub fn new(max_bytes: usize, evictions: Counter) -> Buckets {
         Buckets {
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Tats::default())).collect(),
             per_shard: (max_bytes / KEY_BYTES / SHARDS).max(1),
             seed: RandomState::new(),
             evictions,
@@ -119,7 +143,9 @@ impl Buckets {
     /// Checks one request of `key` on route `route` against `limit`.
     pub fn check(&self, route: &str, key: &Key<'_>, limit: &RateLimit) -> Verdict {
         let hash = self.seed.hash_one((route, key));
-        let shard = &self.shards[(hash as usize) % SHARDS];
+        // Middle bits pick the shard: the map takes its slot from the low ones and its tag
+        // from the top ones, which must vary within a shard.
+        let shard = &self.shards[((hash >> 32) as usize) % SHARDS];
         let mut tats = shard
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -134,7 +160,7 @@ impl Buckets {
         verdict
     }
 
-    fn make_room(&self, tats: &mut HashMap<u64, u64>, now: u64) {
+    fn make_room(&self, tats: &mut Tats, now: u64) {
         tats.retain(|_, tat| *tat > now);
         let keep = self.per_shard - self.per_shard.div_ceil(8);
         if tats.len() > keep {
@@ -308,7 +334,8 @@ impl Rates {
     ) -> Result<Verdict, RedisError> {
         match self {
             Rates::Local(buckets) => Ok(buckets.check(route, key, limit)),
-            Rates::Shared(shared) => shared.check(route, key, limit).await,
+            // Boxed: the Redis call's state would make every limited request's future larger.
+            Rates::Shared(shared) => Box::pin(shared.check(route, key, limit)).await,
         }
     }
 
