@@ -123,6 +123,7 @@ async fn a_queued_http2_stream_that_is_cancelled_is_never_sent() {
         1,
         "the cancelled stream was never sent"
     );
+    drop(client);
     baton.stop().await;
 }
 
