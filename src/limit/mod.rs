@@ -9,24 +9,21 @@ pub mod rate;
 
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use http::{HeaderMap, HeaderName, HeaderValue};
 use smallvec::SmallVec;
+use tokio::time::Instant;
 
 use crate::cause::Cause;
 use crate::config::runtime::{RateKey, RateLimit};
 use crate::forward;
 use crate::gateway::{Gateway, RouteState};
 use crate::listener::ClientConn;
-use crate::observe::metrics::RouteLabel;
-use crate::observe::metrics::UpstreamLabel;
-use rate::{Key, Verdict};
-
+use crate::observe::metrics::{RouteLabel, UpstreamLabel};
 use crate::observe::Exchange;
 use crate::proxy::ProxyError;
 use crate::upstream::endpoint::ms_at;
 use crate::upstream::Upstream;
+use rate::{Key, Verdict};
 
 /// What the route's rate limit said of a request, for the `RateLimit` fields of its answer.
 pub struct RateNote {
