@@ -266,6 +266,12 @@ impl SharedBuckets {
         }
     }
 
+    fn resting(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.resting_until
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Checks one request in Redis: one round trip. An error means the request could not
     /// be checked (Redis unreachable, or resting after it failed).
     pub async fn check(
@@ -275,10 +281,7 @@ impl SharedBuckets {
         limit: &RateLimit,
     ) -> Result<Verdict, RedisError> {
         {
-            let mut resting = self
-                .resting_until
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut resting = self.resting();
             match *resting {
                 Some(until) if Instant::now() < until => {
                     self.redis.errors.inc();
@@ -306,11 +309,7 @@ impl SharedBuckets {
                 retry_after: Duration::from_micros(retry_after),
             }),
             Err(err) => {
-                *self
-                    .resting_until
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner()) =
-                    Some(Instant::now() + RETRY_REDIS_AFTER);
+                *self.resting() = Some(Instant::now() + RETRY_REDIS_AFTER);
                 Err(err)
             }
         }
