@@ -18,6 +18,7 @@
 //! without waiting, or one that waited less than [`STANDING_WAIT`], ends the standing state.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -39,6 +40,8 @@ pub const STANDING_AFTER: Duration = Duration::from_millis(100);
 /// The admission state of one upstream, kept across reloads by the upstream's name.
 pub struct Admission {
     state: Mutex<State>,
+    /// The limit is `"auto"`: latency samples are wanted (read without the lock).
+    auto: AtomicBool,
     /// Queue waits of the last minute (refusals as errors), for the status page.
     pub recent_waits: Window,
     /// This upstream's `upstream_queue_wait_seconds` histogram.
@@ -134,6 +137,7 @@ impl State {
 impl Admission {
     pub fn new(config: AdmissionConfig) -> Admission {
         Admission {
+            auto: AtomicBool::new(config.limit == InflightLimit::Auto),
             state: Mutex::new(State {
                 controller: (config.limit == InflightLimit::Auto).then(|| Gradient::new(now_ms())),
                 config,
@@ -166,6 +170,8 @@ impl Admission {
                 state.controller = Some(Gradient::new(now_ms()));
             }
             state.config = config;
+            self.auto
+                .store(config.limit == InflightLimit::Auto, Ordering::Relaxed);
         }
         self.dispatch(false);
     }
@@ -255,6 +261,9 @@ impl Admission {
     /// Takes a latency sample of an attempt (the time to its response head, or to its
     /// timeout) for the `"auto"` controller; a higher limit lets waiting requests go.
     pub fn record(self: &Arc<Admission>, latency: Duration) {
+        if !self.auto.load(Ordering::Relaxed) {
+            return;
+        }
         let grew = {
             let mut state = self.lock();
             let inflight = state.inflight;
