@@ -51,8 +51,8 @@ pub struct Admission {
 struct State {
     config: AdmissionConfig,
     inflight: u32,
-    /// The controller of `max_inflight = "auto"`.
-    controller: Option<Gradient>,
+    /// The limit in force: fixed, or the controller of `max_inflight = "auto"`.
+    limit: Limit,
     waiting: VecDeque<Waiter>,
     /// Since when every request let go had waited more than [`STANDING_WAIT`]; `None`
     /// when the last one waited less.
@@ -101,12 +101,33 @@ pub struct Usage {
     pub baseline_ms: Option<f64>,
 }
 
+/// A limit as it runs.
+enum Limit {
+    Fixed(u32),
+    Auto(Gradient),
+}
+
+impl Limit {
+    fn new(config: InflightLimit) -> Limit {
+        match config {
+            InflightLimit::Fixed(limit) => Limit::Fixed(limit),
+            InflightLimit::Auto => Limit::Auto(Gradient::new(now_ms())),
+        }
+    }
+}
+
 impl State {
+    fn controller(&self) -> Option<&Gradient> {
+        match &self.limit {
+            Limit::Auto(controller) => Some(controller),
+            Limit::Fixed(_) => None,
+        }
+    }
+
     fn limit(&self) -> u32 {
-        match (&self.controller, self.config.limit) {
-            (Some(controller), _) => controller.limit(),
-            (None, InflightLimit::Fixed(limit)) => limit,
-            (None, InflightLimit::Auto) => 1,
+        match &self.limit {
+            Limit::Fixed(limit) => *limit,
+            Limit::Auto(controller) => controller.limit(),
         }
     }
 
@@ -139,7 +160,7 @@ impl Admission {
         Admission {
             auto: AtomicBool::new(config.limit == InflightLimit::Auto),
             state: Mutex::new(State {
-                controller: (config.limit == InflightLimit::Auto).then(|| Gradient::new(now_ms())),
+                limit: Limit::new(config.limit),
                 config,
                 inflight: 0,
                 waiting: VecDeque::new(),
@@ -164,10 +185,12 @@ impl Admission {
     pub fn configure(self: &Arc<Admission>, config: AdmissionConfig) {
         {
             let mut state = self.lock();
-            if config.limit != InflightLimit::Auto {
-                state.controller = None;
-            } else if state.controller.is_none() {
-                state.controller = Some(Gradient::new(now_ms()));
+            // A learned limit is kept while the limit stays "auto".
+            if !matches!(
+                (&state.limit, config.limit),
+                (Limit::Auto(_), InflightLimit::Auto)
+            ) {
+                state.limit = Limit::new(config.limit);
             }
             state.config = config;
             self.auto
@@ -187,8 +210,8 @@ impl Admission {
             limit: state.limit(),
             inflight: state.inflight,
             queued: state.waiting.len(),
-            learned: state.controller.as_ref().map(Gradient::learned),
-            baseline_ms: state.controller.as_ref().and_then(Gradient::baseline),
+            learned: state.controller().map(Gradient::learned),
+            baseline_ms: state.controller().and_then(Gradient::baseline),
         }
     }
 
@@ -213,7 +236,7 @@ impl Admission {
                 state.inflight += 1;
                 state.waits_above_since = None;
                 let inflight = state.inflight;
-                if let Some(controller) = &mut state.controller {
+                if let Limit::Auto(controller) = &mut state.limit {
                     controller.inflight(inflight, ms_at(arrived));
                 }
                 return Ok(Permit {
@@ -268,7 +291,7 @@ impl Admission {
             let mut state = self.lock();
             let inflight = state.inflight;
             let before = state.limit();
-            let Some(controller) = &mut state.controller else {
+            let Limit::Auto(controller) = &mut state.limit else {
                 return;
             };
             controller.sample(latency.as_secs_f64() * 1e3, inflight, now_ms());
@@ -298,7 +321,7 @@ impl Admission {
                 };
                 state.inflight += 1;
                 let inflight = state.inflight;
-                if let Some(controller) = &mut state.controller {
+                if let Limit::Auto(controller) = &mut state.limit {
                     controller.inflight(inflight, now_ms());
                 }
                 waiter
