@@ -15,6 +15,12 @@ use http::header::{
 use http::{HeaderMap, Version};
 use ipnet::IpNet;
 
+mod host;
+mod request_id;
+
+pub use host::valid_host;
+pub use request_id::{incoming_request_id, new_request_id, request_id, valid_request_id};
+
 use crate::codec::encode_field;
 use crate::respond::X_REQUEST_ID;
 
@@ -26,9 +32,6 @@ const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
-/// Longest incoming `X-Request-Id` that is kept (SPEC §3).
-const MAX_REQUEST_ID_LEN: usize = 128;
 
 /// True when the request asks for a protocol upgrade (`Connection: upgrade` + `Upgrade`),
 /// which only HTTP/1.1 can do. An upgrade to h2c never is one (SPEC §13): a back-end that
@@ -46,87 +49,6 @@ pub fn is_upgrade(version: Version, headers: &HeaderMap) -> bool {
 /// Whether an `Upgrade` token names HTTP/2 over cleartext.
 pub fn is_h2c(token: &str) -> bool {
     token.eq_ignore_ascii_case("h2c")
-}
-
-/// Whether `host` is a valid `Host` field value or URI authority (RFC 9110 §7.2, RFC 3986
-/// §3.2.2): `uri-host [ ":" port ]`, where the host is an IP literal in brackets, or a
-/// reg-name of unreserved characters, percent-encodings and sub-delims (which covers IPv4
-/// addresses). An empty value is valid (RFC 9110 §7.2: a target without an authority). No
-/// user information: an `http` URI never carries it (RFC 9110 §4.2.4).
-pub fn valid_host(host: &[u8]) -> bool {
-    let (name, port) = match host.first() {
-        Some(b'[') => match host.iter().position(|&b| b == b']') {
-            Some(end) => {
-                let literal = &host[1..end];
-                let ip_literal = !literal.is_empty()
-                    && literal
-                        .iter()
-                        .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
-                // IPvFuture: "v" HEXDIG+ "." ( unreserved / sub-delims / ":" )+
-                let future = literal.first().is_some_and(|&b| b == b'v' || b == b'V');
-                if !(ip_literal || future && literal.iter().all(|&b| reg_name_byte(b) || b == b':'))
-                {
-                    return false;
-                }
-                match &host[end + 1..] {
-                    [] => (&[][..], None),
-                    [b':', port @ ..] => (&[][..], Some(port)),
-                    _ => return false,
-                }
-            }
-            None => return false,
-        },
-        _ => match host.iter().position(|&b| b == b':') {
-            Some(colon) => (&host[..colon], Some(&host[colon + 1..])),
-            None => (host, None),
-        },
-    };
-    let port_ok = port.is_none_or(|p| p.iter().all(u8::is_ascii_digit));
-    port_ok && valid_reg_name(name)
-}
-
-/// Unreserved characters and sub-delims (RFC 3986 §2.2, §2.3), as a table: every request's
-/// host is checked byte by byte.
-const REG_NAME: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        table[b] = c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'-' | b'.' | b'_' | b'~' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')'
-            )
-            || matches!(c, b'*' | b'+' | b',' | b';' | b'=');
-        b += 1;
-    }
-    table
-};
-
-fn reg_name_byte(b: u8) -> bool {
-    REG_NAME[usize::from(b)]
-}
-
-/// A reg-name: those characters and `%` followed by two hex digits.
-fn valid_reg_name(name: &[u8]) -> bool {
-    if name.iter().all(|&b| reg_name_byte(b)) {
-        return true;
-    }
-    let mut i = 0;
-    while i < name.len() {
-        match name[i] {
-            b'%' => {
-                let hex = name.get(i + 1..i + 3);
-                if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
-                    return false;
-                }
-                i += 3;
-            }
-            b if reg_name_byte(b) => i += 1,
-            _ => return false,
-        }
-    }
-    true
 }
 
 /// The comma-separated tokens of every `name` field, in order, trimmed, empty ones left out.
@@ -217,30 +139,6 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     } else if upgrade_header {
         headers.remove(UPGRADE);
     }
-}
-
-/// A request's ID: the client's `X-Request-Id` when it is valid, else a new one. It is
-/// marked sensitive: no other answer repeats it, so HTTP/2's header compression should
-/// send it as a literal instead of adding it to the connection's table, where it could
-/// only push out values that do repeat.
-pub fn request_id(headers: &HeaderMap) -> HeaderValue {
-    let mut id = incoming_request_id(headers)
-        .cloned()
-        .unwrap_or_else(new_request_id);
-    id.set_sensitive(true);
-    id
-}
-
-/// The request ID: the client's `X-Request-Id` when it is valid, otherwise `None` (the
-/// caller makes a new one).
-pub fn incoming_request_id(headers: &HeaderMap) -> Option<&HeaderValue> {
-    headers.get(X_REQUEST_ID).filter(|id| valid_request_id(id))
-}
-
-/// A request ID is kept when it is 1–128 visible ASCII characters (SPEC §3).
-pub fn valid_request_id(id: &HeaderValue) -> bool {
-    let bytes = id.as_bytes();
-    !bytes.is_empty() && bytes.len() <= MAX_REQUEST_ID_LEN && bytes.iter().all(u8::is_ascii_graphic)
 }
 
 /// Where a request came from, for the forwarding headers.
@@ -444,62 +342,9 @@ pub fn prepare_response_headers(headers: &mut HeaderMap, upgrade: bool, request_
     headers.insert(X_REQUEST_ID, request_id.clone());
 }
 
-/// A new request ID: 16 hex digits from a per-process random seed and a counter, so IDs
-/// never repeat within a process and are unlikely to repeat across processes.
-pub fn new_request_id() -> HeaderValue {
-    use std::hash::{BuildHasher, RandomState};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::OnceLock;
-
-    static SEED: OnceLock<u64> = OnceLock::new();
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let seed = *SEED.get_or_init(|| RandomState::new().hash_one(std::process::id()));
-    // splitmix64: a bijection, so distinct counters give distinct IDs.
-    let mut z = seed.wrapping_add(
-        COUNTER
-            .fetch_add(1, Ordering::Relaxed)
-            .wrapping_mul(0x9e37_79b9_7f4a_7c15),
-    );
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^= z >> 31;
-    let mut text = [0u8; 16];
-    for (i, byte) in text.iter_mut().enumerate() {
-        *byte = b"0123456789abcdef"[((z >> (60 - 4 * i)) & 0xf) as usize];
-    }
-    // Owned by its own reference-counted allocation: the ID is cloned into the request, the
-    // answer and the log, and a value copied from a slice would allocate again at its first
-    // clone.
-    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text))
-        .unwrap_or(HeaderValue::from_static("0000000000000000"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hosts_are_checked_against_rfc_3986() {
-        let good = [
-            "",
-            "a",
-            "example.test:80",
-            "127.0.0.1:8080",
-            "[::1]",
-            "[::1]:443",
-            "a%20b",
-            "x:",
-        ];
-        for host in good {
-            assert!(valid_host(host.as_bytes()), "{host:?}");
-        }
-        let bad = [
-            "a b", "a/b", "a<b", "u@h", "[::1", "[]", "[::1]x", "a:b", "%2", "%zz", "a\\b",
-        ];
-        for host in bad {
-            assert!(!valid_host(host.as_bytes()), "{host:?}");
-        }
-    }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
@@ -671,21 +516,5 @@ mod tests {
                 "x-request-id: r1",
             ]
         );
-    }
-
-    #[test]
-    fn request_ids_are_checked() {
-        let kept = headers(&[("x-request-id", "abc-1")]);
-        assert_eq!(incoming_request_id(&kept).unwrap(), "abc-1");
-        assert_eq!(
-            incoming_request_id(&headers(&[("x-request-id", "a b")])),
-            None
-        );
-        let long = "x".repeat(129);
-        assert_eq!(
-            incoming_request_id(&headers(&[("x-request-id", &long)])),
-            None
-        );
-        assert_eq!(incoming_request_id(&HeaderMap::new()), None);
     }
 }
