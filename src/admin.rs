@@ -113,6 +113,9 @@ async fn route(gateway: &Arc<Gateway>, request: Request<Incoming>) -> Response<R
         {
             return maintenance(gateway, route, request.uri().query());
         }
+        if path == "/cache/purge" {
+            return purge(gateway, request.uri().query());
+        }
         return error(StatusCode::NOT_FOUND, format!("no admin action at {path}"));
     }
     if request.method() != Method::GET && request.method() != Method::HEAD {
@@ -250,6 +253,46 @@ fn maintenance(gateway: &Gateway, route: &str, query: Option<&str>) -> Response<
     reply_json(
         StatusCode::OK,
         &json!({ "route": route, "maintenance": on }),
+    )
+}
+
+/// `POST /cache/purge?route=NAME&path=P`: drops the stored variants of every URI whose
+/// path is `P` (with any query), or that starts with `P` less a final `*`. `P` is compared
+/// as clients send it, percent-encoding and all. Without `route`, every cached route.
+fn purge(gateway: &Gateway, query: Option<&str>) -> Response<ResponseBody> {
+    let param = |name: &str| {
+        query
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+    };
+    let Some(path) = param("path").filter(|p| p.starts_with('/')) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "say ?path=/page, or ?path=/prefix* for every path under it (and route=NAME)",
+        );
+    };
+    let snapshot = gateway.current();
+    let routes: Vec<usize> = match param("route") {
+        Some(route) => match snapshot.route_position(route) {
+            Some(index) if snapshot.caches[index].is_some() => vec![index],
+            Some(_) => return error(StatusCode::NOT_FOUND, format!("route {route} has no cache")),
+            None => return error(StatusCode::NOT_FOUND, format!("no route {route}")),
+        },
+        None => (0..snapshot.caches.len()).collect(),
+    };
+    let mut purged = 0;
+    let mut names = Vec::new();
+    for index in routes {
+        if let Some(cache) = &snapshot.caches[index] {
+            purged += cache.store.purge(path);
+            names.push(snapshot.config.routes[index].name.as_str());
+        }
+    }
+    tracing::info!(path, purged, routes = ?names, "cache purged by the admin API");
+    reply_json(
+        StatusCode::OK,
+        &json!({ "routes": names, "path": path, "purged": purged }),
     )
 }
 

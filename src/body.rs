@@ -20,6 +20,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
+use crate::cache::fill::FillReader;
+use crate::cache::Lead;
 use crate::cause::Cause;
 use crate::idempotency::{BodyHash, StoredResponse, MAX_STORED_BODY};
 use crate::observe::Exchange;
@@ -337,6 +339,23 @@ impl Capture {
     }
 }
 
+/// What is kept of an upstream's answer as it streams to the client.
+pub enum Keep {
+    /// The answer to an idempotency key, settled when the body is complete.
+    Answer(Capture),
+    /// The response going into the route's cache.
+    Cache(Lead),
+}
+
+impl Keep {
+    fn push(&mut self, data: &Bytes) {
+        match self {
+            Keep::Answer(capture) => capture.push(data),
+            Keep::Cache(lead) => lead.push(data),
+        }
+    }
+}
+
 /// The response body sent to the client.
 pub struct ResponseBody {
     kind: Kind,
@@ -344,6 +363,14 @@ pub struct ResponseBody {
 
 enum Kind {
     Full(Option<Bytes>),
+    /// A stored response's body, from the cache.
+    Stored {
+        chunks: Arc<[Bytes]>,
+        next: usize,
+        remaining: u64,
+    },
+    /// The body another request is fetching into the cache.
+    Filling(FillReader),
     Upstream(Box<UpstreamBody>),
 }
 
@@ -358,7 +385,25 @@ impl ResponseBody {
     pub fn full_bytes(&self) -> Option<&Bytes> {
         match &self.kind {
             Kind::Full(data) => data.as_ref(),
-            Kind::Upstream(_) => None,
+            _ => None,
+        }
+    }
+
+    /// A stored body of `length` bytes in `chunks`.
+    pub fn stored(chunks: Arc<[Bytes]>, length: u64) -> ResponseBody {
+        ResponseBody {
+            kind: Kind::Stored {
+                chunks,
+                next: 0,
+                remaining: length,
+            },
+        }
+    }
+
+    /// A body read from a fill as it arrives.
+    pub fn filling(reader: FillReader) -> ResponseBody {
+        ResponseBody {
+            kind: Kind::Filling(reader),
         }
     }
 
@@ -376,7 +421,7 @@ impl ResponseBody {
         deadline: Option<Instant>,
         lease: Lease,
         exchange: Exchange,
-        capture: Option<Capture>,
+        keep: Option<Keep>,
     ) -> ResponseBody {
         let mut body = UpstreamBody {
             inner,
@@ -386,7 +431,7 @@ impl ResponseBody {
             waiting: false,
             lease: Some(lease),
             exchange: Some(exchange),
-            capture,
+            keep,
             bytes: 0,
         };
         if body.inner.is_end_stream() {
@@ -417,8 +462,8 @@ struct UpstreamBody {
     waiting: bool,
     lease: Option<Lease>,
     exchange: Option<Exchange>,
-    /// The answer being kept for an idempotency key, if the request has one.
-    capture: Option<Capture>,
+    /// The answer being kept for an idempotency key or the cache.
+    keep: Option<Keep>,
     bytes: u64,
 }
 
@@ -433,9 +478,18 @@ impl UpstreamBody {
             }
         }
         if let Some(mut exchange) = self.exchange.take() {
-            // A whole answer settles the key; an aborted one leaves the outcome unknown.
-            if let (None, Some(claim)) = (abort, exchange.claim.take()) {
-                claim.complete(self.capture.take().and_then(Capture::into_stored));
+            // A whole answer settles the key and is stored; an aborted one leaves the
+            // key's outcome unknown, and nothing is stored.
+            let keep = self.keep.take();
+            if abort.is_none() {
+                match (exchange.claim.take(), keep) {
+                    (Some(claim), keep) => claim.complete(match keep {
+                        Some(Keep::Answer(capture)) => capture.into_stored(),
+                        _ => None,
+                    }),
+                    (None, Some(Keep::Cache(lead))) => lead.complete(),
+                    (None, _) => {}
+                }
             }
             exchange.finish(self.bytes, abort);
         }
@@ -462,8 +516,8 @@ impl UpstreamBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     self.bytes += data.len() as u64;
-                    if let Some(capture) = self.capture.as_mut() {
-                        capture.push(data);
+                    if let Some(keep) = self.keep.as_mut() {
+                        keep.push(data);
                     }
                 }
                 if self.inner.is_end_stream() {
@@ -520,6 +574,19 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match &mut self.kind {
             Kind::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            Kind::Stored {
+                chunks,
+                next,
+                remaining,
+            } => {
+                let chunk = chunks.get(*next).cloned();
+                *next += 1;
+                if let Some(chunk) = &chunk {
+                    *remaining = remaining.saturating_sub(chunk.len() as u64);
+                }
+                Poll::Ready(chunk.map(|c| Ok(Frame::data(c))))
+            }
+            Kind::Filling(reader) => Pin::new(reader).poll_frame(cx),
             Kind::Upstream(body) => body.poll_frame(cx),
         }
     }
@@ -527,6 +594,8 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(data) => data.is_none(),
+            Kind::Stored { chunks, next, .. } => *next >= chunks.len(),
+            Kind::Filling(reader) => reader.is_end_stream(),
             Kind::Upstream(body) => body.exchange.is_none(),
         }
     }
@@ -534,6 +603,8 @@ impl Body for ResponseBody {
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Kind::Stored { remaining, .. } => SizeHint::with_exact(*remaining),
+            Kind::Filling(reader) => reader.size_hint(),
             Kind::Upstream(body) => body.inner.size_hint(),
         }
     }

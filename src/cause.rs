@@ -56,6 +56,8 @@ pub enum Cause {
     HeadersTooLarge,
     BadRequest,
     ClientTimeout,
+    /// The request said `only-if-cached` and no stored response could answer it.
+    NotCached,
     /// Mid-body: the upstream's body ended before its declared length.
     UpstreamBodyTruncated,
     /// Mid-body: the upstream sent nothing for `timeouts.idle` while streaming the body.
@@ -67,7 +69,7 @@ pub enum Cause {
 }
 
 impl Cause {
-    pub const ALL: [Cause; 26] = [
+    pub const ALL: [Cause; 27] = [
         Cause::UpstreamConnectRefused,
         Cause::UpstreamUnreachable,
         Cause::UpstreamDnsFailed,
@@ -90,6 +92,7 @@ impl Cause {
         Cause::HeadersTooLarge,
         Cause::BadRequest,
         Cause::ClientTimeout,
+        Cause::NotCached,
         Cause::UpstreamBodyTruncated,
         Cause::UpstreamIdleTimeout,
         Cause::ClientClosed,
@@ -126,6 +129,7 @@ impl Cause {
             Cause::HeadersTooLarge => "headers-too-large",
             Cause::BadRequest => "bad-request",
             Cause::ClientTimeout => "client-timeout",
+            Cause::NotCached => "not-cached",
             Cause::UpstreamBodyTruncated => "upstream-body-truncated",
             Cause::UpstreamIdleTimeout => "upstream-idle-timeout",
             Cause::ClientClosed => "client-closed",
@@ -153,7 +157,8 @@ impl Cause {
             | Cause::UpstreamBodyTruncated => StatusCode::BAD_GATEWAY,
             Cause::UpstreamConnectTimeout
             | Cause::UpstreamResponseTimeout
-            | Cause::UpstreamIdleTimeout => StatusCode::GATEWAY_TIMEOUT,
+            | Cause::UpstreamIdleTimeout
+            | Cause::NotCached => StatusCode::GATEWAY_TIMEOUT,
             Cause::NoHealthyUpstream
             | Cause::UpstreamOverloaded
             | Cause::Maintenance
@@ -207,6 +212,7 @@ impl Cause {
             | Cause::HeadersTooLarge
             | Cause::BadRequest
             | Cause::ClientTimeout
+            | Cause::NotCached
             | Cause::ClientClosed
             | Cause::InternalError => Delivery::None,
         }
@@ -239,6 +245,7 @@ impl Cause {
             | Cause::HeadersTooLarge
             | Cause::BadRequest
             | Cause::ClientTimeout
+            | Cause::NotCached
             | Cause::UpstreamBodyTruncated
             | Cause::UpstreamIdleTimeout
             | Cause::ClientClosed
@@ -271,6 +278,7 @@ impl Cause {
             | Cause::HeadersTooLarge
             | Cause::BadRequest
             | Cause::ClientTimeout
+            | Cause::NotCached
             | Cause::UpstreamBodyTruncated
             | Cause::UpstreamIdleTimeout
             | Cause::ClientClosed
@@ -305,6 +313,7 @@ impl Cause {
             | Cause::HeadersTooLarge
             | Cause::BadRequest
             | Cause::ClientTimeout
+            | Cause::NotCached
             | Cause::InternalError => false,
         }
     }
@@ -338,6 +347,7 @@ impl Cause {
             | Cause::HeadersTooLarge
             | Cause::BadRequest
             | Cause::ClientTimeout
+            | Cause::NotCached
             | Cause::ClientClosed
             | Cause::InternalError => false,
         }
@@ -368,6 +378,7 @@ impl Cause {
             Cause::HeadersTooLarge => "The request headers are too large",
             Cause::BadRequest => "The request was malformed",
             Cause::ClientTimeout => "The request took too long to arrive",
+            Cause::NotCached => "The page is not in the cache",
             Cause::UpstreamBodyTruncated => "The answer was cut off",
             Cause::UpstreamIdleTimeout => "The answer stalled",
             Cause::ClientClosed => "The client went away",
@@ -427,6 +438,7 @@ mod tests {
             ("headers-too-large", 431, Delivery::None),
             ("bad-request", 400, Delivery::None),
             ("client-timeout", 408, Delivery::None),
+            ("not-cached", 504, Delivery::None),
             ("upstream-body-truncated", 502, Delivery::Sent),
             ("upstream-idle-timeout", 504, Delivery::Sent),
             ("client-closed", 499, Delivery::None),

@@ -3,11 +3,11 @@
 //! A request travels through one module per stage, in this order:
 //!
 //! ```text
-//! listener ─▶ route ─▶ maintenance ─▶ rate limit ─▶ idempotency ─▶ read body ─▶ balance ─▶ admission ─▶ attempt ─▶ respond
-//! (listener,  (route)  (proxy)        (limit::rate)  (idempotency)  ahead        (upstream) (limit::     (attempt)  (body,
-//!  server)                                                          (body)          ▲        admission)    │        respond)
-//!                                                                                   └────── retry ◀───────┘
-//!                                                                                           (retry)
+//! listener ─▶ route ─▶ maintenance ─▶ rate limit ─▶ cache ─▶ idempotency ─▶ read body ─▶ balance ─▶ admission ─▶ attempt ─▶ respond
+//! (listener,  (route)  (proxy)        (limit::rate)  (cache)  (idempotency)  ahead        (upstream) (limit::     (attempt)  (body,
+//!  server)                                                                   (body)          ▲        admission)    │        respond,
+//!                                                                                            └────── retry ◀───────┘        cache store)
+//!                                                                                                    (retry)
 //! ```
 //!
 //! - [`listener`] accepts connections (with the TLS handshake of [`tls::server`] on an
@@ -22,6 +22,8 @@
 //! - [`limit`] holds clients to rate limits ([`limit::rate`], in memory or in Redis) and
 //!   upstreams to `max_inflight` ([`limit::admission`], with the `"auto"` controller of
 //!   [`limit::adaptive`]); [`store`] is the Redis they share with idempotency keys;
+//! - [`cache`] answers GET and HEAD from stored responses (RFC 9111, with RFC 5861's
+//!   stale answers), coalesces misses, and stores what may be stored as it streams;
 //! - [`idempotency`] keys POSTs and PATCHes so that each is executed once, in memory or
 //!   in Redis;
 //! - [`codec`] decodes and encodes HTTP/1.1 bodies for both sides, and [`sock`] reads and
@@ -50,6 +52,7 @@
 pub mod admin;
 pub mod attempt;
 pub mod body;
+pub mod cache;
 pub mod cause;
 pub mod classify;
 pub mod codec;

@@ -15,11 +15,13 @@ use http::header::{
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use tokio::time::Instant;
 
-use crate::body::{client_frame, Capture, RequestBody, ResponseBody};
+use crate::body::{client_frame, Capture, Keep, RequestBody, ResponseBody};
+use crate::cache::{self, After, Lead, Lookup, Pending, CACHE_STATUS};
 use crate::cause::{Cause, Delivery};
+use crate::config::Route;
 use crate::failover::{try_endpoints, Outgoing};
 use crate::forward::{self, Forwarding, Peer};
-use crate::gateway::{Gateway, Snapshot};
+use crate::gateway::{Gateway, RouteState, Snapshot};
 use crate::guard::{self, Stage};
 use crate::idempotency::{Decision, Refused, StoredResponse};
 use crate::limit;
@@ -33,6 +35,7 @@ use crate::status;
 use crate::upstream::balance::StableHasher;
 use crate::upstream::client::Incoming;
 use crate::upstream::pool::Lease;
+use crate::upstream::Upstream;
 
 /// Why baton answers a request itself.
 #[derive(Debug)]
@@ -68,6 +71,8 @@ impl ProxyError {
 /// An upstream's response head and what its body needs to stream.
 pub struct Proxied {
     response: Response<Incoming>,
+    /// The cache fill the body goes into, when it is being stored.
+    lead: Option<Lead>,
     lease: Lease,
     idle: Option<Duration>,
     deadline: Option<Instant>,
@@ -78,7 +83,7 @@ pub enum Answer {
     Proxied(Proxied),
     /// The stored answer to an idempotency key.
     Replay(StoredResponse),
-    /// The public status page.
+    /// A page baton has whole: the public status page, or an answer from the cache.
     Page(Response<ResponseBody>),
 }
 
@@ -117,25 +122,30 @@ pub async fn handle(
             let (mut parts, body) = proxied.response.into_parts();
             // The client gets its own protocol version, whatever the upstream spoke.
             parts.version = client_version;
-            if let Some(rate) = &exchange.rate {
-                rate.add_fields(&mut parts.headers);
-            }
+            annotate(&exchange, &mut parts.headers);
             exchange.status = parts.status.as_u16();
-            let capture = exchange
-                .claim
-                .as_ref()
-                .map(|_| Capture::new(parts.status, parts.headers.clone()));
+            let keep = match proxied.lead {
+                Some(lead) => Some(Keep::Cache(lead)),
+                None => exchange
+                    .claim
+                    .as_ref()
+                    .map(|_| Keep::Answer(Capture::new(parts.status, parts.headers.clone()))),
+            };
             let body = ResponseBody::upstream(
                 body,
                 proxied.idle,
                 proxied.deadline,
                 proxied.lease,
                 exchange,
-                capture,
+                keep,
             );
             Response::from_parts(parts, body)
         }
-        Ok(Answer::Page(response)) => {
+        Ok(Answer::Page(mut response)) => {
+            response
+                .headers_mut()
+                .insert(respond::X_REQUEST_ID, exchange.request_id.clone());
+            annotate(&exchange, response.headers_mut());
             exchange.status = response.status().as_u16();
             let bytes_out = http_body::Body::size_hint(response.body())
                 .exact()
@@ -153,9 +163,7 @@ pub async fn handle(
             response
                 .headers_mut()
                 .insert(BATON_IDEMPOTENT_REPLAY, HeaderValue::from_static("true"));
-            if let Some(rate) = &exchange.rate {
-                rate.add_fields(response.headers_mut());
-            }
+            annotate(&exchange, response.headers_mut());
             exchange.status = stored.status.as_u16();
             let bytes_out = http_body::Body::size_hint(response.body())
                 .exact()
@@ -193,6 +201,9 @@ pub async fn handle(
             if let Some(rate) = &exchange.rate {
                 rate.add_fields(response.headers_mut());
             }
+            if let Some(note) = &exchange.cache {
+                response.headers_mut().insert(CACHE_STATUS, note.header());
+            }
             exchange.status = response.status().as_u16();
             exchange.cause = Some(error.cause);
             exchange.delivery = delivery;
@@ -202,6 +213,16 @@ pub async fn handle(
             exchange.finish(bytes_out, None);
             response
         }
+    }
+}
+
+/// Adds what every answer of the route carries: the `RateLimit` fields and `Cache-Status`.
+fn annotate(exchange: &Exchange, headers: &mut http::HeaderMap) {
+    if let Some(rate) = &exchange.rate {
+        rate.add_fields(headers);
+    }
+    if let Some(note) = &exchange.cache {
+        headers.insert(CACHE_STATUS, note.header());
     }
 }
 
@@ -274,8 +295,8 @@ fn count_key(gateway: &Gateway, exchange: &Exchange, result: &'static str) {
 }
 
 async fn handle_inner(
-    gateway: &Gateway,
-    snapshot: &Snapshot,
+    gateway: &Arc<Gateway>,
+    snapshot: &Arc<Snapshot>,
     conn: &ClientConn,
     request: Request<ClientBody>,
     exchange: &mut Exchange,
@@ -331,6 +352,34 @@ async fn handle_inner(
         .await;
         if let Err(refused) = checked {
             return Err(Box::pin(answer_early(request, refused)).await);
+        }
+    }
+    let mut pending = None;
+    let mut stale_now = None;
+    if let Some(cache) = &snapshot.caches[route_index] {
+        let patience = route
+            .timeouts
+            .response_header
+            .unwrap_or(FILL_PATIENCE)
+            .min(FILL_PATIENCE);
+        match Box::pin(cache::lookup(cache, &request, &host_name, patience)).await {
+            Lookup::Answer(response, note) => {
+                exchange.cache = Some(note);
+                return Ok(Answer::Page(response));
+            }
+            Lookup::NotCached(note) => {
+                exchange.cache = Some(note);
+                return Err(Box::pin(answer_early(request, Cause::NotCached.into())).await);
+            }
+            Lookup::Refresh(response, note, refresh) => {
+                exchange.cache = Some(note);
+                stale_now = Some(response);
+                pending = Some(refresh);
+            }
+            Lookup::Forward(forward) => {
+                exchange.cache = Some(forward.note.clone());
+                pending = Some(forward);
+            }
         }
     }
     if declared_length(&request).is_some_and(|length| length > route.max_body_bytes) {
@@ -417,6 +466,9 @@ async fn handle_inner(
         tls: conn.tls,
     };
     forward::remove_hop_by_hop(&mut parts.headers, upgrade);
+    if let Some(pending) = &pending {
+        pending.prepare(&mut parts.headers);
+    }
     let forwarding = Forwarding::new(
         &parts.headers,
         &peer,
@@ -439,15 +491,45 @@ async fn handle_inner(
         key,
     };
 
-    if upstream.admission.is_some() {
-        let watch = outgoing.request.body().is_read();
-        Box::pin(limit::admit(
-            gateway, upstream, deadline, conn, watch, exchange,
-        ))
-        .await?;
+    if let Some(stale) = stale_now {
+        // Answered stale at once; the request itself goes on in the background to
+        // refresh the stored response (a body still to come from the client cannot).
+        if let Some(refresh) = pending.filter(|_| outgoing.request.body().is_read()) {
+            let background = exchange.background(refresh.note.clone());
+            tokio::spawn(refresh_in_background(
+                gateway.clone(),
+                snapshot.clone(),
+                route_index,
+                outgoing,
+                refresh,
+                background,
+            ));
+        }
+        return Ok(Answer::Page(stale));
     }
-    route_state.retry_budget.record_request();
-    let success = try_endpoints(gateway, upstream, route_state, route, outgoing, exchange).await?;
+    let watch = outgoing.request.body().is_read().then_some(conn);
+    let sent = send(
+        gateway,
+        upstream,
+        route_state,
+        route,
+        deadline,
+        watch,
+        outgoing,
+        exchange,
+    )
+    .await;
+    let success = match (sent, pending.as_mut()) {
+        (Ok(success), _) => success,
+        (Err(error), Some(pending)) => match pending.instead_of_error(error.cause.status()) {
+            Some(stale) => {
+                exchange.cache = Some(pending.note.clone());
+                return Ok(Answer::Page(stale));
+            }
+            None => return Err(error),
+        },
+        (Err(error), None) => return Err(error),
+    };
     guard::checkpoint(exchange.path(), Stage::AfterUpstream);
     let mut response = success.response;
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -468,6 +550,24 @@ async fn handle_inner(
         (false, _) => {}
     }
     forward::prepare_response_headers(response.headers_mut(), switching, &exchange.request_id);
+    let mut lead = None;
+    if let (Some(pending), Some(config)) = (pending, &route.cache) {
+        let length = http_body::Body::size_hint(response.body()).exact();
+        let (after, note) =
+            pending.after_response(config, response.status(), response.headers(), length);
+        exchange.cache = Some(note);
+        match after {
+            After::Answer(answer) => {
+                // A 304 leaves the connection ready for the next request.
+                let body = response.body_mut();
+                if http_body::Body::is_end_stream(body) {
+                    success.lease.release(body.take_reusable());
+                }
+                return Ok(Answer::Page(answer));
+            }
+            After::Forward(filling) => lead = filling,
+        }
+    }
     if upgrade && !switching {
         // The client may have started speaking the protocol it asked for; end the
         // connection after this answer.
@@ -477,10 +577,98 @@ async fn handle_inner(
     }
     Ok(Answer::Proxied(Proxied {
         response,
+        lead,
         lease: success.lease,
         idle: route.timeouts.idle,
         deadline,
     }))
+}
+
+/// The longest a request waits for another's fetch of the same URI before it goes
+/// upstream itself (bounded by the route's `response_header` timeout).
+const FILL_PATIENCE: Duration = Duration::from_secs(30);
+
+/// The admission and upstream stages: waits for a place at the upstream (when it has
+/// `max_inflight`), then tries its endpoints.
+#[allow(clippy::too_many_arguments)]
+async fn send(
+    gateway: &Gateway,
+    upstream: &Upstream,
+    route_state: &RouteState,
+    route: &Route,
+    deadline: Option<Instant>,
+    watch: Option<&ClientConn>,
+    outgoing: Outgoing,
+    exchange: &mut Exchange,
+) -> Result<crate::attempt::Success, ProxyError> {
+    if upstream.admission.is_some() {
+        Box::pin(limit::admit(gateway, upstream, deadline, watch, exchange)).await?;
+    }
+    route_state.retry_budget.record_request();
+    try_endpoints(gateway, upstream, route_state, route, outgoing, exchange).await
+}
+
+/// Refreshes a stale stored response in the background (`stale-while-revalidate`): the
+/// request goes upstream as any other, and its answer is stored, read to the end with no
+/// client waiting for it. It is logged as a request of its own, `cache` `refresh`.
+async fn refresh_in_background(
+    gateway: Arc<Gateway>,
+    snapshot: Arc<Snapshot>,
+    route_index: usize,
+    outgoing: Outgoing,
+    pending: Box<Pending>,
+    mut exchange: Exchange,
+) {
+    let route = &snapshot.config.routes[route_index];
+    let upstream = &snapshot.upstreams[route.upstream];
+    let deadline = route.timeouts.total.map(|total| exchange.started + total);
+    let sent = send(
+        &gateway,
+        upstream,
+        &snapshot.routes[route_index],
+        route,
+        deadline,
+        None,
+        outgoing,
+        &mut exchange,
+    )
+    .await;
+    let success = match sent {
+        Ok(success) => success,
+        Err(error) => {
+            exchange.status = error.cause.status().as_u16();
+            exchange.cause = Some(error.cause);
+            exchange.delivery = exchange.delivery.max(error.delivery);
+            exchange.finish(0, None);
+            return;
+        }
+    };
+    let mut response = success.response;
+    forward::prepare_response_headers(response.headers_mut(), false, &exchange.request_id);
+    exchange.status = response.status().as_u16();
+    let mut lead = None;
+    if let Some(config) = &route.cache {
+        let length = http_body::Body::size_hint(response.body()).exact();
+        let (after, note) =
+            pending.after_response(config, response.status(), response.headers(), length);
+        exchange.cache = Some(note);
+        if let After::Forward(filling) = after {
+            lead = filling;
+        }
+    }
+    let mut body = ResponseBody::upstream(
+        response.into_body(),
+        route.timeouts.idle,
+        deadline,
+        success.lease,
+        exchange,
+        lead.map(Keep::Cache),
+    );
+    while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+        if frame.is_err() {
+            break;
+        }
+    }
 }
 
 /// Reads a whole request body only to hash it (a repeat of a keyed request), holding no

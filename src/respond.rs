@@ -270,6 +270,7 @@ fn detail(cause: Cause) -> &'static str {
         }
         Cause::BadRequest => "Your browser or program sent a request this site could not understand.",
         Cause::ClientTimeout => "Your request took too long to arrive.",
+        Cause::NotCached => "Your browser asked only for a saved copy of this page, and there is none.",
         Cause::ClientClosed => "The connection was closed before the request completed.",
         Cause::InternalError => {
             "The gateway in front of this site failed while handling your request. The failure is logged with the request ID below."

@@ -122,6 +122,7 @@ mod tests {
             },
             idempotency: None,
             rate_limit: None,
+            cache: None,
             retry: crate::config::runtime::Retry {
                 attempts: 1,
                 non_idempotent: false,

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Value};
 
+use crate::cache::RouteCache;
 use crate::config::runtime::InflightLimit;
 use crate::config::{HostPattern, Route};
 use crate::gateway::{Gateway, RouteState, Snapshot};
@@ -93,6 +94,24 @@ fn route_health(route: &Route, state: &RouteState, upstream: &Upstream, now: u64
     Health::Operational
 }
 
+/// A cached route's cache: what it holds and how often it answered.
+fn cache_json(route: &Route, state: &RouteState, cache: &RouteCache) -> Value {
+    let counters = &state.cache;
+    let lookups = counters.lookups.load(Ordering::Relaxed);
+    let hits = counters.hits.load(Ordering::Relaxed);
+    cache.store.settle();
+    let (objects, bytes) = cache.store.usage();
+    json!({
+        "lookups": lookups,
+        "hits": hits,
+        "hit_ratio": if lookups == 0 { 0.0 } else { hits as f64 / lookups as f64 },
+        "stale_answers": counters.stale.load(Ordering::Relaxed),
+        "objects": objects,
+        "bytes": bytes,
+        "max_bytes": route.cache.as_ref().map_or(0, |c| c.max_bytes),
+    })
+}
+
 /// The data of `/status.json` and the admin status page.
 pub fn admin(gateway: &Gateway) -> Value {
     let snapshot = gateway.current();
@@ -103,7 +122,8 @@ pub fn admin(gateway: &Gateway) -> Value {
         .routes
         .iter()
         .zip(&snapshot.routes)
-        .map(|(route, state)| {
+        .zip(&snapshot.caches)
+        .map(|((route, state), cache)| {
             let upstream = &snapshot.upstreams[route.upstream];
             json!({
                 "name": route.name,
@@ -116,6 +136,7 @@ pub fn admin(gateway: &Gateway) -> Value {
                 "requests": state.requests.load(Ordering::Relaxed),
                 "errors": state.errors.load(Ordering::Relaxed),
                 "recent": recent_json(&state.recent.recent(now)),
+                "cache": cache.as_ref().map(|cache| cache_json(route, state, cache)),
             })
         })
         .collect();

@@ -76,7 +76,7 @@ listen = "127.0.0.1:8080"
 
 [[routes]]
 upstream = "missing"
-cache = { max_bytes = "1MiB" }
+cache = { max_bytes = "1MiB", max_object_bytes = "2MiB" }
 
 [upstreams.app]
 endpoints = ["bad host:3000", "not an address"]
@@ -86,7 +86,7 @@ protocol = "h2"
     assert_eq!(code, 1);
     for expected in [
         "baton.toml:5:12: upstream \"missing\" is not defined",
-        "baton.toml:6:9: `cache` is not supported yet",
+        "baton.toml:6:50: `cache.max_object_bytes` must be at most `cache.max_bytes`",
         "baton.toml:9:14: endpoint \"bad host:3000\" must be an IP address and port",
         "baton.toml:9:31: endpoint \"not an address\" must be an IP address and port",
         "baton.toml:10:12: protocol \"h2\" is HTTP/2 over TLS: add `tls",

@@ -153,6 +153,12 @@ impl Cause {
                 "Raise `header_read_timeout` only for clients on very slow links.",
                 "Yes.",
             ),
+            Cause::NotCached => e(
+                "The request carried `Cache-Control: only-if-cached` and the route's cache held no response that could answer it, so baton answered 504 without contacting the upstream (RFC 9111 §5.2.1.7).",
+                "A client that wants only what is cached (an offline mode, a prefetch); the page was never fetched, was evicted, purged, or is too stale to serve.",
+                "Nothing on the gateway: this is the client's choice. A longer freshness (`max-age`, `cache.default_ttl`) keeps pages available longer.",
+                "Yes, without `only-if-cached` to let baton fetch the page.",
+            ),
             Cause::UpstreamBodyTruncated => e(
                 "The upstream's response body ended before its declared length, or the connection broke while streaming it. The status was already sent, so baton aborted the response to tell the client it is incomplete.",
                 "The back-end crashed mid-response; a network interruption.",

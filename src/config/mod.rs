@@ -12,9 +12,9 @@ use std::ops::Range;
 use std::path::Path;
 
 pub use runtime::{
-    AccessLogTarget, Balance, Config, Dns, EndpointConfig, HashKey, HealthCheck, HostPattern,
-    Keepalive, Listener, NamedEndpoint, Outlier, Route, StatusPage, StoreConfig, Timeouts,
-    UpstreamConfig,
+    AccessLogTarget, Balance, CacheConfig, Config, Dns, EndpointConfig, HashKey, HealthCheck,
+    HostPattern, Keepalive, Listener, NamedEndpoint, Outlier, Route, StatusPage, StoreConfig,
+    Timeouts, UpstreamConfig,
 };
 
 /// One problem in a config file, ready to print.

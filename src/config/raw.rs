@@ -14,9 +14,6 @@ use toml::Spanned;
 
 use super::units::{Dur, Size};
 
-/// A key that this version of baton does not implement yet.
-pub type Unsupported = Option<Spanned<toml::Value>>;
-
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawConfig {
@@ -111,9 +108,20 @@ pub struct RawRoute {
     pub maintenance_retry_after: Option<Dur>,
     pub timeouts: RawTimeouts,
     pub retry: RawRetry,
-    pub cache: Unsupported,
+    pub cache: Option<Spanned<RawCache>>,
     pub idempotency: Option<Spanned<RawIdempotency>>,
     pub rate_limit: Option<Spanned<RawRateLimit>>,
+}
+
+/// A route's `cache`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCache {
+    pub max_bytes: Option<Spanned<Size>>,
+    pub max_object_bytes: Option<Spanned<Size>>,
+    pub default_ttl: Option<Dur>,
+    pub stale_if_error: Option<Dur>,
+    pub stale_while_revalidate: Option<Dur>,
 }
 
 /// A route's `rate_limit`.

@@ -56,6 +56,8 @@ pub const MAX_INFLIGHT: u32 = 1_000_000;
 pub const MAX_QUEUE_SIZE: usize = 1_000_000;
 /// The most `requests` or `burst` of a rate limit may be.
 pub const MAX_RATE_REQUESTS: u64 = 1_000_000_000;
+pub const DEFAULT_CACHE_MAX_BYTES: u64 = 256 << 20;
+pub const DEFAULT_CACHE_MAX_OBJECT_BYTES: u64 = 8 << 20;
 pub const DEFAULT_RATE_PER: Duration = Duration::from_secs(1);
 pub const DEFAULT_IDEMPOTENCY_HEADER: &str = "idempotency-key";
 pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -172,9 +174,28 @@ pub struct Route {
     pub idempotency: Option<Idempotency>,
     /// The route's rate limit, when it has `rate_limit`.
     pub rate_limit: Option<RateLimit>,
+    /// The route's shared cache, when it has `cache`.
+    pub cache: Option<CacheConfig>,
     /// How much of a request body baton reads before it forwards the request; a body that
     /// fits is kept, so that a request can be sent again.
     pub buffer_bytes: usize,
+}
+
+/// A route's cache (SPEC §10).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// The most the route's stored responses may hold, headers and bodies.
+    pub max_bytes: u64,
+    /// A larger response is streamed to the client and not stored.
+    pub max_object_bytes: u64,
+    /// How long a response without explicit freshness (`max-age`, `s-maxage`, `Expires`)
+    /// stays fresh, when its status may be cached by default; zero: the RFC 9111 §4.2.2
+    /// heuristic (a tenth of the time since `Last-Modified`).
+    pub default_ttl: Duration,
+    /// How long past its freshness a stored response may answer instead of a 5xx, or while
+    /// it is refreshed, when the response itself does not say (RFC 5861).
+    pub stale_if_error: Duration,
+    pub stale_while_revalidate: Duration,
 }
 
 /// A route's rate limit (SPEC §9): `requests` per `per` for each key, `burst` at once.

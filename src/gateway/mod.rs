@@ -18,13 +18,14 @@ use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::cache::RouteCache;
 use crate::config::{Config, StoreConfig};
 use crate::idempotency::redis::RedisStore;
 use crate::idempotency::store::{MemoryStore, Store};
 use crate::idempotency::Keys;
 use crate::limit::rate::{Buckets, Rates, SharedBuckets};
 use crate::observe::access_log::AccessLog;
-use crate::observe::metrics::{Cached, CodeCounters, Metrics};
+use crate::observe::metrics::{Cached, CodeCounters, Metrics, ResultCounters};
 use crate::observe::window::Window;
 use crate::observe::Observer;
 use crate::retry::RetryBudget;
@@ -71,6 +72,9 @@ pub struct Snapshot {
     pub route_table: RouteTable,
     /// In the order of `config.upstreams`.
     pub upstreams: Vec<Arc<Upstream>>,
+    /// Each route's cache, in the order of `config.routes`; kept across a reload for a
+    /// route of the same name whose cache has the same bounds.
+    pub caches: Vec<Option<Arc<RouteCache>>>,
     /// Positions in `config.routes` and `config.upstreams` by name.
     route_index: HashMap<Box<str>, usize>,
     upstream_index: HashMap<Box<str>, usize>,
@@ -90,6 +94,9 @@ pub struct RouteState {
     pub duration: Cached<Histogram>,
     /// Maintenance as set by the admin API: [`FOLLOW_CONFIG`], [`ON`] or [`OFF`].
     maintenance: AtomicU8,
+    /// What the route's cache answered, for the status pages and `baton_cache_total`.
+    pub cache: crate::cache::Counters,
+    pub cache_results: ResultCounters<{ crate::cache::OUTCOMES }>,
 }
 
 const FOLLOW_CONFIG: u8 = 0;
@@ -107,6 +114,8 @@ impl RouteState {
             codes: CodeCounters::default(),
             duration: Cached::default(),
             maintenance: AtomicU8::new(FOLLOW_CONFIG),
+            cache: crate::cache::Counters::default(),
+            cache_results: ResultCounters::default(),
         }
     }
 
@@ -156,6 +165,18 @@ impl Snapshot {
                 }
             })
             .collect();
+        let caches = config
+            .routes
+            .iter()
+            .map(|route| {
+                let cache = route.cache.as_ref()?;
+                let kept = old.and_then(|old| {
+                    let &index = old.route_index.get(route.name.as_str())?;
+                    old.caches[index].clone().filter(|c| c.fits(cache))
+                });
+                Some(kept.unwrap_or_else(|| Arc::new(RouteCache::new(cache))))
+            })
+            .collect();
         let upstreams = config
             .upstreams
             .iter()
@@ -186,7 +207,13 @@ impl Snapshot {
             config,
             routes,
             upstreams,
+            caches,
         }
+    }
+
+    /// The position of the route named `name`.
+    pub fn route_position(&self, name: &str) -> Option<usize> {
+        self.route_index.get(name).copied()
     }
 
     /// The upstream named `name`.

@@ -117,6 +117,14 @@ pub(crate) async fn check_rate(
     }
 }
 
+/// Resolves when the client `watch`ed goes away; never without one.
+async fn closed(watch: Option<&ClientConn>) {
+    match watch {
+        Some(conn) => conn.closed().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The `Retry-After` of an `upstream-overloaded` answer: overload is measured in queue
 /// timeouts, so a client may come back soon.
 pub const OVERLOADED_RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -124,13 +132,12 @@ pub const OVERLOADED_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// The admission stage: when `upstream` has `max_inflight`, waits for a place (the
 /// exchange holds it until it ends) or refuses with 503 `upstream-overloaded`, nothing
 /// sent. `deadline` is the request's total timeout. A client seen to go away while it
-/// waits (`watch`: its request body was read whole) leaves the queue.
+/// waits (`watch`, given when its request body was read whole) leaves the queue.
 pub(crate) async fn admit(
     gateway: &Gateway,
     upstream: &Upstream,
     deadline: Option<Instant>,
-    conn: &ClientConn,
-    watch: bool,
+    watch: Option<&ClientConn>,
     exchange: &mut Exchange,
 ) -> Result<(), ProxyError> {
     let Some(admission) = &upstream.admission else {
@@ -141,7 +148,7 @@ pub(crate) async fn admit(
         // Admission first: a request admitted at once never looks at the socket.
         biased;
         admitted = admission.admit(deadline) => admitted,
-        () = conn.closed(), if watch => {
+        () = closed(watch) => {
             exchange.queue_wait = Some(arrived.elapsed());
             return Err(ProxyError::closing(Cause::ClientClosed));
         }

@@ -104,6 +104,8 @@ pub struct Metrics {
     pub attempts: Family<AttemptLabels, Counter>,
     pub retries: Family<RouteLabel, Counter>,
     pub idempotency: Family<RouteResult, Counter>,
+    /// Requests on cached routes by what the cache did.
+    pub cache: Family<RouteResult, Counter>,
     pub connections_open: Family<ListenerLabel, Gauge>,
     /// TLS handshakes with clients, by listener and result.
     pub tls_handshakes: Family<HandshakeLabels, Counter>,
@@ -168,6 +170,12 @@ impl Default for Metrics {
             "idempotency",
             "Keyed requests by what became of them: forwarded, replayed, or a cause code",
             idempotency.clone(),
+        );
+        let cache = Family::<RouteResult, Counter>::default();
+        registry.register(
+            "cache",
+            "Requests on cached routes by what the cache did: hit, miss, collapsed, revalidated, stale-while-revalidate, stale-if-error, bypass, refresh, not-cached",
+            cache.clone(),
         );
         let connections_open = Family::<ListenerLabel, Gauge>::default();
         registry.register(
@@ -263,6 +271,7 @@ impl Default for Metrics {
             attempts,
             retries,
             idempotency,
+            cache,
             connections_open,
             tls_handshakes,
         }
@@ -330,5 +339,39 @@ impl CodeCounters {
                 code,
             })
             .inc();
+    }
+}
+
+/// A route's counters of a family labelled by result, for a small fixed set of results
+/// known by their place: created on first use, then found without a lookup.
+pub struct ResultCounters<const N: usize>([OnceLock<Counter>; N]);
+
+impl<const N: usize> Default for ResultCounters<N> {
+    fn default() -> Self {
+        ResultCounters([const { OnceLock::new() }; N])
+    }
+}
+
+impl<const N: usize> ResultCounters<N> {
+    /// The counter of `result`, the `index`th of the set.
+    pub fn get(
+        &self,
+        index: usize,
+        result: &'static str,
+        family: &Family<RouteResult, Counter>,
+        route: &Arc<str>,
+    ) -> Counter {
+        let make = || {
+            family
+                .get_or_create(&RouteResult {
+                    route: route.clone(),
+                    result,
+                })
+                .clone()
+        };
+        match self.0.get(index) {
+            Some(slot) => slot.get_or_init(make).clone(),
+            None => make(),
+        }
     }
 }

@@ -113,6 +113,8 @@ pub struct Exchange {
     pub queue_wait: Option<Duration>,
     /// What the route's rate limit said, for the `RateLimit` fields of the answer.
     pub rate: Option<RateNote>,
+    /// What the route's cache did, for `Cache-Status`.
+    pub cache: Option<crate::cache::Note>,
 }
 
 impl Exchange {
@@ -153,7 +155,25 @@ impl Exchange {
             permit: None,
             queue_wait: None,
             rate: None,
+            cache: None,
         }
+    }
+
+    /// A request of its own for the same client request, made in the background (the
+    /// refresh of a stale cached response), with what the cache says of it.
+    pub fn background(&self, cache: crate::cache::Note) -> Exchange {
+        let mut exchange = Exchange::new(
+            self.gateway.clone(),
+            self.client.clone(),
+            self.method.clone(),
+            self.uri.clone(),
+            self.request_id.clone(),
+        );
+        exchange.host = self.host.clone();
+        exchange.route = self.route.clone();
+        exchange.upstream = self.upstream.clone();
+        exchange.cache = Some(cache);
+        exchange
     }
 
     /// Records the exchange: `bytes_out` body bytes sent, `abort` the cause when the
@@ -200,6 +220,19 @@ impl Exchange {
         }
         if let Some(stats) = route_stats {
             stats.requests.fetch_add(1, Ordering::Relaxed);
+            if let Some(note) = &self.cache {
+                stats.cache.record(note.outcome);
+                let outcome = note.outcome;
+                stats
+                    .cache_results
+                    .get(
+                        outcome as usize,
+                        outcome.result(),
+                        &metrics.cache,
+                        &stats.label,
+                    )
+                    .inc();
+            }
         }
         if let Some(cause) = cause {
             metrics
@@ -251,7 +284,7 @@ impl Exchange {
             attempts: self.attempts,
             failed_attempts: &self.failed_attempts,
             delivery: self.delivery.as_str(),
-            cache: None,
+            cache: self.cache.as_ref().map(|note| note.outcome.result()),
             bytes_in: self
                 .bytes_in
                 .as_ref()

@@ -7,6 +7,7 @@ pub mod browser;
 pub mod dns;
 pub mod h2;
 pub mod http;
+pub mod origin;
 pub mod redis;
 pub mod tls;
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::raw::{RawConfig, Unsupported};
+use super::raw::RawConfig;
 use super::runtime::*;
 use crate::cause::Cause;
 
@@ -49,15 +49,6 @@ impl Validator<'_> {
                 default
             }
             Some(percent) => *percent.get_ref(),
-        }
-    }
-
-    fn unsupported(&mut self, key: &str, value: &Unsupported) {
-        if let Some(value) = value {
-            self.error(
-                Some(value.span()),
-                format!("`{key}` is not supported yet by this version of baton; remove it"),
-            );
         }
     }
 

@@ -1,5 +1,5 @@
 //! Validating `[[routes]]`: host and path matching, timeouts, retries, idempotency keys
-//! and rate limits.
+//! rate limits and caches.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -45,7 +45,7 @@ pub(super) fn build_route(
     upstream_index: &HashMap<String, usize>,
 ) -> Option<Route> {
     let route = raw.get_ref();
-    v.unsupported("cache", &route.cache);
+    let cache = route.cache.as_ref().and_then(|c| build_cache(v, c));
     let idempotency = route
         .idempotency
         .as_ref()
@@ -139,6 +139,7 @@ pub(super) fn build_route(
         retry: build_retry(v, &route.retry, attempts),
         idempotency,
         rate_limit,
+        cache,
         buffer_bytes: usize::try_from(
             route
                 .retry
@@ -146,6 +147,45 @@ pub(super) fn build_route(
                 .map_or(DEFAULT_BUFFER_BYTES, |s| s.0),
         )
         .unwrap_or(usize::MAX),
+    })
+}
+
+fn build_cache(v: &mut Validator, raw: &Spanned<raw::RawCache>) -> Option<CacheConfig> {
+    let raw = raw.get_ref();
+    let max_bytes = raw
+        .max_bytes
+        .as_ref()
+        .map_or(DEFAULT_CACHE_MAX_BYTES, |s| s.get_ref().0);
+    let max_object_bytes = raw
+        .max_object_bytes
+        .as_ref()
+        .map_or(DEFAULT_CACHE_MAX_OBJECT_BYTES.min(max_bytes), |s| {
+            s.get_ref().0
+        });
+    if let Some(size) = raw.max_bytes.as_ref().filter(|s| s.get_ref().0 == 0) {
+        v.error(
+            Some(size.span()),
+            "`cache.max_bytes` must be more than 0 (leave `cache` out for no cache)",
+        );
+        return None;
+    }
+    if max_object_bytes > max_bytes {
+        v.error(
+            raw.max_object_bytes
+                .as_ref()
+                .or(raw.max_bytes.as_ref())
+                .map(|s| s.span()),
+            "`cache.max_object_bytes` must be at most `cache.max_bytes`",
+        );
+        return None;
+    }
+    let seconds = |d: Option<crate::config::units::Dur>| d.map_or(Duration::ZERO, |d| d.0);
+    Some(CacheConfig {
+        max_bytes,
+        max_object_bytes,
+        default_ttl: seconds(raw.default_ttl),
+        stale_if_error: seconds(raw.stale_if_error),
+        stale_while_revalidate: seconds(raw.stale_while_revalidate),
     })
 }
 

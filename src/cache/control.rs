@@ -1,0 +1,235 @@
+//! `Cache-Control` directives (RFC 9111 §5.2, RFC 5861) as baton acts on them, parsed once
+//! from a request or a response head.
+
+use http::header::{CACHE_CONTROL, PRAGMA};
+use http::HeaderMap;
+
+/// The value a delta-seconds too large to represent stands for (RFC 9111 §1.2.2).
+pub const MAX_DELTA: u64 = 1 << 31;
+
+/// The directives of one message. A number is `None` when the directive is absent; a
+/// directive whose value is not a number is [`Delta::Invalid`].
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Directives {
+    pub max_age: Option<Delta>,
+    pub s_maxage: Option<Delta>,
+    /// Request: `max-stale` with no value accepts any staleness.
+    pub max_stale: Option<Option<Delta>>,
+    pub min_fresh: Option<Delta>,
+    pub stale_while_revalidate: Option<Delta>,
+    pub stale_if_error: Option<Delta>,
+    pub no_cache: bool,
+    pub no_store: bool,
+    pub private: bool,
+    pub public: bool,
+    pub must_revalidate: bool,
+    pub proxy_revalidate: bool,
+    pub only_if_cached: bool,
+    pub must_understand: bool,
+}
+
+/// A delta-seconds value (RFC 9111 §1.2.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delta {
+    Seconds(u64),
+    /// Not a non-negative integer: a response with such freshness is stale (§4.2.1).
+    Invalid,
+}
+
+impl Delta {
+    fn parse(value: Option<&str>) -> Delta {
+        let Some(digits) = value.filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            return Delta::Invalid;
+        };
+        // Past 2^31 every value means 2^31; the digits are all ASCII, so only the length
+        // can overflow.
+        Delta::Seconds(
+            digits
+                .parse::<u64>()
+                .map_or(MAX_DELTA, |n| n.min(MAX_DELTA)),
+        )
+    }
+
+    /// The seconds, or zero for an invalid value.
+    pub fn seconds(self) -> u64 {
+        match self {
+            Delta::Seconds(n) => n,
+            Delta::Invalid => 0,
+        }
+    }
+}
+
+impl Directives {
+    /// The directives of every `Cache-Control` line of `headers`. The first of a repeated
+    /// directive counts (RFC 9111 §4.2.1); names are case-insensitive; unknown ones are
+    /// ignored (§5.2.3).
+    pub fn of(headers: &HeaderMap) -> Directives {
+        let mut directives = Directives::default();
+        for line in headers.get_all(CACHE_CONTROL) {
+            let Ok(line) = line.to_str() else { continue };
+            for (name, value) in split(line) {
+                directives.set(name, value);
+            }
+        }
+        directives
+    }
+
+    /// A request's directives, with `Pragma: no-cache` as `no-cache` when there is no
+    /// `Cache-Control` (RFC 9111 §5.4).
+    pub fn of_request(headers: &HeaderMap) -> Directives {
+        if !headers.contains_key(CACHE_CONTROL) {
+            let pragma = headers
+                .get_all(PRAGMA)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| {
+                    v.split(',')
+                        .any(|d| d.trim().eq_ignore_ascii_case("no-cache"))
+                });
+            return Directives {
+                no_cache: pragma,
+                ..Directives::default()
+            };
+        }
+        Directives::of(headers)
+    }
+
+    fn set(&mut self, name: &str, value: Option<&str>) {
+        fn first(slot: &mut Option<Delta>, value: Option<&str>) {
+            if slot.is_none() {
+                *slot = Some(Delta::parse(value));
+            }
+        }
+        let name = name.to_ascii_lowercase();
+        match name.as_str() {
+            "max-age" => first(&mut self.max_age, value),
+            "s-maxage" => first(&mut self.s_maxage, value),
+            "min-fresh" => first(&mut self.min_fresh, value),
+            "stale-while-revalidate" => first(&mut self.stale_while_revalidate, value),
+            "stale-if-error" => first(&mut self.stale_if_error, value),
+            "max-stale" if self.max_stale.is_none() => {
+                self.max_stale = Some(value.map(|v| Delta::parse(Some(v))));
+            }
+            // The qualified forms (`no-cache="Set-Cookie"`, `private="…"`) are taken as
+            // the unqualified ones: stricter, and allowed (§5.2.2.4, §5.2.2.7).
+            "no-cache" => self.no_cache = true,
+            "no-store" => self.no_store = true,
+            "private" => self.private = true,
+            "public" => self.public = true,
+            "must-revalidate" => self.must_revalidate = true,
+            "proxy-revalidate" => self.proxy_revalidate = true,
+            "only-if-cached" => self.only_if_cached = true,
+            "must-understand" => self.must_understand = true,
+            _ => {}
+        }
+    }
+
+    /// Whether a shared cache must not serve the response stale (§5.2.2.2, §5.2.2.8):
+    /// `must-revalidate`, `proxy-revalidate`, or `s-maxage` (which implies the latter).
+    pub fn forbids_stale(&self) -> bool {
+        self.must_revalidate || self.proxy_revalidate || self.s_maxage.is_some()
+    }
+}
+
+/// The directives of a list: `name`, `name=token` or `name="quoted string"`, separated by
+/// commas; empty elements are skipped (RFC 9110 §5.6.1). A comma inside quotes does not
+/// end a directive.
+fn split(line: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
+    let mut rest = line;
+    std::iter::from_fn(move || loop {
+        let trimmed = rest.trim_start_matches([' ', '\t', ',']);
+        if trimmed.is_empty() {
+            return None;
+        }
+        let name_end = trimmed.find(['=', ',']).unwrap_or(trimmed.len());
+        let name = trimmed[..name_end].trim();
+        let after = &trimmed[name_end..];
+        let Some(value_text) = after.strip_prefix('=') else {
+            rest = after;
+            if name.is_empty() {
+                continue;
+            }
+            return Some((name, None));
+        };
+        let value_text = value_text.trim_start();
+        let (value, tail) = match value_text.strip_prefix('"') {
+            Some(quoted) => match quoted.find('"') {
+                Some(close) => (&quoted[..close], &quoted[close + 1..]),
+                None => (quoted, ""),
+            },
+            None => {
+                let end = value_text
+                    .find([',', ' ', '\t'])
+                    .unwrap_or(value_text.len());
+                (&value_text[..end], &value_text[end..])
+            }
+        };
+        // Whatever follows a value up to the next comma is not part of it.
+        rest = tail.find(',').map_or("", |comma| &tail[comma..]);
+        if name.is_empty() {
+            continue;
+        }
+        return Some((name, Some(value)));
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn of(lines: &[&str]) -> Directives {
+        let mut headers = HeaderMap::new();
+        for line in lines {
+            headers.append(CACHE_CONTROL, HeaderValue::from_str(line).unwrap());
+        }
+        Directives::of(&headers)
+    }
+
+    #[test]
+    fn directives_are_read_from_every_line_and_the_first_value_counts() {
+        let d = of(&["public, max-age=60", "Max-Age=5, s-maxage=\"30\""]);
+        assert!(d.public);
+        assert_eq!(d.max_age, Some(Delta::Seconds(60)));
+        assert_eq!(d.s_maxage, Some(Delta::Seconds(30)));
+        assert!(d.forbids_stale());
+    }
+
+    #[test]
+    fn values_that_are_not_numbers_are_invalid_and_huge_ones_are_capped() {
+        let d = of(&[
+            "max-age=abc, stale-if-error=-1, stale-while-revalidate=99999999999999999999999",
+        ]);
+        assert_eq!(d.max_age, Some(Delta::Invalid));
+        assert_eq!(d.stale_if_error, Some(Delta::Invalid));
+        assert_eq!(d.stale_while_revalidate, Some(Delta::Seconds(MAX_DELTA)));
+        assert_eq!(of(&["max-age"]).max_age, Some(Delta::Invalid));
+    }
+
+    #[test]
+    fn quoted_values_may_hold_commas_and_empty_elements_are_skipped() {
+        let d = of(&[",, no-cache=\"set-cookie, x-a\" ,private, ,max-age=1 junk"]);
+        assert!(d.no_cache && d.private);
+        assert_eq!(d.max_age, Some(Delta::Seconds(1)));
+        assert!(!d.no_store);
+    }
+
+    #[test]
+    fn pragma_no_cache_counts_only_without_cache_control() {
+        let mut headers = HeaderMap::new();
+        headers.insert(PRAGMA, HeaderValue::from_static("no-cache"));
+        assert!(Directives::of_request(&headers).no_cache);
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("max-age=10"));
+        assert!(!Directives::of_request(&headers).no_cache);
+    }
+
+    #[test]
+    fn max_stale_without_a_value_takes_any_staleness() {
+        assert_eq!(of(&["max-stale"]).max_stale, Some(None));
+        assert_eq!(
+            of(&["max-stale=5"]).max_stale,
+            Some(Some(Delta::Seconds(5)))
+        );
+    }
+}

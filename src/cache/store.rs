@@ -1,0 +1,208 @@
+//! Where a route's responses are kept: in memory, bounded by `max_bytes`, evicted by
+//! moka's size-aware TinyLFU (a new object displaces old ones only when it is likely to be
+//! asked for more often than they are).
+//!
+//! Each request URI (host and target) keeps its variants together (RFC 9111 §4.1): a list
+//! of stored responses that differ by the request headers their `Vary` names.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+
+use super::policy::Rules;
+
+/// The most variants kept for one URI; a new one displaces the oldest.
+const MAX_VARIANTS: usize = 16;
+
+/// What an entry costs besides its headers and body: the key, moka's node and the variant
+/// list, about (measured in `bench/cache`).
+const ENTRY_OVERHEAD: u64 = 320;
+
+/// A request URI as the cache knows it: the host (lower case, as routed) and the target.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub host: Box<str>,
+    pub target: Box<str>,
+}
+
+impl Key {
+    /// The target's path, without the query.
+    pub fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or("")
+    }
+}
+
+/// A stored response's head and the rules for serving it; replaced whole when a 304
+/// refreshes it.
+#[derive(Debug)]
+pub struct Meta {
+    pub status: StatusCode,
+    /// As sent to clients, less `Age` (set on each answer) and the request's own fields.
+    pub headers: HeaderMap,
+    /// The request fields of `Vary`, and this variant's values of them.
+    pub vary: Vec<(HeaderName, Option<String>)>,
+    pub rules: Rules,
+    pub etag: Option<HeaderValue>,
+    pub last_modified: Option<HeaderValue>,
+}
+
+impl Meta {
+    fn weight(&self) -> u64 {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 32)
+            .sum();
+        let vary: usize = self
+            .vary
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.as_ref().map_or(0, String::len) + 32)
+            .sum();
+        (headers + vary + std::mem::size_of::<Meta>()) as u64
+    }
+
+    /// Whether this variant was stored for a request with the same values of the fields
+    /// it varies on.
+    pub fn matches(&self, request: &HeaderMap) -> bool {
+        if self.vary.is_empty() {
+            return true;
+        }
+        let names: Vec<HeaderName> = self.vary.iter().map(|(name, _)| name.clone()).collect();
+        let values = super::policy::vary_values(&names, request);
+        self.vary
+            .iter()
+            .zip(values)
+            .all(|((_, stored), value)| *stored == value)
+    }
+}
+
+/// A stored response: its head and its whole body.
+#[derive(Debug)]
+pub struct Object {
+    pub meta: Arc<Meta>,
+    pub body: Arc<[Bytes]>,
+    pub body_len: u64,
+}
+
+impl Object {
+    /// What it counts for against `max_bytes`.
+    pub fn weight(&self) -> u64 {
+        self.meta.weight() + self.body_len
+    }
+
+    /// The same body under a refreshed head.
+    pub fn with_meta(&self, meta: Arc<Meta>) -> Object {
+        Object {
+            meta,
+            body: self.body.clone(),
+            body_len: self.body_len,
+        }
+    }
+}
+
+type Variants = Arc<[Arc<Object>]>;
+
+/// One route's stored responses.
+pub struct Store {
+    objects: moka::sync::Cache<Key, Variants>,
+}
+
+impl Store {
+    pub fn new(max_bytes: u64) -> Store {
+        let objects = moka::sync::Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|key: &Key, variants: &Variants| {
+                let bytes = variants.iter().map(|o| o.weight()).sum::<u64>()
+                    + (key.host.len() + key.target.len()) as u64
+                    + ENTRY_OVERHEAD;
+                u32::try_from(bytes).unwrap_or(u32::MAX)
+            })
+            .build();
+        Store { objects }
+    }
+
+    /// The stored variants of `key`, newest first.
+    pub fn variants(&self, key: &Key) -> Option<Variants> {
+        self.objects.get(key)
+    }
+
+    /// Stores `object` as the variant of `key` for its `Vary` values, replacing one with
+    /// the same values.
+    pub fn insert(&self, key: Key, object: Arc<Object>) {
+        self.objects.entry(key).and_compute_with(|existing| {
+            let mut list: Vec<Arc<Object>> = vec![object.clone()];
+            if let Some(existing) = existing {
+                list.extend(
+                    existing
+                        .value()
+                        .iter()
+                        .filter(|o| o.meta.vary != object.meta.vary)
+                        .take(MAX_VARIANTS - 1)
+                        .cloned(),
+                );
+            }
+            moka::ops::compute::Op::Put(Variants::from(list))
+        });
+    }
+
+    /// Drops every variant of `key`.
+    pub fn remove(&self, key: &Key) {
+        self.objects.invalidate(key);
+    }
+
+    /// Drops one variant, if it is still stored.
+    pub fn remove_variant(&self, key: &Key, object: &Arc<Object>) {
+        self.objects
+            .entry(key.clone())
+            .and_compute_with(|existing| {
+                let Some(existing) = existing else {
+                    return moka::ops::compute::Op::Nop;
+                };
+                let rest: Vec<Arc<Object>> = existing
+                    .value()
+                    .iter()
+                    .filter(|o| !Arc::ptr_eq(o, object))
+                    .cloned()
+                    .collect();
+                if rest.is_empty() {
+                    moka::ops::compute::Op::Remove
+                } else {
+                    moka::ops::compute::Op::Put(Variants::from(rest))
+                }
+            });
+    }
+
+    /// Drops the variants of every URI whose path is `path`, or that starts with `path`
+    /// less its `*`; returns how many URIs were dropped.
+    pub fn purge(&self, path: &str) -> usize {
+        let keys: Vec<Arc<Key>> = match path.strip_suffix('*') {
+            Some(prefix) => self
+                .objects
+                .iter()
+                .filter(|(key, _)| key.target.starts_with(prefix))
+                .map(|(key, _)| key)
+                .collect(),
+            None => self
+                .objects
+                .iter()
+                .filter(|(key, _)| key.path() == path || &*key.target == path)
+                .map(|(key, _)| key)
+                .collect(),
+        };
+        for key in &keys {
+            self.objects.invalidate(&**key);
+        }
+        keys.len()
+    }
+
+    /// URIs stored and the bytes they count for, as of moka's last housekeeping.
+    pub fn usage(&self) -> (u64, u64) {
+        (self.objects.entry_count(), self.objects.weighted_size())
+    }
+
+    /// Lets moka apply what it has queued (evictions, counts): for tests and the status page.
+    pub fn settle(&self) {
+        self.objects.run_pending_tasks();
+    }
+}
