@@ -1,10 +1,11 @@
 """What the benchmarks share: tools, the back-end, proxies as processes, and measuring
-them through /proc. Imported by bench/compare and bench/scale."""
+them through /proc. Imported by bench/compare, bench/scale, bench/overload and bench/cache."""
 
 import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -120,8 +121,10 @@ class Backend:
     """nginx on the load core: `return 200` of 100 bytes for any path, a 64 KiB file at
     /64k, and stub_status for its accept counter."""
 
-    def __init__(self, work, listen_all=False):
+    def __init__(self, work, listen_all=False, cache_control=None):
         self.port = free_port()
+        # With `cache_control`, every answer says so (for the cache benchmark).
+        headers = f'add_header Cache-Control "{cache_control}";' if cache_control else ""
         # On every address, 127.0.0.0/8 included, for upstreams of many endpoints.
         listen = f"{self.port}" if listen_all else f"127.0.0.1:{self.port}"
         root = work / "www"
@@ -144,6 +147,7 @@ http {{
     keepalive_timeout 300s;
     server {{
         listen {listen} backlog=4096;
+        {headers}
         location / {{ return 200 "{BODY_100}"; }}
         location = /64k {{ root {root}; }}
         location = /stub {{ stub_status; }}
@@ -201,6 +205,22 @@ class Proxy:
             self.process.wait()
 
 
+def spread(values):
+    """Median, min and max of the values that are known."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None, None
+    return statistics.median(values), min(values), max(values)
+
+
+def fmt(value, digits=1):
+    if value is None:
+        return "–"
+    if abs(value) >= 1000:
+        return f"{value / 1000:.{digits}f}k"
+    return f"{value:.{digits}f}"
+
+
 def percentile(sorted_values, q):
     if not sorted_values:
         return None
@@ -208,10 +228,12 @@ def percentile(sorted_values, q):
     return sorted_values[index]
 
 
-def run_wrk(port, path, connections, seconds, scheme="http"):
+def run_wrk(port, path, connections, seconds, scheme="http", script=None):
+    """wrk against `path` (or the requests of the Lua `script`): requests, errors, p50, p99."""
+    lua = ["-s", str(script)] if script else []
     out = subprocess.run(
         ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
-         "--latency", f"{scheme}://127.0.0.1:{port}{path}"],
+         "--latency", *lua, f"{scheme}://127.0.0.1:{port}{path}"],
         capture_output=True, text=True, check=True).stdout
     result = {"requests": 0, "errors": 0, "p50": None, "p99": None}
     unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}

@@ -37,7 +37,7 @@ pub enum Delta {
 }
 
 impl Delta {
-    fn parse(value: Option<&str>) -> Delta {
+    pub fn parse(value: Option<&str>) -> Delta {
         let Some(digits) = value.filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
         else {
             return Delta::Invalid;

@@ -196,7 +196,7 @@ impl Filler {
             let state = self.fill.lock();
             Arc::new(Object {
                 meta,
-                body: Arc::from(state.chunks.as_slice()),
+                body: compact(&state.chunks, state.size),
                 body_len: state.size,
             })
         };
@@ -217,6 +217,23 @@ impl Drop for Filler {
             self.fill.set(Phase::Pass);
         }
     }
+}
+
+/// Bodies up to this size are stored in one piece of their own.
+const COMPACT_BYTES: u64 = 64 << 10;
+
+/// The chunks of a body to keep: a small body copied into one piece of its exact size,
+/// since each chunk read from a socket may hold on to a larger buffer (a 100-byte body
+/// would keep kilobytes alive); a larger one as its chunks, which fill their buffers.
+fn compact(chunks: &[Bytes], size: u64) -> Arc<[Bytes]> {
+    if chunks.len() <= 1 && size == 0 || size > COMPACT_BYTES {
+        return Arc::from(chunks);
+    }
+    let mut whole = bytes::BytesMut::with_capacity(size as usize);
+    for chunk in chunks {
+        whole.extend_from_slice(chunk);
+    }
+    Arc::from([whole.freeze()])
 }
 
 /// A waiter's response body, read from the fill as the leader receives it.

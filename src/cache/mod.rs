@@ -39,6 +39,18 @@ use fill::{Fill, Filler, Joined};
 use policy::{Freshness, Rules, Use};
 use store::{Key, Meta, Object, Store};
 
+/// Fields a 304 does not update in a stored response: they describe the stored body (its
+/// length, coding, digest and range) and the validator it was selected by, or the
+/// request (its ID).
+const KEPT_ON_UPDATE: [HeaderName; 6] = [
+    CONTENT_LENGTH,
+    http::header::CONTENT_ENCODING,
+    HeaderName::from_static("content-md5"),
+    http::header::CONTENT_RANGE,
+    ETAG,
+    X_REQUEST_ID,
+];
+
 /// `Cache-Status` (RFC 9211).
 pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
@@ -509,8 +521,10 @@ impl Pending {
         (After::Forward(Some(lead)), self.note)
     }
 
-    /// The stored response refreshed by a 304 (RFC 9111 §4.3.4), stored in its place;
-    /// `None` when the 304 does not match it.
+    /// The stored response refreshed by a 304 (RFC 9111 §4.3.4), stored in its place. The
+    /// request carried this variant's validators alone, so the 304 is about it, whatever
+    /// validator it repeats; its fields replace the stored ones except those that describe
+    /// the stored body itself ([`KEPT_ON_UPDATE`]).
     fn refresh(
         &mut self,
         config: &CacheConfig,
@@ -519,18 +533,9 @@ impl Pending {
     ) -> Option<Arc<Object>> {
         let stale = self.stale.as_ref()?;
         let old = &stale.meta;
-        let matches = match (headers.get(ETAG), headers.get(LAST_MODIFIED)) {
-            (Some(etag), _) => old.etag.as_ref().is_some_and(|o| weak_eq(o, etag)),
-            (None, Some(modified)) => old.last_modified.as_ref() == Some(modified),
-            (None, None) => true,
-        };
-        if !matches {
-            self.cache.store.remove_variant(&self.key, stale);
-            return None;
-        }
         let mut merged = old.headers.clone();
         for name in headers.keys() {
-            if *name == CONTENT_LENGTH || *name == X_REQUEST_ID {
+            if KEPT_ON_UPDATE.contains(name) {
                 continue;
             }
             merged.remove(name);
@@ -636,16 +641,14 @@ impl Meta {
     /// The head to store for a response to `request`: as it goes to the client, less
     /// `Age` and the request's own ID.
     fn new(status: StatusCode, headers: &HeaderMap, request: &HeaderMap, rules: Rules) -> Meta {
-        let mut stored = headers.clone();
-        stored.remove(AGE);
-        stored.remove(X_REQUEST_ID);
+        let stored = compact_headers(headers);
         let names = policy::vary_names(headers).unwrap_or_default();
         let values = policy::vary_values(&names, request);
         Meta {
             status,
             vary: names.into_iter().zip(values).collect(),
-            etag: headers.get(ETAG).cloned(),
-            last_modified: headers.get(LAST_MODIFIED).cloned(),
+            etag: stored.get(ETAG).cloned(),
+            last_modified: stored.get(LAST_MODIFIED).cloned(),
             headers: stored,
             rules,
         }
@@ -654,6 +657,34 @@ impl Meta {
     fn has_validators(&self) -> bool {
         self.etag.is_some() || self.last_modified.is_some()
     }
+}
+
+/// The fields to store, less `Age` and `X-Request-Id`, their values copied into one buffer
+/// of their own: a value parsed from a response shares the buffer the whole head was read
+/// into, which a stored copy would otherwise keep alive.
+fn compact_headers(headers: &HeaderMap) -> HeaderMap {
+    let kept = |name: &HeaderName| *name != AGE && *name != X_REQUEST_ID;
+    let size = headers
+        .iter()
+        .filter(|(name, _)| kept(name))
+        .map(|(_, value)| value.len())
+        .sum();
+    let mut values = bytes::BytesMut::with_capacity(size);
+    for (_, value) in headers.iter().filter(|(name, _)| kept(name)) {
+        values.extend_from_slice(value.as_bytes());
+    }
+    let values = values.freeze();
+    let mut stored = HeaderMap::with_capacity(headers.len());
+    let mut at = 0;
+    for (name, value) in headers.iter().filter(|(name, _)| kept(name)) {
+        let copy = values.slice(at..at + value.len());
+        at += value.len();
+        // The bytes were a valid value a moment ago.
+        if let Ok(copy) = HeaderValue::from_maybe_shared(copy) {
+            stored.append(name.clone(), copy);
+        }
+    }
+    stored
 }
 
 fn set_age(headers: &mut HeaderMap, meta: &Meta, now: SystemTime) {
@@ -711,10 +742,6 @@ fn unchanged(meta: &Meta, request: &HeaderMap) -> bool {
     let modified = policy::http_date(&meta.headers, LAST_MODIFIED)
         .or_else(|| policy::http_date(&meta.headers, http::header::DATE));
     modified.is_some_and(|modified| modified <= since)
-}
-
-fn weak_eq(a: &HeaderValue, b: &HeaderValue) -> bool {
-    weak_eq_str(a.to_str().unwrap_or("a"), b.to_str().unwrap_or("b"))
 }
 
 /// Weak comparison of entity tags (RFC 9110 §8.8.3.2): equal opaque tags, `W/` or not.

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use http::header::{AGE, AUTHORIZATION, DATE, EXPIRES, LAST_MODIFIED, SET_COOKIE, VARY};
 use http::{HeaderMap, HeaderName, StatusCode};
 
-use super::control::{Delta, Directives};
+use super::control::{Delta, Directives, MAX_DELTA};
 use crate::config::CacheConfig;
 
 /// Statuses a cache may store without explicit freshness (RFC 9110 §15.1), less 206: baton
@@ -122,11 +122,18 @@ fn initial_age(
     requested: SystemTime,
     received: SystemTime,
 ) -> u64 {
-    let age_value = headers
-        .get(AGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or(0);
+    // One `Age` line of digits; anything else (a sign, a fraction, a parameter, a second
+    // line) leaves the age unknown, and a cache then takes the response as stale (the
+    // conservative reading of RFC 9111 §5.1 that the cache-tests project checks).
+    let mut lines = headers.get_all(AGE).iter();
+    let age_value = match (lines.next(), lines.next()) {
+        (None, _) => 0,
+        (Some(line), None) => match Delta::parse(line.to_str().ok().map(str::trim)) {
+            Delta::Seconds(seconds) => seconds,
+            Delta::Invalid => MAX_DELTA,
+        },
+        (Some(_), Some(_)) => MAX_DELTA,
+    };
     let apparent = received.duration_since(date).unwrap_or_default().as_secs();
     let delay = received
         .duration_since(requested)
@@ -468,6 +475,23 @@ mod tests {
         );
         assert_eq!(f.initial_age, 32);
         assert_eq!(f.age(at(12)), 42);
+        for invalid in [
+            &[("age", "-1")][..],
+            &[("age", "1.0")],
+            &[("age", "1, 2")],
+            &[("age", "1"), ("age", "1")],
+        ] {
+            let h = headers(invalid);
+            let f = Freshness::of(
+                StatusCode::OK,
+                &h,
+                &Directives::of(&h),
+                &config(),
+                at(0),
+                at(0),
+            );
+            assert!(f.ttl(at(0)) < 0, "{invalid:?}");
+        }
         let old = date(0);
         let h = headers(&[("date", &old)]);
         let f = Freshness::of(
