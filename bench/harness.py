@@ -149,6 +149,7 @@ http {{
         listen {listen} backlog=4096;
         {headers}
         location / {{ return 200 "{BODY_100}"; }}
+        location = /no-store {{ add_header Cache-Control "no-store"; return 200 "{BODY_100}"; }}
         location = /64k {{ root {root}; }}
         location = /stub {{ stub_status; }}
     }}

@@ -433,6 +433,7 @@ impl ResponseBody {
             exchange: Some(exchange),
             keep,
             bytes: 0,
+            detached: None,
         };
         if body.inner.is_end_stream() {
             body.finish(None);
@@ -465,6 +466,9 @@ struct UpstreamBody {
     /// The answer being kept for an idempotency key or the cache.
     keep: Option<Keep>,
     bytes: u64,
+    /// Set when the client went away while the body was going into the cache: the bytes
+    /// it had been sent. The body is read on to its end all the same, for the cache.
+    detached: Option<u64>,
 }
 
 impl UpstreamBody {
@@ -491,9 +495,18 @@ impl UpstreamBody {
                     (None, _) => {}
                 }
             }
-            exchange.finish(self.bytes, abort);
+            // A client that left is logged as such, with what it was sent.
+            match self.detached {
+                Some(sent) => exchange.finish(sent, Some(abort.unwrap_or(Cause::ClientClosed))),
+                None => exchange.finish(self.bytes, abort),
+            }
         }
         self.timer = None;
+    }
+
+    /// Whether the body is going into the cache and is not complete yet.
+    fn filling(&self) -> bool {
+        self.exchange.is_some() && matches!(self.keep, Some(Keep::Cache(_)))
     }
 
     fn poll_frame(
@@ -561,6 +574,35 @@ impl Drop for UpstreamBody {
             let abort = (!self.inner.is_end_stream()).then_some(Cause::ClientClosed);
             self.finish(abort);
         }
+    }
+}
+
+impl Drop for ResponseBody {
+    /// A client that goes away while its answer is going into the cache does not take the
+    /// fill with it: the rest of the body (at most `max_object_bytes`, under the same
+    /// idle and total timeouts) is read in the background and stored, and the requests
+    /// streaming the same fill get it whole.
+    fn drop(&mut self) {
+        let Kind::Upstream(body) = &self.kind else {
+            return;
+        };
+        if !body.filling() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let Kind::Upstream(mut body) = std::mem::replace(&mut self.kind, Kind::Full(None)) else {
+            return;
+        };
+        body.detached = Some(body.bytes);
+        runtime.spawn(async move {
+            while let Some(frame) = std::future::poll_fn(|cx| body.poll_frame(cx)).await {
+                if frame.is_err() {
+                    break;
+                }
+            }
+        });
     }
 }
 

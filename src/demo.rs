@@ -2,6 +2,10 @@
 //! `steady` (always fine), `flaky` (goes down and comes back) and `broken` (now and then
 //! answers malformed HTTP) — and, for `--for`, a built-in load and a summary of what the
 //! clients saw and what baton absorbed.
+//!
+//! Two routes: `app` (`/`) over all three, and `news` (`/news/`) whose only back-end is
+//! `flaky`; both cache. News pages are fresh for two seconds, and while `flaky` is down
+//! `news` answers with the pages it holds, stale (`stale_if_error`), instead of a 502.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +37,9 @@ const CLIENTS: usize = 8;
 const CLIENT_PAUSE: Duration = Duration::from_millis(10);
 /// The longest request head a back-end reads.
 const MAX_HEAD: usize = 16 << 10;
+/// One request in this many is for a news page, one of [`NEWS_PAGES`].
+const NEWS_EVERY: u64 = 4;
+const NEWS_PAGES: u64 = 5;
 
 pub struct Options {
     pub listen: SocketAddr,
@@ -76,6 +83,17 @@ listen = "{listen}"
 [[routes]]
 name = "app"
 upstream = "app"
+cache = {{ stale_if_error = "1m" }}
+
+[[routes]]
+name = "news"
+path_prefix = "/news/"
+upstream = "news"
+cache = {{ stale_if_error = "1m" }}
+
+[upstreams.news]
+endpoints = ["{flaky}"]
+health = {{ path = "/healthz", interval = "1s", timeout = "500ms", healthy = 2, unhealthy = 2 }}
 
 [upstreams.app]
 endpoints = ["{steady}", "{flaky}", "{broken}"]
@@ -128,7 +146,7 @@ impl Demo {
              \n                  flaky   {} (down {} s of every {} s)\
              \n                  broken  {} (one answer in {BROKEN_EVERY} is malformed HTTP)\n\
              \n  config          {} (edit it, then: curl -X POST http://{admin}/reload)\n\
-             \nTry: curl -i http://{gateway}/\n",
+             \nTry: curl -i http://{gateway}/ and http://{gateway}/news/1 (cached; stale while flaky is down)\n",
             self.backends.steady,
             self.backends.flaky,
             FLAKY_DOWN.as_secs(),
@@ -182,6 +200,7 @@ impl Demo {
             duration,
             requests: seen.requests,
             client_errors: seen.errors,
+            stale: seen.stale,
             p50: quantile(0.5),
             p99: quantile(0.99),
             failed_attempts: endpoints
@@ -224,6 +243,8 @@ pub struct Summary {
     pub requests: u64,
     /// Answers other than 200, and connections that failed, as clients saw them.
     pub client_errors: Vec<(String, u64)>,
+    /// Pages answered from the cache, stale, because no back-end could answer.
+    pub stale: u64,
     pub p50: Option<Duration>,
     pub p99: Option<Duration>,
     pub failed_attempts: u64,
@@ -301,6 +322,11 @@ impl std::fmt::Display for Summary {
             listing(&self.failed_by_cause)
         )?;
         writeln!(f, "    retries                {}", self.retries)?;
+        writeln!(
+            f,
+            "    served stale           {} (news pages from the cache while flaky was down)",
+            self.stale
+        )?;
         let total = |items: &[(&str, u64)]| items.iter().map(|(_, n)| n).sum::<u64>();
         writeln!(
             f,
@@ -328,6 +354,8 @@ impl std::fmt::Display for Summary {
 #[derive(Default)]
 struct ClientTally {
     requests: u64,
+    /// Answers the cache gave stale instead of an error.
+    stale: u64,
     errors: Vec<(String, u64)>,
     latencies: Vec<Duration>,
 }
@@ -346,6 +374,7 @@ impl ClientTally {
 
     fn merge(&mut self, other: ClientTally) {
         self.requests += other.requests;
+        self.stale += other.stale;
         self.latencies.extend(other.latencies);
         for (what, n) in other.errors {
             self.add_errors(what, n);
@@ -353,7 +382,8 @@ impl ClientTally {
     }
 }
 
-/// One client of the built-in load: GET / on a keep-alive connection until `deadline`.
+/// One client of the built-in load: GET `/`, and now and then a news page, on a keep-alive
+/// connection until `deadline`.
 async fn client(addr: SocketAddr, deadline: Instant) -> ClientTally {
     let mut tally = ClientTally::default();
     let mut sender = None;
@@ -373,7 +403,11 @@ async fn client(addr: SocketAddr, deadline: Instant) -> ClientTally {
             continue;
         };
         let started = Instant::now();
-        let request = Request::get("/")
+        let path = match tally.requests % NEWS_EVERY {
+            0 => format!("/news/{}", tally.requests / NEWS_EVERY % NEWS_PAGES + 1),
+            _ => "/".to_owned(),
+        };
+        let request = Request::get(path)
             .header(http::header::HOST, "demo.local")
             .body(Empty::<Bytes>::new());
         let Ok(request) = request else { break };
@@ -381,6 +415,11 @@ async fn client(addr: SocketAddr, deadline: Instant) -> ClientTally {
         let outcome = match open.send_request(request).await {
             Ok(response) => {
                 let status = response.status();
+                let stale = response
+                    .headers()
+                    .get(crate::cache::CACHE_STATUS)
+                    .is_some_and(|v| v.as_bytes().ends_with(b"detail=stale-if-error"));
+                tally.stale += u64::from(stale);
                 match response.into_body().collect().await {
                     Ok(_) if status.is_success() => Ok(()),
                     Ok(_) => Err(format!("status {}", status.as_u16())),
@@ -508,6 +547,7 @@ async fn answer(
             buffer.extend_from_slice(&chunk[..read]);
         };
         let health_check = buffer.starts_with(b"GET /healthz ");
+        let news = buffer.starts_with(b"GET /news/");
         buffer.drain(..end);
         let n = served.fetch_add(1, Ordering::Relaxed) + 1;
         if let (Some(malformed), false) = (malformed, health_check) {
@@ -521,11 +561,16 @@ async fn answer(
         }
         let body = if health_check {
             "ok\n".to_owned()
+        } else if news {
+            format!("today's news, from {name}\n")
         } else {
             format!("hello from {name}\n")
         };
+        // News pages may be kept two seconds; the others are stale at once (the cache keeps
+        // them only to answer with should no back-end answer).
+        let freshness = if news { "max-age=2" } else { "max-age=0" };
         let response = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncache-control: {freshness}\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()
         );
         stream.write_all(response.as_bytes()).await?;

@@ -32,6 +32,7 @@ listen = "127.0.0.1:0"
 name = "api"
 path_prefix = "/api"
 upstream = "api"
+cache = {{ default_ttl = "1m" }}
 
 [[routes]]
 name = "legacy"
@@ -133,6 +134,16 @@ endpoints = ["{}"]
             browser.wait_for(&format!("{points} >= 1"), Duration::from_secs(12)),
             "no chart points"
         );
+        // The cached route's figures: hits (the back-end's answers carry no freshness,
+        // so the route's default_ttl keeps them), objects and bytes.
+        let cache = "document.querySelector('tr[data-cache=\"api\"]')";
+        assert!(
+            browser.wait_for(&format!("{cache} !== null && {cache}.textContent.includes('MiB')"), Duration::from_secs(5)),
+            "no cache row"
+        );
+        let row = browser.eval(&format!("{cache}.textContent"));
+        assert!(row.as_str().unwrap_or("").contains("%"), "{row}");
+        assert!(row.as_str().unwrap_or("").contains("of 256.0 MiB"), "{row}");
         let lines = browser.eval("document.querySelectorAll('[data-upstream=\"api\"] svg polyline').length");
         assert!(lines.as_u64() >= Some(4), "req/s, errors, p99 and queued: {lines}");
         // Let the generated errors and figures fill in for the picture.

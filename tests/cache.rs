@@ -397,6 +397,54 @@ async fn the_admin_api_purges_a_path_or_a_prefix() {
     baton.stop().await;
 }
 
+#[tokio::test]
+async fn a_fill_goes_on_when_the_client_that_started_it_leaves() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::fixed(Reply {
+        status: 200,
+        headers: vec![("cache-control".into(), "max-age=60".into())],
+        body: ReplyBody::Paced {
+            size: 256 << 10,
+            every: Duration::from_millis(20),
+        },
+        delay: Duration::ZERO,
+    })
+    .await;
+    let baton = Baton::start(&config(origin.addr, "")).await;
+    // The first client takes the head and a little of the body, and leaves.
+    let mut first = tokio::net::TcpStream::connect(baton.addr).await.unwrap();
+    first
+        .write_all(b"GET /slow HTTP/1.1\r\nhost: example.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut some = [0u8; 4096];
+    let read = first.read(&mut some).await.unwrap();
+    assert!(String::from_utf8_lossy(&some[..read]).starts_with("HTTP/1.1 200"));
+    // A second asks while the body is still coming: it waits for the same fill.
+    let second = tokio::spawn(get(baton.addr, "/slow"));
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    drop(first);
+    let second = second.await.unwrap();
+    assert_eq!(second.status(), 200);
+    assert!(second.complete);
+    assert_eq!(second.body.len(), 256 << 10);
+    assert!(
+        cache_status(&second).contains("collapsed"),
+        "{}",
+        cache_status(&second)
+    );
+    // The fill was read to its end and stored.
+    let third = get(baton.addr, "/slow").await;
+    assert!(
+        cache_status(&third).starts_with("baton; hit"),
+        "{}",
+        cache_status(&third)
+    );
+    assert_eq!(third.body.len(), 256 << 10);
+    assert_eq!(origin.requests(), 1);
+    baton.stop().await;
+}
+
 /// GETs `path` and reads the answer to its end without keeping it: the head, and how
 /// many body bytes came (chunk framing included when chunked).
 async fn download(addr: SocketAddr, path: &str) -> (String, u64) {

@@ -1,4 +1,5 @@
-//! `baton demo --for`: clients see no errors while `flaky` and `broken` misbehave.
+//! `baton demo --for`: clients see no errors while `flaky` and `broken` misbehave, and
+//! news pages come stale from the cache while `flaky` is down.
 
 use std::process::Command;
 
@@ -42,6 +43,7 @@ fn the_demo_absorbs_a_flaky_and_a_broken_backend() {
         "{text}"
     );
     assert!(text.contains("flaky went down"), "{text}");
+    assert!(figure("served stale") > 0, "{text}");
     assert!(!text.contains("broken sent 0 malformed"), "{text}");
     assert!(text.contains("http://127.0.0.1:"), "{text}");
 }

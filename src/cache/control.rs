@@ -101,8 +101,15 @@ impl Directives {
                 *slot = Some(Delta::parse(value));
             }
         }
-        let name = name.to_ascii_lowercase();
-        match name.as_str() {
+        // Most names come lower case already; only others are copied to compare.
+        let lower;
+        let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = name.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            name
+        };
+        match name {
             "max-age" => first(&mut self.max_age, value),
             "s-maxage" => first(&mut self.s_maxage, value),
             "min-fresh" => first(&mut self.min_fresh, value),

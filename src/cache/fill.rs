@@ -147,12 +147,15 @@ impl Filler {
         &self.fill
     }
 
-    /// The head is storable: waiters may stream a body of known length.
-    pub fn start(&mut self, meta: Arc<Meta>, length: Option<u64>) {
+    /// The head is storable: waiters may stream a body of known length (or wait for one
+    /// of unknown length), when it may be `shared` with them; otherwise they go on their
+    /// own, and the body is stored all the same.
+    pub fn start(&mut self, meta: Arc<Meta>, length: Option<u64>, shared: bool) {
         self.meta = Some(meta.clone());
-        self.fill.set(match length {
-            Some(length) => Phase::Streaming(meta, length),
-            None => Phase::Buffering,
+        self.fill.set(match (length, shared) {
+            (_, false) => Phase::Pass,
+            (Some(length), true) => Phase::Streaming(meta, length),
+            (None, true) => Phase::Buffering,
         });
     }
 

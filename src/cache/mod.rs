@@ -276,14 +276,10 @@ pub async fn lookup<B>(
     patience: Duration,
 ) -> Lookup {
     let method = request.method();
-    let key = Key {
-        host: host.into(),
-        target: request
-            .uri()
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .into(),
-    };
+    let key = Key::new(
+        host,
+        request.uri().path_and_query().map_or("/", |pq| pq.as_str()),
+    );
     let now = SystemTime::now();
     let head = *method == Method::HEAD;
     let mut pending = Box::new(Pending {
@@ -311,8 +307,15 @@ pub async fn lookup<B>(
     let origin_conditional = [IF_MATCH, IF_UNMODIFIED_SINCE, IF_RANGE]
         .iter()
         .any(|name| headers.contains_key(name));
-    let variants = cache.store.variants(&pending.key);
-    if let Some(variants) = &variants {
+    let entry = cache.store.get(&pending.key);
+    let passing = entry
+        .as_ref()
+        .is_some_and(|e| e.passing(std::time::Instant::now()));
+    if let Some(variants) = entry
+        .as_ref()
+        .map(|e| &e.variants)
+        .filter(|v| !v.is_empty())
+    {
         pending.note.fwd = Some("vary-miss");
         let found = variants
             .iter()
@@ -372,9 +375,16 @@ pub async fn lookup<B>(
         || headers.contains_key(IF_NONE_MATCH)
         || headers.contains_key(IF_MODIFIED_SINCE)
         || headers.contains_key(RANGE);
-    if client_conditional {
+    // A stored answer that was never fresh, or must be validated each time, says the
+    // URI's answers are not to be shared either.
+    let unshared = pending.stale.as_ref().is_some_and(|o| {
+        let rules = &o.meta.rules;
+        rules.no_cache || rules.freshness.lifetime <= rules.freshness.initial_age
+    });
+    if client_conditional || passing || unshared {
         // The upstream answers the client's own conditions; a 200 may still be stored,
-        // but nobody waits for it (a 304 or 206 is not theirs to share).
+        // but nobody waits for it (a 304 or 206 is not theirs to share). Nor while the
+        // URI's last answer was one that could not be shared.
         pending.lead = Some(cache.alone(pending.key.clone()));
         return Lookup::Forward(pending);
     }
@@ -503,6 +513,7 @@ impl Pending {
         });
         if let Err(reason) = verdict {
             self.note.detail = Some(reason);
+            self.cache.store.pass(self.key.clone());
             return (After::Forward(None), self.note);
         }
         let freshness = Freshness::of(
@@ -516,8 +527,18 @@ impl Pending {
         let rules = Rules::new(freshness, &response_cc, config);
         let meta = Meta::new(status, headers, &self.request, rules);
         self.note.ttl = Some(rules.freshness.ttl(received));
+        if !rules.reusable() && !meta.has_validators() {
+            // Stale on arrival, with nothing to revalidate it by and no stale answer
+            // allowed: storing it could never serve anyone.
+            self.note.detail = Some("not-reusable");
+            self.cache.store.pass(self.key.clone());
+            return (After::Forward(None), self.note);
+        }
         self.note.stored = true;
-        lead.filler.start(Arc::new(meta), length);
+        // Only a response fresh on arrival may go to the requests waiting for it: one that
+        // must be validated first is theirs to fetch.
+        let shared = rules.freshness.ttl(received) > 0 && !rules.no_cache;
+        lead.filler.start(Arc::new(meta), length, shared);
         (After::Forward(Some(lead)), self.note)
     }
 
@@ -579,7 +600,7 @@ impl Pending {
                 Ok(uri)
                     if uri
                         .host()
-                        .is_some_and(|h| h.eq_ignore_ascii_case(&self.key.host)) =>
+                        .is_some_and(|h| h.eq_ignore_ascii_case(self.key.host())) =>
                 {
                     uri.path_and_query()
                         .map_or("/", |pq| pq.as_str())
@@ -587,10 +608,7 @@ impl Pending {
                 }
                 _ => continue,
             };
-            store.remove(&Key {
-                host: self.key.host.clone(),
-                target: target.into(),
-            });
+            store.remove(&Key::new(self.key.host(), &target));
         }
     }
 }

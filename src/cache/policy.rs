@@ -311,6 +311,15 @@ impl Rules {
         Use::Validate
     }
 
+    /// Whether it could ever answer a request without the upstream: fresh for a while, or
+    /// allowed to be served stale.
+    pub fn reusable(&self) -> bool {
+        self.freshness.lifetime > self.freshness.initial_age
+            || !self.no_cache
+                && !self.forbids_stale
+                && (self.stale_if_error > 0 || self.stale_while_revalidate > 0)
+    }
+
     /// Whether it may answer instead of a 5xx at `now` (RFC 5861 §4).
     pub fn serves_if_error(&self, now: SystemTime) -> bool {
         if self.no_cache || self.forbids_stale {

@@ -6,6 +6,7 @@
 //! of stored responses that differ by the request headers their `Vary` names.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -26,17 +27,32 @@ const FIELD_OVERHEAD: usize = 112;
 /// holds rather than the bodies alone.
 const ENTRY_OVERHEAD: u64 = 1400;
 
-/// A request URI as the cache knows it: the host (lower case, as routed) and the target.
+/// A request URI as the cache knows it: the host (lower case, as routed) and the target,
+/// in one shared string (a target starts with `/`, which no host holds), so that a key
+/// costs one allocation and its copies none.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Key {
-    pub host: Box<str>,
-    pub target: Box<str>,
-}
+pub struct Key(Arc<str>);
 
 impl Key {
+    pub fn new(host: &str, target: &str) -> Key {
+        let mut text = String::with_capacity(host.len() + target.len());
+        text.push_str(host);
+        text.push_str(target);
+        Key(Arc::from(text))
+    }
+
+    pub fn host(&self) -> &str {
+        self.0.find('/').map_or(&self.0, |slash| &self.0[..slash])
+    }
+
+    /// The target: the path and the query.
+    pub fn target(&self) -> &str {
+        self.0.find('/').map_or("", |slash| &self.0[slash..])
+    }
+
     /// The target's path, without the query.
     pub fn path(&self) -> &str {
-        self.target.split('?').next().unwrap_or("")
+        self.target().split('?').next().unwrap_or("")
     }
 }
 
@@ -110,20 +126,41 @@ impl Object {
     }
 }
 
-type Variants = Arc<[Arc<Object>]>;
+/// What is stored for one URI: its variants, newest first, and until when requests for
+/// it go upstream each on its own, the last answer having been one nobody could share
+/// (Varnish's hit-for-miss): waiting for each other's answer would only make them queue.
+#[derive(Debug, Default)]
+pub struct Entry {
+    pub variants: Vec<Arc<Object>>,
+    pub pass_until: Option<Instant>,
+}
+
+impl Entry {
+    /// Whether requests for the URI should not wait for each other now.
+    pub fn passing(&self, now: Instant) -> bool {
+        self.pass_until.is_some_and(|until| until > now)
+    }
+}
+
+/// How long an answer that could not be shared keeps requests for its URI apart.
+pub const PASS: Duration = Duration::from_secs(60);
 
 /// One route's stored responses.
 pub struct Store {
-    objects: moka::sync::Cache<Key, Variants>,
+    objects: moka::sync::Cache<Key, Arc<Entry>>,
 }
 
 impl Store {
     pub fn new(max_bytes: u64) -> Store {
+        // Sized at the start for the entries `max_bytes` holds of small responses: growing
+        // the table as it fills rehashes it again and again (2 µs a miss, measured).
+        let entries = (max_bytes / 2048).clamp(1024, 1 << 21) as usize;
         let objects = moka::sync::Cache::builder()
+            .initial_capacity(entries)
             .max_capacity(max_bytes)
-            .weigher(|key: &Key, variants: &Variants| {
-                let bytes = variants.iter().map(|o| o.weight()).sum::<u64>()
-                    + (key.host.len() + key.target.len()) as u64
+            .weigher(|key: &Key, entry: &Arc<Entry>| {
+                let bytes = entry.variants.iter().map(|o| o.weight()).sum::<u64>()
+                    + key.0.len() as u64
                     + ENTRY_OVERHEAD;
                 u32::try_from(bytes).unwrap_or(u32::MAX)
             })
@@ -131,27 +168,52 @@ impl Store {
         Store { objects }
     }
 
-    /// The stored variants of `key`, newest first.
-    pub fn variants(&self, key: &Key) -> Option<Variants> {
+    /// What is stored for `key`.
+    pub fn get(&self, key: &Key) -> Option<Arc<Entry>> {
         self.objects.get(key)
     }
 
     /// Stores `object` as the variant of `key` for its `Vary` values, replacing one with
-    /// the same values.
+    /// the same values. A response without `Vary` is the only variant there is.
     pub fn insert(&self, key: Key, object: Arc<Object>) {
+        if object.meta.vary.is_empty() {
+            let entry = Entry {
+                variants: vec![object],
+                pass_until: None,
+            };
+            self.objects.insert(key, Arc::new(entry));
+            return;
+        }
         self.objects.entry(key).and_compute_with(|existing| {
-            let mut list: Vec<Arc<Object>> = vec![object.clone()];
+            let mut variants: Vec<Arc<Object>> = vec![object.clone()];
             if let Some(existing) = existing {
-                list.extend(
+                variants.extend(
                     existing
                         .value()
+                        .variants
                         .iter()
                         .filter(|o| o.meta.vary != object.meta.vary)
                         .take(MAX_VARIANTS - 1)
                         .cloned(),
                 );
             }
-            moka::ops::compute::Op::Put(Variants::from(list))
+            let entry = Entry {
+                variants,
+                pass_until: None,
+            };
+            moka::ops::compute::Op::Put(Arc::new(entry))
+        });
+    }
+
+    /// Keeps requests for `key` apart for [`PASS`], keeping its variants.
+    pub fn pass(&self, key: Key) {
+        let until = Instant::now() + PASS;
+        self.objects.entry(key).and_compute_with(|existing| {
+            let variants = existing.map_or_else(Vec::new, |e| e.value().variants.clone());
+            moka::ops::compute::Op::Put(Arc::new(Entry {
+                variants,
+                pass_until: Some(until),
+            }))
         });
     }
 
@@ -167,13 +229,13 @@ impl Store {
             Some(prefix) => self
                 .objects
                 .iter()
-                .filter(|(key, _)| key.target.starts_with(prefix))
+                .filter(|(key, _)| key.target().starts_with(prefix))
                 .map(|(key, _)| key)
                 .collect(),
             None => self
                 .objects
                 .iter()
-                .filter(|(key, _)| key.path() == path || &*key.target == path)
+                .filter(|(key, _)| key.path() == path || key.target() == path)
                 .map(|(key, _)| key)
                 .collect(),
         };

@@ -3,6 +3,7 @@
 //! request head is kept for the test to look at.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -34,6 +35,11 @@ pub enum ReplyBody {
     Generated {
         size: u64,
         sized: bool,
+    },
+    /// `size` bytes of `x` with `Content-Length`, 16 KiB every `every`.
+    Paced {
+        size: u64,
+        every: Duration,
     },
 }
 
@@ -160,11 +166,19 @@ fn respond(reply: Reply) -> http::Response<Generated> {
             left: bytes.len() as u64,
             sized: true,
             fixed: Some(Bytes::from(bytes)),
+            pace: None,
         },
         ReplyBody::Generated { size, sized } => Generated {
             left: size,
             sized,
             fixed: None,
+            pace: None,
+        },
+        ReplyBody::Paced { size, every } => Generated {
+            left: size,
+            sized: true,
+            fixed: None,
+            pace: Some((every, Box::pin(tokio::time::sleep(every)))),
         },
     };
     let mut response = http::Response::new(body);
@@ -180,12 +194,15 @@ fn respond(reply: Reply) -> http::Response<Generated> {
 
 const CHUNK: usize = 64 * 1024;
 
-/// A body given whole, or made 64 KiB at a time.
+/// A body given whole, or made 64 KiB at a time (16 KiB at a pace, when paced).
 pub struct Generated {
     left: u64,
     sized: bool,
     fixed: Option<Bytes>,
+    pace: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
 }
+
+const PACED_CHUNK: usize = 16 * 1024;
 
 impl Body for Generated {
     type Data = Bytes;
@@ -193,7 +210,7 @@ impl Body for Generated {
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         if let Some(bytes) = self.fixed.take() {
             self.left = 0;
@@ -202,7 +219,16 @@ impl Body for Generated {
         if self.left == 0 {
             return Poll::Ready(None);
         }
-        let take = self.left.min(CHUNK as u64) as usize;
+        let mut size = CHUNK;
+        if let Some((every, sleep)) = self.pace.as_mut() {
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let next = tokio::time::Instant::now() + *every;
+            sleep.as_mut().reset(next);
+            size = PACED_CHUNK;
+        }
+        let take = self.left.min(size as u64) as usize;
         self.left -= take as u64;
         static FILL: [u8; CHUNK] = [b'x'; CHUNK];
         Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&FILL[..take])))))
