@@ -445,6 +445,47 @@ async fn a_fill_goes_on_when_the_client_that_started_it_leaves() {
     baton.stop().await;
 }
 
+#[tokio::test]
+async fn a_reload_keeps_what_is_stored_unless_the_bounds_change() {
+    let origin = counting(&[("cache-control", "max-age=60")]).await;
+    let baton = Baton::start(&config(origin.addr, "")).await;
+    assert_eq!(get(baton.addr, "/kept").await.text(), "v1");
+    baton.write_config(&config(origin.addr, "stale_if_error = \"5m\""));
+    assert_eq!(admin_post(&baton, "/reload", &[]).await.status(), 200);
+    let kept = get(baton.addr, "/kept").await;
+    assert_eq!(kept.text(), "v1");
+    assert!(cache_status(&kept).starts_with("baton; hit"));
+    baton.write_config(&config(
+        origin.addr,
+        "max_bytes = \"1MiB\", max_object_bytes = \"64KiB\"",
+    ));
+    assert_eq!(admin_post(&baton, "/reload", &[]).await.status(), 200);
+    assert_eq!(get(baton.addr, "/kept").await.text(), "v2");
+    baton.stop().await;
+}
+
+#[tokio::test]
+async fn http2_clients_get_hits_too() {
+    let origin = counting(&[("cache-control", "max-age=60")]).await;
+    let baton = Baton::start(&config(origin.addr, "")).await;
+    let url = format!("http://{}/h2", baton.addr);
+    let fetch = move || {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-i", "--http2-prior-knowledge", &url])
+            .output()
+            .expect("curl runs");
+        String::from_utf8_lossy(&out.stdout).to_lowercase()
+    };
+    let first = tokio::task::spawn_blocking(fetch.clone()).await.unwrap();
+    assert!(first.starts_with("http/2 200"), "{first}");
+    assert!(first.contains("cache-status: baton; fwd=miss"), "{first}");
+    let second = tokio::task::spawn_blocking(fetch).await.unwrap();
+    assert!(second.contains("cache-status: baton; hit"), "{second}");
+    assert!(second.ends_with("v1"), "{second}");
+    assert_eq!(origin.requests(), 1);
+    baton.stop().await;
+}
+
 /// GETs `path` and reads the answer to its end without keeping it: the head, and how
 /// many body bytes came (chunk framing included when chunked).
 async fn download(addr: SocketAddr, path: &str) -> (String, u64) {
@@ -515,6 +556,7 @@ fn peak_after_a_large_response(sized: bool) -> u64 {
 fn a_response_larger_than_the_cache_streams_through_in_flat_memory() {
     for sized in [true, false] {
         let peak = peak_after_a_large_response(sized);
+        println!("peak RSS {} MiB (Content-Length: {sized})", peak >> 20);
         assert!(
             peak < 100 << 20,
             "peak RSS {} MiB (sized {sized})",

@@ -265,6 +265,8 @@ pub struct Pending {
     /// A method that invalidates what is stored for the URI (RFC 9111 §4.4).
     unsafe_method: bool,
     head: bool,
+    /// Whether requests for the URI were already kept apart when this one came.
+    passing: bool,
     requested: SystemTime,
 }
 
@@ -293,6 +295,7 @@ pub async fn lookup<B>(
         request_cc: Directives::default(),
         unsafe_method: false,
         head,
+        passing: false,
         requested: now,
     });
     if *method != Method::GET && !head {
@@ -381,6 +384,7 @@ pub async fn lookup<B>(
         let rules = &o.meta.rules;
         rules.no_cache || rules.freshness.lifetime <= rules.freshness.initial_age
     });
+    pending.passing = passing;
     if client_conditional || passing || unshared {
         // The upstream answers the client's own conditions; a 200 may still be stored,
         // but nobody waits for it (a 304 or 206 is not theirs to share). Nor while the
@@ -513,7 +517,7 @@ impl Pending {
         });
         if let Err(reason) = verdict {
             self.note.detail = Some(reason);
-            self.cache.store.pass(self.key.clone());
+            self.keep_apart();
             return (After::Forward(None), self.note);
         }
         let freshness = Freshness::of(
@@ -531,7 +535,7 @@ impl Pending {
             // Stale on arrival, with nothing to revalidate it by and no stale answer
             // allowed: storing it could never serve anyone.
             self.note.detail = Some("not-reusable");
-            self.cache.store.pass(self.key.clone());
+            self.keep_apart();
             return (After::Forward(None), self.note);
         }
         self.note.stored = true;
@@ -540,6 +544,14 @@ impl Pending {
         let shared = rules.freshness.ttl(received) > 0 && !rules.no_cache;
         lead.filler.start(Arc::new(meta), length, shared);
         (After::Forward(Some(lead)), self.note)
+    }
+
+    /// Keeps the requests for the URI from waiting for each other, unless they already are
+    /// (marking it again would cost a write to the store on every request).
+    fn keep_apart(&self) {
+        if !self.passing {
+            self.cache.store.pass(self.key.clone());
+        }
     }
 
     /// The stored response refreshed by a 304 (RFC 9111 §4.3.4), stored in its place. The
