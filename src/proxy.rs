@@ -9,19 +9,16 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{
-    HeaderName, HeaderValue, ACCEPT, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST,
-};
+use http::header::{HeaderName, HeaderValue, ACCEPT, CACHE_CONTROL, CONNECTION, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use tokio::time::Instant;
 
-use crate::body::{client_frame, Capture, Keep, RequestBody, ResponseBody};
-use crate::cache::{self, After, Lead, Lookup, Pending, CACHE_STATUS};
+use crate::body::{Capture, Keep, RequestBody, ResponseBody};
+use crate::cache::{self, After, Lead, Lookup, CACHE_STATUS};
 use crate::cause::{Cause, Delivery};
-use crate::config::Route;
-use crate::failover::{try_endpoints, Outgoing};
+use crate::failover::Outgoing;
 use crate::forward::{self, Forwarding, Peer};
-use crate::gateway::{Gateway, RouteState, Snapshot};
+use crate::gateway::{Gateway, Snapshot};
 use crate::guard::{self, Stage};
 use crate::idempotency::{Decision, Refused, StoredResponse};
 use crate::limit;
@@ -32,10 +29,16 @@ use crate::respond::{self, ErrorReply, DEFAULT_RETRY_AFTER};
 use crate::route;
 use crate::server::ClientBody;
 use crate::status;
-use crate::upstream::balance::StableHasher;
 use crate::upstream::client::Incoming;
 use crate::upstream::pool::Lease;
-use crate::upstream::Upstream;
+
+mod request;
+mod send;
+
+use request::{
+    answer_early, declared_length, hash_body, header_list_size, request_host, route_path,
+};
+use send::{refresh_in_background, send, FILL_PATIENCE};
 
 /// Why baton answers a request itself.
 #[derive(Debug)]
@@ -264,17 +267,6 @@ fn status_page(snapshot: &Snapshot, request: &Request<ClientBody>) -> Response<R
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
-}
-
-fn declared_length(request: &Request<ClientBody>) -> Option<u64> {
-    request
-        .headers()
-        .get(CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// The header that marks a replayed answer (SPEC §8).
@@ -582,202 +574,4 @@ async fn handle_inner(
         idle: route.timeouts.idle,
         deadline,
     }))
-}
-
-/// The longest a request waits for another's fetch of the same URI before it goes
-/// upstream itself (bounded by the route's `response_header` timeout).
-const FILL_PATIENCE: Duration = Duration::from_secs(30);
-
-/// The admission and upstream stages: waits for a place at the upstream (when it has
-/// `max_inflight`), then tries its endpoints.
-#[allow(clippy::too_many_arguments)]
-async fn send(
-    gateway: &Gateway,
-    upstream: &Upstream,
-    route_state: &RouteState,
-    route: &Route,
-    deadline: Option<Instant>,
-    watch: Option<&ClientConn>,
-    outgoing: Outgoing,
-    exchange: &mut Exchange,
-) -> Result<crate::attempt::Success, ProxyError> {
-    if upstream.admission.is_some() {
-        Box::pin(limit::admit(gateway, upstream, deadline, watch, exchange)).await?;
-    }
-    route_state.retry_budget.record_request();
-    try_endpoints(gateway, upstream, route_state, route, outgoing, exchange).await
-}
-
-/// Refreshes a stale stored response in the background (`stale-while-revalidate`): the
-/// request goes upstream as any other, and its answer is stored, read to the end with no
-/// client waiting for it. It is logged as a request of its own, `cache` `refresh`.
-async fn refresh_in_background(
-    gateway: Arc<Gateway>,
-    snapshot: Arc<Snapshot>,
-    route_index: usize,
-    outgoing: Outgoing,
-    pending: Box<Pending>,
-    mut exchange: Exchange,
-) {
-    let route = &snapshot.config.routes[route_index];
-    let upstream = &snapshot.upstreams[route.upstream];
-    let deadline = route.timeouts.total.map(|total| exchange.started + total);
-    let sent = send(
-        &gateway,
-        upstream,
-        &snapshot.routes[route_index],
-        route,
-        deadline,
-        None,
-        outgoing,
-        &mut exchange,
-    )
-    .await;
-    let success = match sent {
-        Ok(success) => success,
-        Err(error) => {
-            exchange.status = error.cause.status().as_u16();
-            exchange.cause = Some(error.cause);
-            exchange.delivery = exchange.delivery.max(error.delivery);
-            exchange.finish(0, None);
-            return;
-        }
-    };
-    let mut response = success.response;
-    forward::prepare_response_headers(response.headers_mut(), false, &exchange.request_id);
-    exchange.status = response.status().as_u16();
-    let mut lead = None;
-    if let Some(config) = &route.cache {
-        let length = http_body::Body::size_hint(response.body()).exact();
-        let (after, note) =
-            pending.after_response(config, response.status(), response.headers(), length);
-        exchange.cache = Some(note);
-        if let After::Forward(filling) = after {
-            lead = filling;
-        }
-    }
-    let mut body = ResponseBody::upstream(
-        response.into_body(),
-        route.timeouts.idle,
-        deadline,
-        success.lease,
-        exchange,
-        lead.map(Keep::Cache),
-    );
-    while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
-        if frame.is_err() {
-            break;
-        }
-    }
-}
-
-/// Reads a whole request body only to hash it (a repeat of a keyed request), holding no
-/// more than one frame at a time.
-async fn hash_body(
-    mut incoming: ClientBody,
-    limit: u64,
-    idle: Option<Duration>,
-) -> Result<u64, Cause> {
-    let mut hasher = StableHasher::default();
-    let mut read = 0u64;
-    while let Some(frame) = client_frame(&mut incoming, idle).await? {
-        if let Some(data) = frame.data_ref() {
-            read += data.len() as u64;
-            if read > limit {
-                return Err(Cause::RequestTooLarge);
-            }
-            hasher.update(data);
-        }
-    }
-    Ok(hasher.finish())
-}
-
-/// How much of an unread request body baton reads and discards to answer early and keep
-/// the connection, and for how long; a longer or slower body closes the connection instead.
-const DISCARD_BYTES: u64 = 64 << 10;
-const DISCARD_TIME: Duration = Duration::from_secs(1);
-
-/// Prepares an answer given before the request body was read: the body is read and
-/// discarded (as nginx does), since a client still sending it would otherwise find the
-/// connection gone; if that takes too long or too much, the answer closes the connection.
-async fn answer_early(request: Request<ClientBody>, mut error: ProxyError) -> ProxyError {
-    let mut body = request.into_body();
-    let drained = tokio::time::timeout(DISCARD_TIME, async {
-        let mut read = 0u64;
-        while !http_body::Body::is_end_stream(&body) {
-            match client_frame(&mut body, None).await {
-                Ok(Some(frame)) => {
-                    read += frame.data_ref().map_or(0, |d| d.len() as u64);
-                    if read > DISCARD_BYTES {
-                        return false;
-                    }
-                }
-                Ok(None) => return true,
-                Err(_) => return false,
-            }
-        }
-        true
-    })
-    .await;
-    error.close |= !matches!(drained, Ok(true));
-    error
-}
-
-/// The host the client asked for: the authority of an absolute-form or HTTP/2 URI, which
-/// takes precedence over `Host` (RFC 9112 §3.2.2), else `Host`. An HTTP/1.1 request without
-/// either is malformed (RFC 9112 §3.2).
-/// Both must be valid (RFC 9112 §3.2: an invalid `Host` is a 400, as is more than one,
-/// which the HTTP/1.1 server refused already).
-fn request_host(request: &Request<ClientBody>) -> Result<Option<HeaderValue>, ProxyError> {
-    let field = request.headers().get(HOST);
-    let authority = request.uri().authority().map(|a| a.as_str());
-    let valid = field.is_none_or(|h| forward::valid_host(h.as_bytes()))
-        && authority.is_none_or(|a| forward::valid_host(a.as_bytes()));
-    let host = match authority {
-        Some(authority) => HeaderValue::from_str(authority).ok(),
-        None => field.cloned(),
-    };
-    if !valid || host.is_none() && request.version() == Version::HTTP_11 {
-        return Err(ProxyError::closing(Cause::BadRequest));
-    }
-    Ok(host)
-}
-
-/// An HTTP/2 request's header list size as RFC 9113 §6.5.2 counts it for
-/// `SETTINGS_MAX_HEADER_LIST_SIZE`: each field's name and value and 32 bytes, pseudo-header
-/// fields included.
-fn header_list_size(request: &Request<ClientBody>) -> usize {
-    const FIELD_OVERHEAD: usize = 32;
-    let uri = request.uri();
-    let pseudo = [
-        (":method", request.method().as_str().len()),
-        (
-            ":path",
-            uri.path_and_query().map_or(1, |pq| pq.as_str().len()),
-        ),
-        (":scheme", uri.scheme_str().map_or(0, str::len)),
-        (
-            ":authority",
-            uri.authority().map_or(0, |a| a.as_str().len()),
-        ),
-    ];
-    let pseudo_size: usize = pseudo
-        .iter()
-        .map(|(name, len)| name.len() + len + FIELD_OVERHEAD)
-        .sum();
-    pseudo_size
-        + request
-            .headers()
-            .iter()
-            .map(|(name, value)| name.as_str().len() + value.len() + FIELD_OVERHEAD)
-            .sum::<usize>()
-}
-
-/// The path a request is routed by: `OPTIONS *` asks about the server as a whole, and
-/// goes where the host's root goes.
-fn route_path(uri: &Uri) -> &str {
-    match uri.path() {
-        "*" => "/",
-        path => path,
-    }
 }

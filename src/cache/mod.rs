@@ -15,21 +15,21 @@
 
 pub mod control;
 pub mod fill;
+mod note;
 pub mod policy;
+mod serve;
 pub mod store;
 
 use std::collections::HashMap;
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{
-    HeaderName, AGE, CONTENT_LENGTH, CONTENT_LOCATION, ETAG, IF_MATCH, IF_MODIFIED_SINCE,
-    IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LAST_MODIFIED, LOCATION, RANGE,
+    HeaderName, CONTENT_LENGTH, CONTENT_LOCATION, ETAG, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH,
+    IF_RANGE, IF_UNMODIFIED_SINCE, LOCATION, RANGE,
 };
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 
 use crate::body::ResponseBody;
 use crate::config::CacheConfig;
@@ -37,7 +37,10 @@ use crate::respond::X_REQUEST_ID;
 use control::Directives;
 use fill::{Fill, Filler, Joined};
 use policy::{Freshness, Rules, Use};
+use serve::{answer, set_age};
 use store::{Key, Meta, Object, Store};
+
+pub use note::{Counters, Note, Outcome, CACHE_STATUS, OUTCOMES};
 
 /// Fields a 304 does not update in a stored response: they describe the stored body (its
 /// length, coding, digest and range) and the validator it was selected by, or the
@@ -50,9 +53,6 @@ const KEPT_ON_UPDATE: [HeaderName; 6] = [
     ETAG,
     X_REQUEST_ID,
 ];
-
-/// `Cache-Status` (RFC 9211).
-pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// One route's cache: what it stores, and the fills under way.
 pub struct RouteCache {
@@ -106,132 +106,6 @@ impl RouteCache {
             key,
             registered: false,
         }
-    }
-}
-
-/// What the cache did for one request: the `Cache-Status` field, the access log's `cache`
-/// and the `result` of `baton_cache_total`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Note {
-    pub outcome: Outcome,
-    /// RFC 9211 `fwd`: why the request went upstream.
-    fwd: Option<&'static str>,
-    fwd_status: Option<u16>,
-    stored: bool,
-    collapsed: bool,
-    ttl: Option<i64>,
-    detail: Option<&'static str>,
-}
-
-/// How many [`Outcome`]s there are.
-pub const OUTCOMES: usize = 9;
-
-/// What a cached route's request came to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Answered from the cache, fresh (or as stale as the request allowed).
-    Hit,
-    /// Answered with another request's fetch.
-    Collapsed,
-    /// Answered stale while one background refresh runs.
-    StaleWhileRevalidate,
-    /// Answered stale instead of an error.
-    StaleIfError,
-    /// The stored response was stale, the upstream said it is still good (304).
-    Revalidated,
-    /// Nothing stored could answer: forwarded.
-    Miss,
-    /// Not for the cache: a method other than GET and HEAD.
-    Bypass,
-    /// The background refresh of a stale response.
-    Refresh,
-    /// `only-if-cached` and nothing to answer with: 504.
-    NotCached,
-}
-
-impl Outcome {
-    /// The label of the access log and the metrics.
-    pub fn result(self) -> &'static str {
-        match self {
-            Outcome::Hit => "hit",
-            Outcome::Collapsed => "collapsed",
-            Outcome::StaleWhileRevalidate => "stale-while-revalidate",
-            Outcome::StaleIfError => "stale-if-error",
-            Outcome::Revalidated => "revalidated",
-            Outcome::Miss => "miss",
-            Outcome::Bypass => "bypass",
-            Outcome::Refresh => "refresh",
-            Outcome::NotCached => "not-cached",
-        }
-    }
-
-    /// Whether the body came from the cache, for the hit ratio.
-    pub fn from_cache(self) -> bool {
-        matches!(
-            self,
-            Outcome::Hit
-                | Outcome::Collapsed
-                | Outcome::StaleWhileRevalidate
-                | Outcome::StaleIfError
-                | Outcome::Revalidated
-        )
-    }
-
-    /// Whether a stale response was given.
-    pub fn stale(self) -> bool {
-        matches!(self, Outcome::StaleWhileRevalidate | Outcome::StaleIfError)
-    }
-}
-
-impl Note {
-    fn new(outcome: Outcome, fwd: Option<&'static str>) -> Note {
-        Note {
-            outcome,
-            fwd,
-            fwd_status: None,
-            stored: false,
-            collapsed: false,
-            ttl: None,
-            detail: None,
-        }
-    }
-
-    fn hit(outcome: Outcome, object: &Object, now: SystemTime) -> Note {
-        Note {
-            ttl: Some(object.meta.rules.freshness.ttl(now)),
-            ..Note::new(outcome, None)
-        }
-    }
-
-    /// The `Cache-Status` field: `baton; hit; ttl=30`, `baton; fwd=miss; stored`, ...
-    pub fn header(&self) -> HeaderValue {
-        let mut text = String::with_capacity(48);
-        text.push_str("baton");
-        match self.fwd {
-            None if self.outcome != Outcome::NotCached => text.push_str("; hit"),
-            None => {}
-            Some(fwd) => {
-                text.push_str("; fwd=");
-                text.push_str(fwd);
-            }
-        }
-        if let Some(status) = self.fwd_status {
-            let _ = write!(text, "; fwd-status={status}");
-        }
-        if self.stored {
-            text.push_str("; stored");
-        }
-        if self.collapsed {
-            text.push_str("; collapsed");
-        }
-        if let Some(ttl) = self.ttl {
-            let _ = write!(text, "; ttl={ttl}");
-        }
-        if let Some(detail) = self.detail {
-            text.push_str("; detail=");
-            text.push_str(detail);
-        }
-        HeaderValue::try_from(text).unwrap_or(HeaderValue::from_static("baton"))
     }
 }
 
@@ -664,171 +538,5 @@ impl Drop for Lead {
                 fills.remove(&self.key);
             }
         }
-    }
-}
-
-impl Meta {
-    /// The head to store for a response to `request`: as it goes to the client, less
-    /// `Age` and the request's own ID.
-    fn new(status: StatusCode, headers: &HeaderMap, request: &HeaderMap, rules: Rules) -> Meta {
-        let stored = compact_headers(headers);
-        let names = policy::vary_names(headers).unwrap_or_default();
-        let values = policy::vary_values(&names, request);
-        Meta {
-            status,
-            vary: names.into_iter().zip(values).collect(),
-            etag: stored.get(ETAG).cloned(),
-            last_modified: stored.get(LAST_MODIFIED).cloned(),
-            headers: stored,
-            rules,
-        }
-    }
-
-    fn has_validators(&self) -> bool {
-        self.etag.is_some() || self.last_modified.is_some()
-    }
-}
-
-/// The fields to store, less `Age` and `X-Request-Id`, their values copied into one buffer
-/// of their own: a value parsed from a response shares the buffer the whole head was read
-/// into, which a stored copy would otherwise keep alive.
-fn compact_headers(headers: &HeaderMap) -> HeaderMap {
-    let kept = |name: &HeaderName| *name != AGE && *name != X_REQUEST_ID;
-    let size = headers
-        .iter()
-        .filter(|(name, _)| kept(name))
-        .map(|(_, value)| value.len())
-        .sum();
-    let mut values = bytes::BytesMut::with_capacity(size);
-    for (_, value) in headers.iter().filter(|(name, _)| kept(name)) {
-        values.extend_from_slice(value.as_bytes());
-    }
-    let values = values.freeze();
-    let mut stored = HeaderMap::with_capacity(headers.len());
-    let mut at = 0;
-    for (name, value) in headers.iter().filter(|(name, _)| kept(name)) {
-        let copy = values.slice(at..at + value.len());
-        at += value.len();
-        // The bytes were a valid value a moment ago.
-        if let Ok(copy) = HeaderValue::from_maybe_shared(copy) {
-            stored.append(name.clone(), copy);
-        }
-    }
-    stored
-}
-
-fn set_age(headers: &mut HeaderMap, meta: &Meta, now: SystemTime) {
-    headers.insert(AGE, HeaderValue::from(meta.rules.freshness.age(now)));
-}
-
-/// A stored response as the answer to a request: with its current `Age`, as a 304 when the
-/// client's `If-None-Match` or `If-Modified-Since` holds for it (RFC 9111 §4.3.2).
-fn answer(
-    object: &Object,
-    request: Option<&HeaderMap>,
-    head: bool,
-    now: SystemTime,
-) -> Response<ResponseBody> {
-    let meta = &object.meta;
-    let mut headers = meta.headers.clone();
-    set_age(&mut headers, meta, now);
-    let not_modified = meta.status == StatusCode::OK && request.is_some_and(|r| unchanged(meta, r));
-    let (status, body) = if not_modified {
-        headers.remove(CONTENT_LENGTH);
-        (StatusCode::NOT_MODIFIED, ResponseBody::empty())
-    } else if head {
-        (meta.status, ResponseBody::empty())
-    } else {
-        (
-            meta.status,
-            ResponseBody::stored(object.body.clone(), object.body_len),
-        )
-    };
-    let mut response = Response::new(body);
-    *response.status_mut() = status;
-    *response.headers_mut() = headers;
-    response
-}
-
-/// Whether the client's conditional GET finds the stored response unchanged: any of its
-/// `If-None-Match` tags matches the `ETag` weakly, or, without `If-None-Match`, the
-/// response was last modified by `If-Modified-Since` (RFC 9110 §13.1.2, §13.1.3).
-fn unchanged(meta: &Meta, request: &HeaderMap) -> bool {
-    if request.contains_key(IF_NONE_MATCH) {
-        let Some(etag) = &meta.etag else {
-            return false;
-        };
-        return request
-            .get_all(IF_NONE_MATCH)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .any(|tag| tag == "*" || weak_eq_str(tag, etag.to_str().unwrap_or("")));
-    }
-    let Some(since) = policy::http_date(request, IF_MODIFIED_SINCE) else {
-        return false;
-    };
-    let modified = policy::http_date(&meta.headers, LAST_MODIFIED)
-        .or_else(|| policy::http_date(&meta.headers, http::header::DATE));
-    modified.is_some_and(|modified| modified <= since)
-}
-
-/// Weak comparison of entity tags (RFC 9110 §8.8.3.2): equal opaque tags, `W/` or not.
-fn weak_eq_str(a: &str, b: &str) -> bool {
-    let opaque = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
-    !a.trim().is_empty() && opaque(a) == opaque(b)
-}
-
-/// Counts of a route's cache for the status page, kept with the route across reloads.
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Requests that could have come from the cache (GET and HEAD).
-    pub lookups: AtomicU64,
-    /// Of those, answered with a stored body.
-    pub hits: AtomicU64,
-    /// Stale answers given (while refreshing, or instead of an error).
-    pub stale: AtomicU64,
-}
-
-impl Counters {
-    pub fn record(&self, outcome: Outcome) {
-        if matches!(outcome, Outcome::Bypass | Outcome::Refresh) {
-            return;
-        }
-        self.lookups.fetch_add(1, Ordering::Relaxed);
-        if outcome.from_cache() {
-            self.hits.fetch_add(1, Ordering::Relaxed);
-        }
-        if outcome.stale() {
-            self.stale.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cache_status_reads_as_rfc_9211_shows() {
-        let mut note = Note::new(Outcome::Miss, Some("miss"));
-        note.stored = true;
-        note.fwd_status = Some(200);
-        note.ttl = Some(60);
-        assert_eq!(
-            note.header(),
-            "baton; fwd=miss; fwd-status=200; stored; ttl=60"
-        );
-        let mut hit = Note::new(Outcome::StaleIfError, None);
-        hit.detail = Some("stale-if-error");
-        assert_eq!(hit.header(), "baton; hit; detail=stale-if-error");
-    }
-
-    #[test]
-    fn entity_tags_compare_weakly() {
-        assert!(weak_eq_str("W/\"a\"", "\"a\""));
-        assert!(!weak_eq_str("\"a\"", "\"b\""));
-        assert!(!weak_eq_str("", ""));
     }
 }
