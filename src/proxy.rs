@@ -547,6 +547,10 @@ async fn handle_inner(
         let length = http_body::Body::size_hint(response.body()).exact();
         let (after, note) =
             pending.after_response(config, response.status(), response.headers(), length);
+        // For the gateway alone: clients never see it.
+        response
+            .headers_mut()
+            .remove(cache::control::SURROGATE_CONTROL);
         exchange.cache = Some(note);
         match after {
             After::Answer(answer) => {

@@ -158,6 +158,32 @@ async fn no_store_private_errors_and_cookies_are_never_stored() {
 }
 
 #[tokio::test]
+async fn surrogate_control_speaks_to_baton_and_stays_with_it() {
+    let origin = counting(&[
+        ("cache-control", "no-store"),
+        ("surrogate-control", "max-age=60;baton"),
+    ])
+    .await;
+    let baton = Baton::start(&config(origin.addr, "")).await;
+    let first = get(baton.addr, "/edge").await;
+    assert_eq!(first.header("surrogate-control"), None);
+    assert_eq!(first.header("cache-control"), Some("no-store"));
+    let second = get(baton.addr, "/edge").await;
+    assert_eq!(second.text(), "v1");
+    assert!(cache_status(&second).starts_with("baton; hit"));
+    assert_eq!(second.header("surrogate-control"), None);
+    let seen = origin.seen();
+    assert_eq!(
+        seen[0]
+            .2
+            .get("surrogate-capability")
+            .map(|v| v.to_str().unwrap()),
+        Some("baton=\"Surrogate/1.0\"")
+    );
+    baton.stop().await;
+}
+
+#[tokio::test]
 async fn an_unsafe_request_invalidates_what_is_stored() {
     let origin = counting(&[("cache-control", "max-age=60")]).await;
     let baton = Baton::start(&config(origin.addr, "")).await;

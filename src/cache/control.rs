@@ -139,6 +139,60 @@ impl Directives {
     }
 }
 
+/// `Surrogate-Control` (W3C Edge Architecture 1.0): directives for the gateway alone,
+/// which take the place of `Cache-Control` for it when they say anything it knows —
+/// `max-age=N` (with `+M`, M seconds more it may answer stale instead of an error) and
+/// `no-store` — each for every surrogate or, with `;baton`, for baton alone (a directive
+/// for another target is ignored). The origin learns baton's name from
+/// `Surrogate-Capability: baton="Surrogate/1.0"` on each request of a cached route.
+pub fn surrogate(headers: &HeaderMap) -> Option<Directives> {
+    let mut directives = Directives::default();
+    let mut known = false;
+    for line in headers.get_all(SURROGATE_CONTROL) {
+        let Ok(line) = line.to_str() else { continue };
+        for (name, value) in split(line) {
+            // The target rides on the value (`max-age=60;baton`) or on the name
+            // (`no-store;baton`).
+            let (name, name_target) = name.split_once(';').unwrap_or((name, ""));
+            let (value, value_target) = match value.map(|v| v.split_once(';').unwrap_or((v, ""))) {
+                Some((value, target)) => (Some(value), target),
+                None => (None, ""),
+            };
+            let target = if name_target.is_empty() {
+                value_target
+            } else {
+                name_target
+            };
+            if !target.is_empty() && !target.trim().eq_ignore_ascii_case(SURROGATE_NAME) {
+                continue;
+            }
+            if name.eq_ignore_ascii_case("no-store") {
+                directives.no_store = true;
+                known = true;
+            } else if name.eq_ignore_ascii_case("max-age") && directives.max_age.is_none() {
+                let (fresh, stale) = value.map_or((None, None), |v| match v.split_once('+') {
+                    Some((fresh, stale)) => (Some(fresh), Some(stale)),
+                    None => (Some(v), None),
+                });
+                directives.max_age = Some(Delta::parse(fresh));
+                directives.stale_if_error = stale.map(|s| Delta::parse(Some(s)));
+                known = true;
+            }
+        }
+    }
+    known.then_some(directives)
+}
+
+/// The name baton answers to in `Surrogate-Control` targets.
+pub const SURROGATE_NAME: &str = "baton";
+
+/// `Surrogate-Control`, for the gateway; never passed on to clients.
+pub const SURROGATE_CONTROL: http::HeaderName = http::HeaderName::from_static("surrogate-control");
+
+/// `Surrogate-Capability`, which tells the origin what baton understands.
+pub const SURROGATE_CAPABILITY: http::HeaderName =
+    http::HeaderName::from_static("surrogate-capability");
+
 /// The directives of a list: `name`, `name=token` or `name="quoted string"`, separated by
 /// commas; empty elements are skipped (RFC 9110 §5.6.1). A comma inside quotes does not
 /// end a directive.
@@ -229,6 +283,26 @@ mod tests {
         assert!(Directives::of_request(&headers).no_cache);
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("max-age=10"));
         assert!(!Directives::of_request(&headers).no_cache);
+    }
+
+    #[test]
+    fn surrogate_control_speaks_to_baton_or_to_every_surrogate() {
+        let of = |line: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(SURROGATE_CONTROL, HeaderValue::from_str(line).unwrap());
+            surrogate(&headers)
+        };
+        let d = of("foo, MaX-AgE=60+30").unwrap();
+        assert_eq!(d.max_age, Some(Delta::Seconds(60)));
+        assert_eq!(d.stale_if_error, Some(Delta::Seconds(30)));
+        assert!(!d.private && !d.no_cache);
+        assert_eq!(
+            of("max-age=60;baton").unwrap().max_age,
+            Some(Delta::Seconds(60))
+        );
+        assert_eq!(of("max-age=60;other"), None);
+        assert!(of("no-store;baton").unwrap().no_store);
+        assert_eq!(of("content=\"ESI/1.0\""), None);
     }
 
     #[test]

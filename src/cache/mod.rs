@@ -27,9 +27,9 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::header::{
     HeaderName, CONTENT_LENGTH, CONTENT_LOCATION, ETAG, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH,
-    IF_RANGE, IF_UNMODIFIED_SINCE, LOCATION, RANGE,
+    IF_RANGE, IF_UNMODIFIED_SINCE, LOCATION, RANGE, UPGRADE,
 };
-use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 
 use crate::body::ResponseBody;
 use crate::config::CacheConfig;
@@ -178,6 +178,11 @@ pub async fn lookup<B>(
         return Lookup::Forward(pending);
     }
     let headers = request.headers();
+    if headers.contains_key(UPGRADE) {
+        // A protocol switch (WebSocket) is not a resource to store.
+        pending.note = Note::new(Outcome::Bypass, Some("bypass"));
+        return Lookup::Forward(pending);
+    }
     let request_cc = Directives::of_request(headers);
     // A request that asks about one version (`If-Match`, `If-Range`...) is the origin's to
     // answer; `If-None-Match` and `If-Modified-Since` a stored response answers (§4.3.2).
@@ -312,6 +317,12 @@ impl Pending {
     /// Adds the stored response's validators to the request going upstream (RFC 9111
     /// §4.3.1), when it revalidates one.
     pub fn prepare(&self, headers: &mut HeaderMap) {
+        if !self.unsafe_method {
+            headers.insert(
+                control::SURROGATE_CAPABILITY,
+                HeaderValue::from_static("baton=\"Surrogate/1.0\""),
+            );
+        }
         let Some(stale) = self.stale.as_ref().filter(|_| self.revalidate) else {
             return;
         };
@@ -377,7 +388,7 @@ impl Pending {
         let Some(mut lead) = self.lead.take() else {
             return (After::Forward(None), self.note);
         };
-        let response_cc = Directives::of(headers);
+        let response_cc = response_directives(headers);
         let verdict = policy::storable(
             &self.request,
             &self.request_cc,
@@ -450,7 +461,7 @@ impl Pending {
                 merged.append(name.clone(), value.clone());
             }
         }
-        let response_cc = Directives::of(&merged);
+        let response_cc = response_directives(&merged);
         let freshness = Freshness::of(
             old.status,
             &merged,
@@ -497,6 +508,12 @@ impl Pending {
             store.remove(&Key::new(self.key.host(), &target));
         }
     }
+}
+
+/// The directives baton follows for a response: `Surrogate-Control`'s when it speaks to
+/// baton, else `Cache-Control`'s.
+fn response_directives(headers: &HeaderMap) -> Directives {
+    control::surrogate(headers).unwrap_or_else(|| Directives::of(headers))
 }
 
 /// A response being stored as it streams to the client. Dropped before

@@ -40,11 +40,13 @@ impl Meta {
     }
 }
 
-/// The fields to store, less `Age` and `X-Request-Id`, their values copied into one buffer
+/// The fields to store, less `Age`, `X-Request-Id` and `Surrogate-Control`, their values copied into one buffer
 /// of their own: a value parsed from a response shares the buffer the whole head was read
 /// into, which a stored copy would otherwise keep alive.
 fn compact_headers(headers: &HeaderMap) -> HeaderMap {
-    let kept = |name: &HeaderName| *name != AGE && *name != X_REQUEST_ID;
+    let kept = |name: &HeaderName| {
+        *name != AGE && *name != X_REQUEST_ID && *name != super::control::SURROGATE_CONTROL
+    };
     let size = headers
         .iter()
         .filter(|(name, _)| kept(name))
