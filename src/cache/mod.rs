@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::header::{
     HeaderName, CONTENT_LENGTH, CONTENT_LOCATION, ETAG, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH,
-    IF_RANGE, IF_UNMODIFIED_SINCE, LOCATION, RANGE, UPGRADE,
+    IF_RANGE, IF_UNMODIFIED_SINCE, LAST_MODIFIED, LOCATION, RANGE, UPGRADE,
 };
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 
@@ -414,15 +414,16 @@ impl Pending {
             received,
         );
         let rules = Rules::new(freshness, &response_cc, config);
-        let meta = Meta::new(status, headers, &self.request, rules);
         self.note.ttl = Some(rules.freshness.ttl(received));
-        if !rules.reusable() && !meta.has_validators() {
+        let validators = headers.contains_key(ETAG) || headers.contains_key(LAST_MODIFIED);
+        if !rules.reusable() && !validators {
             // Stale on arrival, with nothing to revalidate it by and no stale answer
             // allowed: storing it could never serve anyone.
             self.note.detail = Some("not-reusable");
             self.keep_apart();
             return (After::Forward(None), self.note);
         }
+        let meta = Meta::new(status, headers, &self.request, rules);
         self.note.stored = true;
         // Only a response fresh on arrival may go to the requests waiting for it: one that
         // must be validated first is theirs to fetch.

@@ -2,7 +2,6 @@
 //! log's `cache` and the `result` of `baton_cache_total` say it; and the counts of each
 //! route's cache for the status pages.
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
@@ -109,7 +108,8 @@ impl Note {
 
     /// The `Cache-Status` field: `baton; hit; ttl=30`, `baton; fwd=miss; stored`, ...
     pub fn header(&self) -> HeaderValue {
-        let mut text = String::with_capacity(48);
+        let mut text = String::with_capacity(64);
+        let mut number = itoa::Buffer::new();
         text.push_str("baton");
         match self.fwd {
             None if self.outcome != Outcome::NotCached => text.push_str("; hit"),
@@ -120,7 +120,8 @@ impl Note {
             }
         }
         if let Some(status) = self.fwd_status {
-            let _ = write!(text, "; fwd-status={status}");
+            text.push_str("; fwd-status=");
+            text.push_str(number.format(status));
         }
         if self.stored {
             text.push_str("; stored");
@@ -129,7 +130,8 @@ impl Note {
             text.push_str("; collapsed");
         }
         if let Some(ttl) = self.ttl {
-            let _ = write!(text, "; ttl={ttl}");
+            text.push_str("; ttl=");
+            text.push_str(number.format(ttl));
         }
         if let Some(detail) = self.detail {
             text.push_str("; detail=");
