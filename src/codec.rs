@@ -248,13 +248,65 @@ impl FieldSpans {
     /// The fields as a header map over `head` (the buffer, frozen), with room for `extra`
     /// more; `None` when a name or value is not valid for `http`.
     pub fn to_map(&self, head: &Bytes, extra: usize) -> Option<HeaderMap> {
-        let mut map = HeaderMap::with_capacity(self.0.len() + extra);
+        let mut map = maps::take(self.0.len() + extra);
         for &(name, value) in &self.0 {
             let name = HeaderName::from_bytes(&head[name.0 as usize..name.1 as usize]).ok()?;
             let value = HeaderValue::from_maybe_shared(slice(head, value)).ok()?;
             map.append(name, value);
         }
         Some(map)
+    }
+}
+
+/// Header maps kept for reuse on their thread. A map for seven fields or more holds its
+/// entries in over a kilobyte, more than glibc's per-thread cache serves, so each one made
+/// and dropped went through the allocator's bins (and made it consolidate its fast bins):
+/// about 1,300 instructions per proxied request for the request's and the answer's maps.
+/// The maps of heads baton has written are cleared and handed to the next heads it reads.
+pub mod maps {
+    use std::cell::RefCell;
+
+    use http::HeaderMap;
+
+    /// Maps kept per thread: about as many as requests in flight at once on a busy core
+    /// take turns with, at 1.3–2.6 KiB each.
+    const KEPT: usize = 64;
+    /// Maps larger than this many fields are dropped, not kept.
+    const LARGEST: usize = 48;
+
+    thread_local! {
+        static KEPT_MAPS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// An empty map with room for `fields`: a kept one if there is one.
+    pub fn take(fields: usize) -> HeaderMap {
+        let kept = KEPT_MAPS
+            .try_with(|kept| kept.try_borrow_mut().ok()?.pop())
+            .ok()
+            .flatten();
+        match kept {
+            Some(mut map) => {
+                map.reserve(fields);
+                map
+            }
+            None => HeaderMap::with_capacity(fields),
+        }
+    }
+
+    /// Keeps `map`, emptied, for a later [`take`] on this thread.
+    pub fn give(mut map: HeaderMap) {
+        let capacity = map.capacity();
+        if !(12..=LARGEST).contains(&capacity) {
+            return;
+        }
+        map.clear();
+        let _ = KEPT_MAPS.try_with(|kept| {
+            if let Ok(mut kept) = kept.try_borrow_mut() {
+                if kept.len() < KEPT {
+                    kept.push(map);
+                }
+            }
+        });
     }
 }
 

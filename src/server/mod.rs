@@ -45,7 +45,7 @@ use tokio::time::Instant;
 
 use crate::body::ResponseBody;
 use crate::cause::Cause;
-use crate::codec::{encode_chunk_size, encode_field_lines, encode_trailers};
+use crate::codec::{encode_chunk_size, encode_field_lines, encode_trailers, maps};
 use crate::forward::header_tokens;
 use crate::gateway::{stop_requested, Gateway};
 use crate::listener::ClientConn;
@@ -346,6 +346,7 @@ async fn write_response(
         }
     }
     out.extend_from_slice(b"\r\n");
+    maps::give(parts.headers);
     let mut output = Output {
         out,
         data: Bytes::new(),

@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use crate::body::RequestBody;
 use crate::cause::Cause;
 use crate::classify;
-use crate::codec::{encode_data, encode_trailers, MAX_HEAD_BYTES};
+use crate::codec::{encode_data, encode_trailers, maps, MAX_HEAD_BYTES};
 use crate::forward::Forwarding;
 use crate::transport::Stream;
 
@@ -109,7 +109,14 @@ impl Conn {
                 .unwrap_or(Err(Failed::Sent(Cause::UpstreamResponseTimeout))),
             None => exchange.await,
         };
-        result.map_err(|failed| match failed {
+        let failed = match result {
+            Ok(response) => {
+                maps::give(parts.headers);
+                return Ok(response);
+            }
+            Err(failed) => failed,
+        };
+        Err(match failed {
             Failed::NotSent(body) => SendError::NotSent(
                 Box::new(Request::from_parts(parts, body)),
                 Cause::UpstreamReset,
