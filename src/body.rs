@@ -162,23 +162,27 @@ impl ResponseBody {
         exchange: Exchange,
         keep: Option<Keep>,
     ) -> ResponseBody {
-        let mut body = UpstreamBody {
-            inner,
-            idle,
-            deadline,
-            timer: None,
-            waiting: false,
-            lease: Some(lease),
-            exchange: Some(exchange),
-            keep,
-            bytes: 0,
-            detached: None,
-        };
+        // Written into its box, not built on the stack and copied there.
+        let mut body = Box::write(
+            Box::new_uninit(),
+            UpstreamBody {
+                inner,
+                idle,
+                deadline,
+                timer: None,
+                waiting: false,
+                lease: Some(lease),
+                exchange: Some(exchange),
+                keep,
+                bytes: 0,
+                detached: None,
+            },
+        );
         if body.inner.is_end_stream() {
             body.finish(None);
         }
         ResponseBody {
-            kind: Kind::Upstream(Box::new(body)),
+            kind: Kind::Upstream(body),
         }
     }
 }
@@ -220,7 +224,8 @@ impl UpstreamBody {
                 Some(cause) => lease.record_failure(cause),
             }
         }
-        if let Some(mut exchange) = self.exchange.take() {
+        // Ended where it lies: the exchange is large, and moving it out costs a copy.
+        if let Some(exchange) = self.exchange.as_mut() {
             // A whole answer settles the key and is stored; an aborted one leaves the
             // key's outcome unknown, and nothing is stored.
             let keep = self.keep.take();
@@ -240,6 +245,7 @@ impl UpstreamBody {
                 None => exchange.finish(self.bytes, abort),
             }
         }
+        self.exchange = None;
         self.timer = None;
     }
 

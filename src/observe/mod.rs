@@ -178,7 +178,7 @@ impl Exchange {
 
     /// Records the exchange: `bytes_out` body bytes sent, `abort` the cause when the
     /// response was cut off mid-body.
-    pub fn finish(self, bytes_out: u64, abort: Option<Cause>) {
+    pub fn finish(&self, bytes_out: u64, abort: Option<Cause>) {
         let gateway = &*self.gateway;
         let metrics = &gateway.observer.metrics;
         let cause = abort.or(self.cause);
