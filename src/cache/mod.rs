@@ -14,6 +14,7 @@
 //! field ([`Note`]).
 
 pub mod control;
+mod date;
 pub mod fill;
 mod note;
 pub mod policy;

@@ -8,6 +8,7 @@ use http::header::{
 };
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
+use super::date;
 use super::policy::{self, Rules};
 use super::store::{Meta, Object};
 use crate::body::ResponseBody;
@@ -119,11 +120,11 @@ fn unchanged(meta: &Meta, request: &HeaderMap) -> bool {
             .map(str::trim)
             .any(|tag| tag == "*" || weak_eq_str(tag, etag.to_str().unwrap_or("")));
     }
-    let Some(since) = policy::http_date(request, IF_MODIFIED_SINCE) else {
+    let Some(since) = date::http_date(request, IF_MODIFIED_SINCE) else {
         return false;
     };
-    let modified = policy::http_date(&meta.headers, LAST_MODIFIED)
-        .or_else(|| policy::http_date(&meta.headers, http::header::DATE));
+    let modified = date::http_date(&meta.headers, LAST_MODIFIED)
+        .or_else(|| date::http_date(&meta.headers, http::header::DATE));
     modified.is_some_and(|modified| modified <= since)
 }
 
