@@ -21,6 +21,7 @@ use tokio::time::{Instant, Sleep};
 use crate::cache::fill::FillReader;
 use crate::cache::Lead;
 use crate::cause::Cause;
+use crate::codec::RawFields;
 use crate::idempotency::{StoredResponse, MAX_STORED_BODY};
 use crate::observe::Exchange;
 use crate::upstream::client::Incoming;
@@ -124,6 +125,15 @@ impl ResponseBody {
     pub fn full_bytes(&self) -> Option<&Bytes> {
         match &self.kind {
             Kind::Full(data) => data.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// An upstream answer's fields as read, when they are not in its header map (see
+    /// [`Forwarding::raw_answer`](crate::forward::Forwarding::raw_answer)).
+    pub fn raw_fields(&self) -> Option<&RawFields> {
+        match &self.kind {
+            Kind::Upstream(body) => body.inner.raw_fields(),
             _ => None,
         }
     }

@@ -461,7 +461,7 @@ async fn handle_inner(
     if let Some(pending) = &pending {
         pending.prepare(&mut parts.headers);
     }
-    let forwarding = Forwarding::new(
+    let mut forwarding = Forwarding::new(
         &parts.headers,
         &peer,
         host.as_ref(),
@@ -469,6 +469,12 @@ async fn handle_inner(
         &exchange.request_id,
         route.preserve_host,
     );
+    // Only the fields baton adds go into the answer's map on the way to an HTTP/1.1
+    // client when neither the cache nor an idempotency key reads the answer.
+    forwarding.raw_answer = parts.version <= Version::HTTP_11
+        && pending.is_none()
+        && exchange.claim.is_none()
+        && !upgrade;
     parts.uri = parts
         .uri
         .path_and_query()

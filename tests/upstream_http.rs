@@ -199,3 +199,70 @@ async fn an_early_answer_reaches_a_client_that_sends_its_whole_body_first() {
     assert_eq!(response.text(), "big!");
     baton.stop().await;
 }
+
+/// The head and body baton writes for `answer` from an upstream, asked for over HTTP/1.1
+/// with the client's `X-Request-Id`.
+async fn written_for(answer: &[u8]) -> (String, String) {
+    let upstream = Upstream::raw(answer).await;
+    let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
+    let mut client = TcpStream::connect(baton.addr).await.unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nhost: a.test\r\nx-request-id: client-1\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut written = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut written))
+        .await
+        .expect("the answer, then the close")
+        .unwrap();
+    baton.stop().await;
+    let written = String::from_utf8(written).unwrap();
+    let (head, body) = written.split_once("\r\n\r\n").expect("a whole head");
+    (format!("{head}\r\n"), body.to_owned())
+}
+
+#[tokio::test]
+async fn answer_fields_go_on_as_they_came_less_the_hop_by_hop_ones() {
+    let (head, body) = written_for(
+        b"HTTP/1.1 200 OK\r\nServer: Up\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+          X-Request-Id: upstream-made\r\nSet-Cookie: a=1\r\nVary: accept\r\nSet-Cookie: b=2\r\n\
+          Via: 1.1 inner\r\nDate: Tue, 01 Dec 2026 00:00:00 GMT\r\nContent-Length: 2\r\n\r\nok",
+    )
+    .await;
+    assert_eq!(body, "ok");
+    // The upstream's fields in their order and case; baton's own after them.
+    let expected_start = "HTTP/1.1 200 OK\r\nServer: Up\r\nSet-Cookie: a=1\r\nVary: accept\r\n\
+                          Set-Cookie: b=2\r\nVia: 1.1 inner\r\nDate: Tue, 01 Dec 2026 00:00:00 GMT\r\n\
+                          Content-Length: 2\r\n";
+    assert!(head.starts_with(expected_start), "{head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.contains("\r\nvia: 1.1 baton\r\n"), "{head}");
+    assert_eq!(lower.matches("x-request-id:").count(), 1, "{head}");
+    assert!(lower.contains("\r\nx-request-id: client-1\r\n"), "{head}");
+    assert_eq!(
+        lower.matches("date:").count(),
+        1,
+        "the upstream's Date only: {head}"
+    );
+    assert_eq!(lower.matches("content-length:").count(), 1, "{head}");
+    assert!(!lower.contains("keep-alive"), "{head}");
+    assert!(
+        lower.contains("\r\nconnection: close\r\n"),
+        "for the client's close: {head}"
+    );
+
+    // Fields that `Connection` names go too (the head goes through a header map then).
+    let (head, body) = written_for(
+        b"HTTP/1.1 200 OK\r\nConnection: x-secret\r\nX-Secret: 1\r\nX-Kept: 2\r\n\
+          Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(body, "2\r\nok\r\n0\r\n\r\n");
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.contains("\r\nx-kept: 2\r\n"), "{head}");
+    assert!(!lower.contains("x-secret"), "{head}");
+    assert!(
+        lower.contains("\r\ndate: "),
+        "baton's Date when the upstream sent none: {head}"
+    );
+}

@@ -207,6 +207,10 @@ pub struct Forwarding {
     request_id: HeaderValue,
     /// The client's host, sent as `Host` instead of the endpoint's (`preserve_host`).
     host: Option<HeaderValue>,
+    /// Nothing on the way reads the answer's fields, and the client speaks HTTP/1.1: an
+    /// HTTP/1.1 upstream's answer may keep its fields as read, to be written out as they
+    /// are (`codec::RawFields`).
+    pub raw_answer: bool,
 }
 
 impl Forwarding {
@@ -244,6 +248,7 @@ impl Forwarding {
             via: via_hop(version),
             request_id: request_id.clone(),
             host: host.filter(|_| preserve_host).cloned(),
+            raw_answer: false,
         }
     }
 

@@ -171,8 +171,15 @@ pub(super) async fn serve(stream: Stream, read: Bytes, mut setup: Setup) {
             // Boxed, and built in its box: hyper moves this future into a task of its own
             // for each stream, and the request future inline would be copied each time.
             let handling = Box::write(Box::new_uninit(), proxy::handle(gateway, &conn, request));
-            let response = Box::into_pin(handling).await;
+            let mut response = Box::into_pin(handling).await;
             guard.answered = true;
+            // Not asked for on HTTP/2, but should an answer's fields still be as read,
+            // hyper can only send them from the map.
+            if let Some(raw) = response.body().raw_fields() {
+                let mut fields = http::HeaderMap::new();
+                let _ = raw.append_to(&mut fields);
+                response.headers_mut().extend(fields);
+            }
             Ok::<_, Infallible>(response.map(|body| Tracked {
                 body,
                 _guard: guard,

@@ -45,7 +45,7 @@ use tokio::time::Instant;
 
 use crate::body::ResponseBody;
 use crate::cause::Cause;
-use crate::codec::{encode_chunk_size, encode_field_lines, encode_trailers, maps};
+use crate::codec::{encode_chunk_size, encode_field_lines, encode_trailers, maps, RawFields};
 use crate::forward::header_tokens;
 use crate::gateway::{stop_requested, Gateway};
 use crate::listener::ClientConn;
@@ -305,15 +305,24 @@ async fn write_response(
     let (parts, body) = response.into_parts();
     let status = parts.status;
     let headers = &parts.headers;
+    // An upstream's fields as read, when they are not in the map (`codec::RawFields`);
+    // the map then holds only what baton adds, never `Connection` or `Content-Length`.
+    let raw = body.raw_fields();
     let switching = status == StatusCode::SWITCHING_PROTOCOLS && facts.upgrade;
     close |= header_tokens(headers, CONNECTION).any(|t| t.eq_ignore_ascii_case("close"));
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let declared = match raw {
+        Some(raw) => raw.content_length(),
+        None => headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok()),
+    };
     let mut out = BytesMut::with_capacity(1000);
     out.extend_from_slice(prefix);
     encode_status(&mut out, status);
+    if let Some(raw) = raw {
+        raw.encode(&mut out);
+    }
     encode_field_lines(&mut out, headers);
     let no_body = facts.head_request
         || status.is_informational()
@@ -335,7 +344,7 @@ async fn write_response(
         close = true;
         Framing::Close
     };
-    if !headers.contains_key(DATE) {
+    if !headers.contains_key(DATE) && !raw.is_some_and(RawFields::has_date) {
         encode_date(&mut out);
     }
     if !switching && !headers.contains_key(CONNECTION) {

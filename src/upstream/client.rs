@@ -12,6 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 
 use super::h1;
 use super::h2::Slot;
+use crate::codec::RawFields;
 
 /// A response body from an upstream.
 pub enum Incoming {
@@ -26,6 +27,14 @@ impl Incoming {
     pub fn take_reusable(&mut self) -> Option<(h1::Conn, Option<Duration>)> {
         match self {
             Incoming::H1(body) => body.take_reusable(),
+            Incoming::H2(..) => None,
+        }
+    }
+
+    /// The response's fields as read (HTTP/1.1 only), when they are not in its header map.
+    pub fn raw_fields(&self) -> Option<&RawFields> {
+        match self {
+            Incoming::H1(body) => body.raw_fields(),
             Incoming::H2(..) => None,
         }
     }

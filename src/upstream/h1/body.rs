@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 
 use super::Conn;
-use crate::codec::Decoder;
+use crate::codec::{Decoder, RawFields};
 
 /// A response body read from its connection as the client takes it.
 pub struct Body {
@@ -23,9 +23,19 @@ pub struct Body {
     pub(super) keep_alive_hint: Option<Duration>,
     /// A failure to report at the next poll (see [`Body::poll_frame`]).
     pub(super) failed: Option<io::Error>,
+    /// The head's fields for the client as read, when the exchange asked for them so.
+    /// Boxed: inline, it would take the boxed response body past the size glibc's
+    /// per-thread cache serves (1,032 bytes).
+    pub(super) raw: Option<Box<RawFields>>,
 }
 
 impl Body {
+    /// The response's fields as read, which then are not in its header map: the client's
+    /// side writes them out as they are.
+    pub fn raw_fields(&self) -> Option<&RawFields> {
+        self.raw.as_deref()
+    }
+
     /// The connection, once the body ended cleanly and the exchange allows its reuse, and
     /// how long the upstream said it keeps it open (`Keep-Alive: timeout`).
     pub fn take_reusable(&mut self) -> Option<(Conn, Option<Duration>)> {

@@ -36,7 +36,7 @@ mod head;
 
 pub use body::Body;
 pub(crate) use head::fuzz;
-use head::{early, parse_head, response_framing, Early, ParsedHead};
+use head::{early, parse_head, Early, ParsedHead};
 
 /// Request body data this small is written with the head, in one system call.
 const COALESCE_BYTES: usize = 16 * 1024;
@@ -86,7 +86,8 @@ impl Conn {
 
     /// Sends `request`, with the fields of `forwarding` and `host` as its `Host` unless
     /// the client's is kept, and reads the response head, all by `deadline` (else
-    /// `upstream-response-timeout`). The response body streams from the connection through
+    /// `upstream-response-timeout`). When `forwarding` says so, the response's fields may
+    /// be left as read, in the body ([`Body::raw_fields`]), its header map then empty. The response body streams from the connection through
     /// the returned [`Body`], which gives the connection back when the exchange allows its
     /// reuse.
     pub async fn send(
@@ -102,7 +103,7 @@ impl Conn {
         let mut head = BytesMut::with_capacity(512);
         encode_request_line(&mut head, &parts);
         forwarding.encode_fields(&mut head, &parts.headers, host);
-        let exchange = self.exchange(head, body, framing, head_request);
+        let exchange = self.exchange(head, body, framing, head_request, forwarding.raw_answer);
         let result = match deadline {
             Some(deadline) => tokio::time::timeout_at(deadline, exchange)
                 .await
@@ -137,6 +138,7 @@ impl Conn {
         mut body: RequestBody,
         framing: Outgoing,
         head_request: bool,
+        raw: bool,
     ) -> Result<Response<Body>, Failed> {
         // Body data already at hand, when small, goes out with the head in one write; it
         // is taken from the body only once written.
@@ -168,7 +170,10 @@ impl Conn {
                 .map_err(Failed::Sent)?;
         }
         drop(body);
-        let (head, mut incoming) = self.read_head(head_request).await.map_err(Failed::Sent)?;
+        let (head, mut incoming) = self
+            .read_head(head_request, raw)
+            .await
+            .map_err(Failed::Sent)?;
         // An upstream that answered before taking the whole body left the connection in
         // the middle of a request.
         incoming.reusable &= whole;
@@ -247,26 +252,29 @@ impl Conn {
         }
     }
 
-    /// Reads until a whole response head (skipping interim 1xx answers other than 101).
+    /// Reads until a whole response head (skipping interim 1xx answers other than 101);
+    /// with `raw`, its fields as read when the head allows it (see [`Body::raw_fields`]).
     async fn read_head(
         mut self,
         head_request: bool,
+        raw: bool,
     ) -> Result<(http::response::Parts, Body), Cause> {
         loop {
             if self.buf.is_empty() {
                 self.read_more().await?;
             }
-            if let Some(parsed) = parse_head(&mut self.buf)? {
+            if let Some(parsed) = parse_head(&mut self.buf, head_request, raw)? {
                 let ParsedHead {
                     status,
                     version,
                     headers,
+                    raw,
                     connection,
+                    framing,
                 } = parsed;
                 if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
                     continue;
                 }
-                let framing = response_framing(status, &headers, head_request)?;
                 let (mut parts, ()) = Response::new(()).into_parts();
                 parts.status = status;
                 parts.version = version;
@@ -278,6 +286,7 @@ impl Conn {
                     reusable: connection.allows_reuse(version),
                     keep_alive_hint: connection.timeout,
                     failed: None,
+                    raw,
                 };
                 return Ok((parts, body));
             }
