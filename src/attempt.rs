@@ -149,7 +149,13 @@ pub async fn attempt(
         };
         let lease = Lease::new(endpoint.clone());
         match conn
-            .send(request, forwarding, &endpoint.host_header, head_deadline)
+            .send(
+                request,
+                forwarding,
+                &endpoint.host_header,
+                head_deadline,
+                endpoint,
+            )
             .await
         {
             Ok(response) => {

@@ -5,6 +5,7 @@ mod support;
 
 use std::time::Duration;
 
+use support::h2;
 use support::{get, request, Baton, Upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -264,5 +265,43 @@ async fn answer_fields_go_on_as_they_came_less_the_hop_by_hop_ones() {
     assert!(
         lower.contains("\r\ndate: "),
         "baton's Date when the upstream sent none: {head}"
+    );
+}
+
+/// An HTTP/2 client asks for `/` and cancels the stream while the upstream, which answers
+/// after `delay`, is still working on it; once that answer is due, the next request comes.
+/// Returns the upstream connections that took.
+async fn connections_after_a_cancelled_stream(delay: Duration) -> usize {
+    let upstream = Upstream::slow_head(delay).await;
+    let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
+    let mut client = h2::Client::connect(baton.addr).await;
+    client.send(&h2::get(1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(upstream.requests(), 1, "the request reached the upstream");
+    client.send(&h2::reset(1)).await.unwrap();
+    tokio::time::sleep(delay + Duration::from_millis(300)).await;
+    let response = get(baton.addr, "/").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text(), "slow");
+    drop(client);
+    baton.stop().await;
+    upstream.connections()
+}
+
+#[tokio::test]
+async fn a_connection_whose_client_left_is_kept_when_its_answer_comes_soon() {
+    assert_eq!(
+        connections_after_a_cancelled_stream(Duration::from_millis(300)).await,
+        1,
+        "the answer no one waited for was read, and its connection reused"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_whose_client_left_is_closed_when_its_answer_is_late() {
+    assert_eq!(
+        connections_after_a_cancelled_stream(Duration::from_millis(1500)).await,
+        2,
+        "an answer later than a second is not waited for"
     );
 }

@@ -147,7 +147,7 @@ impl Pool {
 
     /// Returns a connection whose exchange completed. `hint` is the upstream's
     /// `Keep-Alive: timeout`.
-    fn checkin(&self, conn: Conn, hint: Option<Duration>) {
+    pub(super) fn checkin(&self, conn: Conn, hint: Option<Duration>) {
         if self.keepalive.max_idle_per_endpoint == 0 {
             return;
         }

@@ -16,7 +16,9 @@
 use std::future::poll_fn;
 use std::io;
 use std::pin::pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
@@ -27,9 +29,10 @@ use tokio::time::Instant;
 use crate::body::RequestBody;
 use crate::cause::Cause;
 use crate::classify;
-use crate::codec::{encode_data, encode_trailers, maps, MAX_HEAD_BYTES};
+use crate::codec::{encode_data, encode_trailers, maps, Decoder, MAX_HEAD_BYTES};
 use crate::forward::Forwarding;
 use crate::transport::Stream;
+use crate::upstream::Endpoint;
 
 mod body;
 mod head;
@@ -96,6 +99,7 @@ impl Conn {
         forwarding: &Forwarding,
         host: &HeaderValue,
         deadline: Option<Instant>,
+        endpoint: &Arc<Endpoint>,
     ) -> Result<Response<Body>, SendError> {
         let head_request = request.method() == Method::HEAD;
         let (mut parts, body) = request.into_parts();
@@ -103,13 +107,21 @@ impl Conn {
         let mut head = BytesMut::with_capacity(512);
         encode_request_line(&mut head, &parts);
         forwarding.encode_fields(&mut head, &parts.headers, host);
-        let exchange = self.exchange(head, body, framing, head_request, forwarding.raw_answer);
+        let mut flight = InFlight {
+            conn: Some(self),
+            endpoint,
+            head_request,
+            written: false,
+        };
+        let exchange = flight.exchange(head, body, framing, forwarding.raw_answer);
         let result = match deadline {
             Some(deadline) => tokio::time::timeout_at(deadline, exchange)
                 .await
                 .unwrap_or(Err(Failed::Sent(Cause::UpstreamResponseTimeout))),
             None => exchange.await,
         };
+        // An exchange that failed or ran out of time ends with its connection.
+        flight.written = false;
         let failed = match result {
             Ok(response) => {
                 maps::give(parts.headers);
@@ -129,55 +141,6 @@ impl Conn {
             }
             Failed::Sent(cause) => SendError::Sent(cause, Box::new(parts)),
         })
-    }
-
-    /// Writes the encoded head `out` and the body, and reads the response head.
-    async fn exchange(
-        mut self,
-        mut out: BytesMut,
-        mut body: RequestBody,
-        framing: Outgoing,
-        head_request: bool,
-        raw: bool,
-    ) -> Result<Response<Body>, Failed> {
-        // Body data already at hand, when small, goes out with the head in one write; it
-        // is taken from the body only once written.
-        let coalesced = match body.front_data() {
-            Some(data) if data.len() <= COALESCE_BYTES => {
-                encode_data(&mut out, data, matches!(framing, Outgoing::Chunked));
-                Some(data.len() as u64)
-            }
-            _ => None,
-        };
-        match poll_fn(|cx| self.io.poll_write(cx, &[io::IoSlice::new(&out)])).await {
-            Ok(written) if written > 0 => {
-                if self.io.write_all(&out[written..]).await.is_err() {
-                    return Err(Failed::Sent(Cause::UpstreamReset));
-                }
-            }
-            // Nothing went out: the request, untouched, may go elsewhere.
-            _ => return Err(Failed::NotSent(body)),
-        }
-        if coalesced.is_some() {
-            // The frame just written, through the body's own accounting.
-            let _ = body.frame().await;
-        }
-        let mut whole = true;
-        if !http_body::Body::is_end_stream(&body) || matches!(framing, Outgoing::Chunked) {
-            whole = self
-                .send_body(&mut body, framing, coalesced.unwrap_or(0))
-                .await
-                .map_err(Failed::Sent)?;
-        }
-        drop(body);
-        let (head, mut incoming) = self
-            .read_head(head_request, raw)
-            .await
-            .map_err(Failed::Sent)?;
-        // An upstream that answered before taking the whole body left the connection in
-        // the middle of a request.
-        incoming.reusable &= whole;
-        Ok(Response::from_parts(head, incoming))
     }
 
     /// Writes the rest of the request body while watching for an early response. Returns
@@ -252,49 +215,53 @@ impl Conn {
         }
     }
 
-    /// Reads until a whole response head (skipping interim 1xx answers other than 101);
-    /// with `raw`, its fields as read when the head allows it (see [`Body::raw_fields`]).
-    async fn read_head(
-        mut self,
-        head_request: bool,
-        raw: bool,
-    ) -> Result<(http::response::Parts, Body), Cause> {
+    /// Reads until a whole final response head (skipping interim 1xx answers other than
+    /// 101); with `raw`, its fields as read when the head allows it (see
+    /// [`Body::raw_fields`]).
+    async fn read_head(&mut self, head_request: bool, raw: bool) -> Result<ParsedHead, Cause> {
         loop {
             if self.buf.is_empty() {
                 self.read_more().await?;
             }
-            if let Some(parsed) = parse_head(&mut self.buf, head_request, raw)? {
-                let ParsedHead {
-                    status,
-                    version,
-                    headers,
-                    raw,
-                    connection,
-                    framing,
-                } = parsed;
-                if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(head) = parse_head(&mut self.buf, head_request, raw)? {
+                if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS
+                {
                     continue;
                 }
-                let (mut parts, ()) = Response::new(()).into_parts();
-                parts.status = status;
-                parts.version = version;
-                parts.headers = headers;
-                let body = Body {
-                    conn: Some(self),
-                    framing,
-                    upgraded: status == StatusCode::SWITCHING_PROTOCOLS,
-                    reusable: connection.allows_reuse(version),
-                    keep_alive_hint: connection.timeout,
-                    failed: None,
-                    raw,
-                };
-                return Ok((parts, body));
+                return Ok(head);
             }
             if self.buf.len() >= MAX_HEAD_BYTES {
                 return Err(Cause::UpstreamInvalidResponse);
             }
             self.read_more().await?;
         }
+    }
+
+    /// The answer with `head`, its body read from this connection. `whole`: the request
+    /// was sent whole (else the connection is left in the middle of it).
+    fn answer(self, head: ParsedHead, whole: bool) -> Response<Body> {
+        let ParsedHead {
+            status,
+            version,
+            headers,
+            raw,
+            connection,
+            framing,
+        } = head;
+        let (mut parts, ()) = Response::new(()).into_parts();
+        parts.status = status;
+        parts.version = version;
+        parts.headers = headers;
+        let body = Body {
+            conn: Some(self),
+            framing,
+            upgraded: status == StatusCode::SWITCHING_PROTOCOLS,
+            reusable: whole && connection.allows_reuse(version),
+            keep_alive_hint: connection.timeout,
+            failed: None,
+            raw,
+        };
+        Response::from_parts(parts, body)
     }
 
     /// Reads more of a response head; the upstream closing first is a reset.
@@ -319,6 +286,119 @@ impl Conn {
     fn idle(mut self) -> Conn {
         self.buf = BytesMut::new();
         self
+    }
+}
+
+/// A request on its way, and its connection until the answer's head is read. Should the
+/// exchange be dropped once the whole request was written (its client went away, an
+/// HTTP/2 client cancelled the stream), the connection would close with it and the next
+/// request open a new one; instead the answer is read in the background ([`drain`]) and,
+/// when short, the connection goes back to the pool.
+struct InFlight<'a> {
+    conn: Option<Conn>,
+    endpoint: &'a Arc<Endpoint>,
+    head_request: bool,
+    /// The whole request was written, and its answer not taken yet.
+    written: bool,
+}
+
+impl InFlight<'_> {
+    /// Writes the encoded head `out` and the body, and reads the response head.
+    async fn exchange(
+        &mut self,
+        mut out: BytesMut,
+        mut body: RequestBody,
+        framing: Outgoing,
+        raw: bool,
+    ) -> Result<Response<Body>, Failed> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(Failed::NotSent(body));
+        };
+        // Body data already at hand, when small, goes out with the head in one write; it
+        // is taken from the body only once written.
+        let coalesced = match body.front_data() {
+            Some(data) if data.len() <= COALESCE_BYTES => {
+                encode_data(&mut out, data, matches!(framing, Outgoing::Chunked));
+                Some(data.len() as u64)
+            }
+            _ => None,
+        };
+        match poll_fn(|cx| conn.io.poll_write(cx, &[io::IoSlice::new(&out)])).await {
+            Ok(written) if written > 0 => {
+                if conn.io.write_all(&out[written..]).await.is_err() {
+                    return Err(Failed::Sent(Cause::UpstreamReset));
+                }
+            }
+            // Nothing went out: the request, untouched, may go elsewhere.
+            _ => return Err(Failed::NotSent(body)),
+        }
+        if coalesced.is_some() {
+            // The frame just written, through the body's own accounting.
+            let _ = body.frame().await;
+        }
+        let mut whole = true;
+        if !http_body::Body::is_end_stream(&body) || matches!(framing, Outgoing::Chunked) {
+            whole = conn
+                .send_body(&mut body, framing, coalesced.unwrap_or(0))
+                .await
+                .map_err(Failed::Sent)?;
+        }
+        drop(body);
+        // An upstream that answered before taking the whole body left the connection in
+        // the middle of a request: nothing to keep it for.
+        self.written = whole;
+        let head = conn
+            .read_head(self.head_request, raw)
+            .await
+            .map_err(Failed::Sent)?;
+        self.written = false;
+        match self.conn.take() {
+            Some(conn) => Ok(conn.answer(head, whole)),
+            None => Err(Failed::Sent(Cause::UpstreamReset)),
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.written {
+            return;
+        }
+        let (Some(conn), Ok(runtime)) = (self.conn.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        runtime.spawn(drain(conn, self.head_request, self.endpoint.clone()));
+    }
+}
+
+/// The most of an answer no one waits for that is read to keep its connection, and how
+/// long it may take: longer or slower answers end with their connection.
+const DRAIN_BYTES: u64 = 64 * 1024;
+const DRAIN_TIME: Duration = Duration::from_secs(1);
+
+/// Reads the answer to a request whose exchange was dropped, and pools the connection when
+/// the answer ends within [`DRAIN_BYTES`] and [`DRAIN_TIME`] and allows reuse.
+async fn drain(mut conn: Conn, head_request: bool, endpoint: Arc<Endpoint>) {
+    let read = async move {
+        let head = conn.read_head(head_request, true).await.ok()?;
+        let mut body = conn.answer(head, true).into_body();
+        let endless = matches!(body.framing, Decoder::Close);
+        let long = matches!(body.framing, Decoder::Length(length) if length > DRAIN_BYTES);
+        if endless || long || body.upgraded || !body.reusable {
+            return None;
+        }
+        let mut left = DRAIN_BYTES;
+        while let Some(frame) = body.frame().await {
+            if let Some(data) = frame.ok()?.data_ref() {
+                left = left.checked_sub(data.len() as u64)?;
+            }
+        }
+        body.take_reusable()
+    };
+    if let Ok(Some((conn, hint))) = tokio::time::timeout(DRAIN_TIME, read).await {
+        tracing::debug!(endpoint = %endpoint.addr, "kept the connection of an answer no one waited for");
+        endpoint.pool.checkin(conn, hint);
     }
 }
 
