@@ -163,13 +163,8 @@ impl Decoder {
                     let (len, trailers) = match httparse::parse_headers(buf, &mut fields) {
                         Ok(httparse::Status::Complete((len, fields))) => {
                             let mut trailers = HeaderMap::new();
-                            for field in fields.iter() {
-                                let name = HeaderName::from_bytes(field.name.as_bytes());
-                                let value = HeaderValue::from_bytes(field.value);
-                                if let (Ok(name), Ok(value)) = (name, value) {
-                                    trailers.append(name, value);
-                                }
-                            }
+                            // A trailer field `http` refuses is dropped; the rest are kept.
+                            append_fields(&mut trailers, fields);
                             (len, trailers)
                         }
                         Ok(httparse::Status::Partial) => {
@@ -349,7 +344,8 @@ impl RawFields {
     }
 
     /// The fields passed on, appended to `map` (for an answer that goes out over HTTP/2
-    /// after all); `None` when a name or value is not valid for `http`.
+    /// after all); `None` when a name or value is not valid for `http` (the others are
+    /// appended).
     pub fn append_to(&self, map: &mut HeaderMap) -> Option<()> {
         let mut block = BytesMut::with_capacity(self.head.len());
         self.encode(&mut block);
@@ -360,14 +356,24 @@ impl RawFields {
         else {
             return None;
         };
-        for field in fields.iter() {
-            map.append(
-                HeaderName::from_bytes(field.name.as_bytes()).ok()?,
-                HeaderValue::from_bytes(field.value).ok()?,
-            );
-        }
-        Some(())
+        append_fields(map, fields).then_some(())
     }
+}
+
+/// Appends the parsed `fields` that `http` takes to `map`; whether it took them all.
+fn append_fields(map: &mut HeaderMap, fields: &[httparse::Header<'_>]) -> bool {
+    let mut all = true;
+    for field in fields {
+        let name = HeaderName::from_bytes(field.name.as_bytes());
+        let value = HeaderValue::from_bytes(field.value);
+        match (name, value) {
+            (Ok(name), Ok(value)) => {
+                map.append(name, value);
+            }
+            _ => all = false,
+        }
+    }
+    all
 }
 
 /// Header maps kept for reuse on their thread. A map for seven fields or more holds its
@@ -401,7 +407,8 @@ pub mod maps {
                 map.reserve(fields);
                 map
             }
-            // Never smaller than a map worth keeping (room for 12 fields).
+            // Never smaller than a map worth keeping: `with_capacity(8)` makes room for 12
+            // fields, the least that `give` keeps.
             None => HeaderMap::with_capacity(fields.max(8)),
         }
     }

@@ -67,7 +67,7 @@ pub fn header_tokens(
 
 /// The headers that only concern one connection (RFC 9110 §7.6.1), besides those that
 /// `Connection` names.
-const HOP_BY_HOP: [HeaderName; 7] = [
+pub(crate) const HOP_BY_HOP: [HeaderName; 7] = [
     CONNECTION,
     KEEP_ALIVE,
     PROXY_CONNECTION,

@@ -90,9 +90,11 @@ impl Conn {
     /// Sends `request`, with the fields of `forwarding` and `host` as its `Host` unless
     /// the client's is kept, and reads the response head, all by `deadline` (else
     /// `upstream-response-timeout`). When `forwarding` says so, the response's fields may
-    /// be left as read, in the body ([`Body::raw_fields`]), its header map then empty. The response body streams from the connection through
-    /// the returned [`Body`], which gives the connection back when the exchange allows its
-    /// reuse.
+    /// be left as read, in the body ([`Body::raw_fields`]), its header map then empty. The
+    /// response body streams from the connection through the returned [`Body`], which gives
+    /// the connection back when the exchange allows its reuse; should the exchange be
+    /// dropped after the request was written, the connection goes back to `endpoint`'s pool
+    /// if its answer is short (see `InFlight`).
     pub async fn send(
         self,
         request: Request<RequestBody>,
