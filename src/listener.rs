@@ -180,9 +180,10 @@ pub async fn serve(
                     None => Stream::Tcp(stream),
                     Some(acceptor) => {
                         let timeout = setup.limits.header_read_timeout;
-                        let Some(stream) =
-                            handshake(&state, &setup, stream, &acceptor, timeout).await
-                        else {
+                        // Boxed: a handshake's state is a few kilobytes, which a
+                        // task would otherwise keep for as long as its connection is open.
+                        let handshake = handshake(&state, &setup, stream, &acceptor, timeout);
+                        let Some(stream) = Box::pin(handshake).await else {
                             return;
                         };
                         stream
