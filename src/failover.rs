@@ -16,6 +16,8 @@ use crate::cause::{Cause, Delivery};
 use crate::config::Route;
 use crate::forward::Forwarding;
 use crate::gateway::{Gateway, RouteState};
+use crate::limit;
+use crate::listener::ClientConn;
 use crate::observe::access_log::FailedAttempt;
 use crate::observe::metrics::{AttemptLabels, RouteLabel};
 use crate::observe::Exchange;
@@ -32,7 +34,9 @@ pub(crate) struct Outgoing {
     pub key: Option<u64>,
 }
 
-/// Tries the route's upstream until an endpoint answers with a response head, retrying as
+/// The admission and upstream stages: waits for a place at the upstream when it has
+/// `max_inflight` (`watch`: the client connection to see leave while the request waits),
+/// then tries the route's upstream until an endpoint answers with a response head, retrying as
 /// SPEC §6 allows: a failure before anything was sent, for any method; a failure after
 /// sending, for idempotent methods (or `non_idempotent`) whose body was read in full. Retries
 /// go to endpoints not yet tried while there are some, wait a jittered backoff, and each
@@ -43,15 +47,22 @@ pub(crate) async fn try_endpoints(
     upstream: &Upstream,
     stats: &RouteState,
     route: &Route,
+    watch: Option<&ClientConn>,
     outgoing: Outgoing,
     exchange: &mut Exchange,
 ) -> Result<Success, ProxyError> {
+    // One stage with the admission rather than a call around both: each level of
+    // `async fn` moves the request and the whole future below it once more.
+    let deadline = route.timeouts.total.map(|total| exchange.started + total);
+    if upstream.admission.is_some() {
+        Box::pin(limit::admit(gateway, upstream, deadline, watch, exchange)).await?;
+    }
+    stats.retry_budget.record_request();
     let Outgoing {
         mut request,
         forwarding,
         key,
     } = outgoing;
-    let deadline = route.timeouts.total.map(|total| exchange.started + total);
     let members = upstream.members();
     let metrics = &gateway.observer.metrics;
     let policy = &route.retry;

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use crate::body::{Capture, Keep, RequestBody, ResponseBody};
 use crate::cache::{self, After, Lead, Lookup, CACHE_STATUS};
 use crate::cause::{Cause, Delivery};
-use crate::failover::Outgoing;
+use crate::failover::{try_endpoints, Outgoing};
 use crate::forward::{self, Forwarding, Peer};
 use crate::gateway::{Gateway, Snapshot};
 use crate::guard::{self, Stage};
@@ -32,13 +32,13 @@ use crate::status;
 use crate::upstream::client::Incoming;
 use crate::upstream::pool::Lease;
 
+mod refresh;
 mod request;
-mod send;
 
+use refresh::{refresh_in_background, FILL_PATIENCE};
 use request::{
     answer_early, declared_length, hash_body, header_list_size, request_host, route_path,
 };
-use send::{refresh_in_background, send, FILL_PATIENCE};
 
 /// Why baton answers a request itself.
 #[derive(Debug)]
@@ -506,12 +506,11 @@ async fn handle_inner(
         return Ok(Answer::Page(stale));
     }
     let watch = outgoing.request.body().is_read().then_some(conn);
-    let sent = send(
+    let sent = try_endpoints(
         gateway,
         upstream,
         route_state,
         route,
-        deadline,
         watch,
         outgoing,
         exchange,

@@ -1,46 +1,19 @@
-//! The admission and upstream stages as one call, and the background refresh of a stale
-//! cached response that goes through them with no client waiting.
+//! The background refresh of a stale cached response, which goes through the admission
+//! and upstream stages with no client waiting.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
-use super::ProxyError;
 use crate::body::{Keep, ResponseBody};
 use crate::cache::{After, Pending};
-use crate::config::Route;
 use crate::failover::{try_endpoints, Outgoing};
 use crate::forward;
-use crate::gateway::{Gateway, RouteState, Snapshot};
-use crate::limit;
-use crate::listener::ClientConn;
+use crate::gateway::{Gateway, Snapshot};
 use crate::observe::Exchange;
-use crate::upstream::Upstream;
 
 /// The longest a request waits for another's fetch of the same URI before it goes
 /// upstream itself (bounded by the route's `response_header` timeout).
 pub(super) const FILL_PATIENCE: Duration = Duration::from_secs(30);
-
-/// The admission and upstream stages: waits for a place at the upstream (when it has
-/// `max_inflight`), then tries its endpoints.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn send(
-    gateway: &Gateway,
-    upstream: &Upstream,
-    route_state: &RouteState,
-    route: &Route,
-    deadline: Option<Instant>,
-    watch: Option<&ClientConn>,
-    outgoing: Outgoing,
-    exchange: &mut Exchange,
-) -> Result<crate::attempt::Success, ProxyError> {
-    if upstream.admission.is_some() {
-        Box::pin(limit::admit(gateway, upstream, deadline, watch, exchange)).await?;
-    }
-    route_state.retry_budget.record_request();
-    try_endpoints(gateway, upstream, route_state, route, outgoing, exchange).await
-}
 
 /// Refreshes a stale stored response in the background (`stale-while-revalidate`): the
 /// request goes upstream as any other, and its answer is stored, read to the end with no
@@ -56,12 +29,11 @@ pub(super) async fn refresh_in_background(
     let route = &snapshot.config.routes[route_index];
     let upstream = &snapshot.upstreams[route.upstream];
     let deadline = route.timeouts.total.map(|total| exchange.started + total);
-    let sent = send(
+    let sent = try_endpoints(
         &gateway,
         upstream,
         &snapshot.routes[route_index],
         route,
-        deadline,
         None,
         outgoing,
         &mut exchange,
