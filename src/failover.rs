@@ -1,8 +1,8 @@
 //! Failing over (SPEC §6): a request, once the upstream's admission let it in, tries the
 //! route's upstream, endpoint after endpoint, until one answers with a response head or the
-//! retry policy says stop. Each attempt is
-//! counted against its endpoint (metrics, health, latency) and in the exchange (the access
-//! log's attempts, delivery, connect and first-byte times).
+//! retry policy says stop. Each attempt is counted against its endpoint (metrics, health,
+//! latency) and in the exchange (the access log's attempts, delivery, connect and
+//! first-byte times).
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
