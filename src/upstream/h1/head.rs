@@ -392,6 +392,7 @@ mod tests {
         // The list `forward::remove_hop_by_hop` works from, in two cases.
         for hop in crate::forward::HOP_BY_HOP {
             for name in [hop.as_str().to_owned(), hop.as_str().to_ascii_uppercase()] {
+                assert!(is_hop_by_hop(name.as_bytes()), "{name}");
                 assert!(!known(&name).passed_on(), "{name}");
             }
         }
