@@ -15,6 +15,8 @@
 //!   writing every answer) and hands HTTP/2 (by ALPN, or h2c) to hyper's HTTP/2 server
 //!   with the limits of [`server`]'s `h2` module;
 //! - [`transport`] is the byte stream under both sides, plain TCP or TLS;
+//! - [`timer`] keeps a connection's deadline (an idle client's, an upstream's answer's)
+//!   in one timer that moves only when the deadline comes sooner;
 //! - [`proxy`] is the handler: [`proxy::handle`] wraps the work of `handle_inner` and is the
 //!   one place that turns a result into a response;
 //! - [`route`] picks the route by host and longest path prefix;
@@ -78,6 +80,7 @@ pub mod slots;
 pub mod sock;
 pub mod status;
 pub mod store;
+pub mod timer;
 pub mod tls;
 pub mod transport;
 pub mod upstream;

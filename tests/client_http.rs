@@ -286,3 +286,33 @@ async fn an_idle_keep_alive_connection_closes_after_idle_timeout() {
     assert!(started.elapsed() < Duration::from_secs(2));
     baton.stop().await;
 }
+
+/// A later request on a keep-alive connection may wait `idle_timeout` to begin, but once
+/// begun its head must be whole within `header_read_timeout`: the shorter limit takes over
+/// from the longer one.
+#[tokio::test]
+async fn a_slow_head_after_a_kept_alive_request_is_408_after_header_read_timeout() {
+    let upstream = Upstream::ok("hi").await;
+    let config = support::simple_config(&[upstream.addr], "", "").replace(
+        "listen = \"127.0.0.1:0\"\n\n[[routes]]",
+        "listen = \"127.0.0.1:0\"\nidle_timeout = \"30s\"\nheader_read_timeout = \"300ms\"\n\n[[routes]]",
+    );
+    let baton = Baton::start(&config).await;
+    let mut client = baton.connect().await;
+    for _ in 0..2 {
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(read_response(&mut client, "GET").await.text(), "hi");
+    }
+    // Idle for longer than the head's limit: only `idle_timeout` applies until it begins.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    client.write_all(b"GET / HTTP/1.1\r\nhost").await.unwrap();
+    let started = std::time::Instant::now();
+    let response = read_response(&mut client, "GET").await;
+    assert_eq!(response.status(), 408);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(upstream.requests(), 2);
+    baton.stop().await;
+}

@@ -158,6 +158,31 @@ async fn no_head_in_time_is_504_response_timeout() {
     baton.stop().await;
 }
 
+/// Each answer has its own `response_header` limit from when its request was sent, on a
+/// pooled connection too: answers that each come in time are never cut by the limit of
+/// the request before them.
+#[tokio::test]
+async fn each_answer_on_a_pooled_connection_has_its_own_head_timeout() {
+    let upstream = Upstream::slow_head(Duration::from_millis(200)).await;
+    let baton = Baton::in_front_of(
+        &[upstream.addr],
+        "timeouts = { response_header = \"500ms\" }\nretry = { attempts = 1 }",
+        "",
+    )
+    .await;
+    let started = Instant::now();
+    for _ in 0..6 {
+        assert_eq!(get(baton.addr, "/").await.text(), "slow");
+    }
+    assert!(started.elapsed() >= Duration::from_millis(1200));
+    assert_eq!(
+        upstream.connections(),
+        1,
+        "one pooled connection carried them all"
+    );
+    baton.stop().await;
+}
+
 #[tokio::test]
 async fn total_timeout_bounds_a_slow_head() {
     let upstream = Upstream::slow_head(Duration::from_secs(3)).await;

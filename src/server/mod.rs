@@ -50,6 +50,7 @@ use crate::forward::header_tokens;
 use crate::gateway::{stop_requested, Gateway};
 use crate::listener::ClientConn;
 use crate::proxy;
+use crate::timer::LazyDeadline;
 use crate::transport::Stream;
 use crate::upstream::h1;
 use body::{lock, Continue, H1Body, Reader};
@@ -108,8 +109,9 @@ pub async fn serve(stream: Stream, mut setup: Setup) {
     setup.conn.set_socket(&io);
     let mut buf = BytesMut::new();
     let mut first = true;
+    let mut timer = LazyDeadline::new(Instant::now() + setup.limits.header_read_timeout);
     loop {
-        let head = match read_head(&io, &mut buf, first, &mut setup).await {
+        let head = match read_head(&io, &mut buf, first, &mut setup, &mut timer).await {
             HeadRead::Request(head) => head,
             // Boxed, as are the tunnel and the lingering close: an idle connection's task
             // is as large as its largest state, and these are rare.
@@ -227,20 +229,25 @@ enum HeadRead {
     Closed,
 }
 
-/// Reads until a whole request head is in `buf`, within the connection's time limits: the
-/// first head must be complete `header_read_timeout` after the connection opened; a later
-/// one may keep the connection idle for `idle_timeout`, and must then be
-/// complete `header_read_timeout` after its first byte.
-async fn read_head(io: &Stream, buf: &mut BytesMut, first: bool, setup: &mut Setup) -> HeadRead {
+/// Reads until a whole request head is in `buf`, within the connection's time limits
+/// (`timer`): the first head must be complete `header_read_timeout` after the connection
+/// opened; a later one may keep the connection idle for `idle_timeout`, and must then be
+/// complete `header_read_timeout` after its first byte. A head that comes whole in one
+/// read leaves the timer's deadline only later than before, which costs no timer work
+/// (see [`LazyDeadline`]).
+async fn read_head(
+    io: &Stream,
+    buf: &mut BytesMut,
+    first: bool,
+    setup: &mut Setup,
+    timer: &mut LazyDeadline,
+) -> HeadRead {
     let limits = setup.limits;
     let mut scanned = 0;
-    let mut started = !buf.is_empty();
-    let mut deadline = Instant::now()
-        + if first || started {
-            limits.header_read_timeout
-        } else {
-            limits.idle_timeout
-        };
+    let mut started = false;
+    if !first {
+        timer.set(Instant::now() + limits.idle_timeout);
+    }
     loop {
         if !buf.is_empty() {
             match inspect(buf, &mut scanned, first, limits.max_head_bytes) {
@@ -249,19 +256,18 @@ async fn read_head(io: &Stream, buf: &mut BytesMut, first: bool, setup: &mut Set
                 Verdict::H2 => return HeadRead::H2,
                 Verdict::Refused(refusal) => return HeadRead::Refused(refusal),
             }
+            if !started && !first {
+                timer.set(Instant::now() + limits.header_read_timeout);
+            }
+            started = true;
         }
         tokio::select! {
             biased;
             read = poll_fn(|cx| io.poll_read_head(cx, buf)) => match read {
                 Ok(0) | Err(_) => return HeadRead::Closed,
-                Ok(_) => {
-                    if !started && !first {
-                        deadline = Instant::now() + limits.header_read_timeout;
-                    }
-                    started = true;
-                }
+                Ok(_) => {}
             },
-            () = tokio::time::sleep_until(deadline) => {
+            () = timer.passed() => {
                 return if started {
                     HeadRead::Refused(refusal(Cause::ClientTimeout))
                 } else {

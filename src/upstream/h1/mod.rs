@@ -13,11 +13,11 @@
 //! without `Connection: close`, or HTTP/1.0 with `keep-alive`), its body was delimited
 //! and read to the end, and nothing followed it.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -31,6 +31,7 @@ use crate::cause::Cause;
 use crate::classify;
 use crate::codec::{encode_data, encode_trailers, maps, Decoder, MAX_HEAD_BYTES};
 use crate::forward::Forwarding;
+use crate::timer::LazyDeadline;
 use crate::transport::Stream;
 use crate::upstream::Endpoint;
 
@@ -51,6 +52,9 @@ pub struct Conn {
     io: Stream,
     /// Bytes read and not yet used.
     buf: BytesMut,
+    /// The deadline of the answer being waited for, kept with the connection from one
+    /// request to the next so that moving it costs no timer work (see [`LazyDeadline`]).
+    timer: Option<LazyDeadline>,
 }
 
 /// A failed exchange, and whether any of the request reached the upstream.
@@ -77,6 +81,7 @@ impl Conn {
         Conn {
             io,
             buf: BytesMut::new(),
+            timer: None,
         }
     }
 
@@ -96,7 +101,7 @@ impl Conn {
     /// dropped after the request was written, the connection goes back to `endpoint`'s pool
     /// if its answer is short (see `InFlight`).
     pub async fn send(
-        self,
+        mut self,
         request: Request<RequestBody>,
         forwarding: &Forwarding,
         host: &HeaderValue,
@@ -106,6 +111,7 @@ impl Conn {
         let head_request = request.method() == Method::HEAD;
         let (mut parts, body) = request.into_parts();
         let framing = request_framing(&mut parts.headers, &body);
+        let mut timer = self.timer.take();
         let mut head = BytesMut::with_capacity(512);
         encode_request_line(&mut head, &parts);
         forwarding.encode_fields(&mut head, &parts.headers, host);
@@ -117,16 +123,34 @@ impl Conn {
         };
         let exchange = flight.exchange(head, body, framing, forwarding.raw_answer);
         let result = match deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline, exchange)
+            Some(deadline) => {
+                let timer = match &mut timer {
+                    Some(timer) => {
+                        timer.set(deadline);
+                        timer
+                    }
+                    None => timer.insert(LazyDeadline::new(deadline)),
+                };
+                let mut exchange = pin!(exchange);
+                poll_fn(|cx| {
+                    if let Poll::Ready(done) = exchange.as_mut().poll(cx) {
+                        return Poll::Ready(done);
+                    }
+                    ready!(timer.poll_passed(cx));
+                    Poll::Ready(Err(Failed::Sent(Cause::UpstreamResponseTimeout)))
+                })
                 .await
-                .unwrap_or(Err(Failed::Sent(Cause::UpstreamResponseTimeout))),
+            }
             None => exchange.await,
         };
         // An exchange that failed or ran out of time ends with its connection.
         flight.written = false;
         let failed = match result {
-            Ok(response) => {
+            Ok(mut response) => {
                 maps::give(parts.headers);
+                if let Some(conn) = response.body_mut().conn.as_mut() {
+                    conn.timer = timer;
+                }
                 return Ok(response);
             }
             Err(failed) => failed,
