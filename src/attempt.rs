@@ -103,7 +103,7 @@ async fn connect(endpoint: &Endpoint, limit: Option<Duration>) -> Result<Stream,
     }
 }
 
-/// Sends `request` to `endpoint`. `connect_timeout` bounds a new connection;
+/// Sends `request` to `endpoint`, at `now`. `connect_timeout` bounds a new connection;
 /// `head_deadline` bounds the wait for the response head.
 ///
 /// HTTP/1.1 is inline here rather than a function of its own: each level of `async fn`
@@ -114,6 +114,7 @@ pub async fn attempt(
     forwarding: &Forwarding,
     connect_timeout: Option<Duration>,
     head_deadline: Option<Instant>,
+    now: Instant,
 ) -> Result<Success, Failure> {
     if endpoint.pool.protocol() != Protocol::Http1 {
         return Box::pin(attempt_h2(
@@ -125,7 +126,7 @@ pub async fn attempt(
         ))
         .await;
     }
-    let mut pooled = endpoint.pool.checkout();
+    let mut pooled = endpoint.pool.checkout(now);
     loop {
         let reused = pooled.is_some();
         let mut connect_time = None;

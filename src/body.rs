@@ -228,9 +228,11 @@ impl UpstreamBody {
     /// Ends the exchange once: `None` for a complete body (the connection is reusable),
     /// otherwise the cause of the abort (the connection is dropped).
     fn finish(&mut self, abort: Option<Cause>) {
+        // One clock reading for the pool's idle time and the exchange's duration.
+        let now = Instant::now();
         if let Some(lease) = self.lease.take() {
             match abort {
-                None => lease.release(self.inner.take_reusable()),
+                None => lease.release(self.inner.take_reusable(), now),
                 Some(cause) => lease.record_failure(cause),
             }
         }
@@ -251,8 +253,10 @@ impl UpstreamBody {
             }
             // A client that left is logged as such, with what it was sent.
             match self.detached {
-                Some(sent) => exchange.finish(sent, Some(abort.unwrap_or(Cause::ClientClosed))),
-                None => exchange.finish(self.bytes, abort),
+                Some(sent) => {
+                    exchange.finish_at(sent, Some(abort.unwrap_or(Cause::ClientClosed)), now)
+                }
+                None => exchange.finish_at(self.bytes, abort, now),
             }
         }
         self.exchange = None;

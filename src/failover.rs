@@ -58,7 +58,9 @@ pub(crate) async fn try_endpoints(
     if upstream.admission.is_some() {
         Box::pin(limit::admit(gateway, upstream, deadline, watch, exchange)).await?;
     }
-    stats.retry_budget.record_request();
+    // One clock reading for the budget, the balancer and the first attempt's start.
+    let mut now = Instant::now();
+    stats.retry_budget.record_request(ms_at(now));
     let Outgoing {
         mut request,
         forwarding,
@@ -84,9 +86,10 @@ pub(crate) async fn try_endpoints(
     loop {
         // Another endpoint while there is one; then any usable one again but those that
         // timed out.
-        let index = members.pick(&tried, key).or_else(|| {
+        let now_ms = ms_at(now);
+        let index = members.pick_at(&tried, key, now_ms).or_else(|| {
             (!tried.is_empty())
-                .then(|| members.pick(&timed_out, key))
+                .then(|| members.pick_at(&timed_out, key, now_ms))
                 .flatten()
         });
         let Some(index) = index else {
@@ -96,7 +99,7 @@ pub(crate) async fn try_endpoints(
         let endpoint = &members.endpoints[index];
         exchange.endpoint = Some(endpoint.label.clone());
         exchange.attempts += 1;
-        let sent_at = Instant::now();
+        let sent_at = now;
         let head_deadline = route
             .timeouts
             .response_header
@@ -110,6 +113,7 @@ pub(crate) async fn try_endpoints(
             &forwarding,
             route.timeouts.connect,
             head_deadline,
+            sent_at,
         )
         .await;
         match &result {
@@ -150,11 +154,11 @@ pub(crate) async fn try_endpoints(
             Err(failure) => failure,
         };
         let failed_at = Instant::now();
-        let now = ms_at(failed_at);
+        let failed_ms = ms_at(failed_at);
         endpoint.failed.fetch_add(1, Ordering::Relaxed);
-        endpoint.record_failure(failure.cause, now);
+        endpoint.record_failure(failure.cause, failed_ms);
         endpoint.recent.record(
-            now,
+            failed_ms,
             failed_at.saturating_duration_since(sent_at),
             Some(failure.cause),
         );
@@ -192,7 +196,7 @@ pub(crate) async fn try_endpoints(
             break;
         }
         let wait = backoff(policy, exchange.attempts - 1);
-        if deadline.is_some_and(|d| Instant::now() + wait >= d) {
+        if deadline.is_some_and(|d| failed_at + wait >= d) {
             break;
         }
         exchange.failed_attempts.push(FailedAttempt {
@@ -207,6 +211,7 @@ pub(crate) async fn try_endpoints(
             })
             .inc();
         tokio::time::sleep(wait).await;
+        now = Instant::now();
         request = next;
     }
     Err(match last_failure {

@@ -562,7 +562,7 @@ async fn handle_inner(
                 // A 304 leaves the connection ready for the next request.
                 let body = response.body_mut();
                 if http_body::Body::is_end_stream(body) {
-                    success.lease.release(body.take_reusable());
+                    success.lease.release(body.take_reusable(), Instant::now());
                 }
                 return Ok(Answer::Page(answer));
             }

@@ -72,9 +72,9 @@ impl RetryBudget {
         now_ms() / 1000
     }
 
-    /// Counts a request.
-    pub fn record_request(&self) {
-        self.bucket(Self::now_second())
+    /// Counts a request made at `now_ms` (see `upstream::endpoint::now_ms`).
+    pub fn record_request(&self, now_ms: u64) {
+        self.bucket(now_ms / 1000)
             .requests
             .fetch_add(1, Ordering::Relaxed);
     }
@@ -190,7 +190,7 @@ mod tests {
         let budget = RetryBudget::default();
         let p = policy();
         for _ in 0..100 {
-            budget.record_request();
+            budget.record_request(now_ms());
         }
         // 20% of 100, plus 1 per second over the 10 s window.
         let spent = (0..100).take_while(|_| budget.try_spend(&p)).count();

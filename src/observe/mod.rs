@@ -19,7 +19,7 @@ use crate::gateway::{Gateway, RouteState};
 use crate::idempotency::Claim;
 use crate::limit::admission::Permit;
 use crate::limit::RateNote;
-use crate::upstream::endpoint::now_ms;
+use crate::upstream::endpoint::ms_at;
 use crate::upstream::Upstream;
 use access_log::{AccessLog, AccessRecord, FailedAttempt};
 use metrics::{ErrorLabels, Metrics, RouteCode, RouteLabel};
@@ -80,7 +80,6 @@ impl Observer {
 pub struct Exchange {
     gateway: Arc<Gateway>,
     pub started: Instant,
-    started_at: SystemTime,
     pub request_id: HeaderValue,
     /// The client's address, as text.
     client: HeaderValue,
@@ -133,7 +132,6 @@ impl Exchange {
         Exchange {
             gateway,
             started: Instant::now(),
-            started_at: SystemTime::now(),
             request_id,
             client,
             method,
@@ -179,16 +177,27 @@ impl Exchange {
     /// Records the exchange: `bytes_out` body bytes sent, `abort` the cause when the
     /// response was cut off mid-body.
     pub fn finish(&self, bytes_out: u64, abort: Option<Cause>) {
+        self.finish_at(bytes_out, abort, Instant::now());
+    }
+
+    /// [`Exchange::finish`], ended at `now`.
+    pub fn finish_at(&self, bytes_out: u64, abort: Option<Cause>, now: Instant) {
         let gateway = &*self.gateway;
         let metrics = &gateway.observer.metrics;
         let cause = abort.or(self.cause);
         let route_stats = self.route.as_deref();
         let route_label = route_stats.map_or(&metrics.no_route, |r| &r.label);
         let upstream = self.upstream.as_deref();
-        let duration = self.started.elapsed();
+        let duration = now.saturating_duration_since(self.started);
         if let Some(stats) = route_stats {
-            stats.recent.record(now_ms(), duration, cause);
+            stats.recent.record(ms_at(now), duration, cause);
         }
+        // The wall-clock time it began, for the records that show it: read here, not
+        // kept from the start, as most requests make no such record.
+        let started_at = || {
+            let wall = SystemTime::now();
+            wall.checked_sub(duration).unwrap_or(wall)
+        };
 
         let seconds = duration.as_secs_f64();
         match route_stats {
@@ -247,7 +256,7 @@ impl Exchange {
                 stats.errors.fetch_add(1, Ordering::Relaxed);
             }
             gateway.observer.push_error(RecentError {
-                at: self.started_at,
+                at: started_at(),
                 request_id: String::from_utf8_lossy(self.request_id.as_bytes()).into_owned(),
                 route: route_stats.map(|r| r.label.clone()),
                 upstream: upstream.map(|u| u.name.clone()),
@@ -270,7 +279,7 @@ impl Exchange {
             .map(crate::route::normalize_host)
             .unwrap_or_default();
         log.write(&AccessRecord {
-            ts: self.started_at,
+            ts: started_at(),
             request_id: &request_id,
             client: self.client.to_str().unwrap_or(""),
             method: self.method.as_str(),

@@ -229,10 +229,15 @@ impl Members {
     /// The next usable endpoint, skipping those in `tried`; `None` when none is left.
     /// `key` is the request's hash key when the upstream balances by hash.
     pub fn pick(&self, tried: &[usize], key: Option<u64>) -> Option<usize> {
+        self.pick_at(tried, key, now_ms())
+    }
+
+    /// [`Members::pick`] at `now` (see [`now_ms`]), for a caller that read the clock.
+    pub fn pick_at(&self, tried: &[usize], key: Option<u64>, now: u64) -> Option<usize> {
         let pick = Pick {
             endpoints: &self.endpoints,
             tried,
-            now: now_ms(),
+            now,
             slow_start: self.slow_start,
         };
         self.balancer.pick(&pick, key)

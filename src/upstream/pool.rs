@@ -133,9 +133,8 @@ impl Pool {
         Ok(stream)
     }
 
-    /// The most recently used idle connection that has not expired or closed.
-    pub fn checkout(&self) -> Option<Conn> {
-        let now = Instant::now();
+    /// The most recently used idle connection that has not expired or closed by `now`.
+    pub fn checkout(&self, now: Instant) -> Option<Conn> {
         let mut idle = self.idle.lock().ok()?;
         while let Some(candidate) = idle.pop_back() {
             if candidate.expires > now && candidate.conn.is_open() {
@@ -145,9 +144,9 @@ impl Pool {
         None
     }
 
-    /// Returns a connection whose exchange completed. `hint` is the upstream's
+    /// Returns a connection whose exchange completed at `now`. `hint` is the upstream's
     /// `Keep-Alive: timeout`.
-    pub(super) fn checkin(&self, conn: Conn, hint: Option<Duration>) {
+    pub(super) fn checkin(&self, conn: Conn, hint: Option<Duration>, now: Instant) {
         if self.keepalive.max_idle_per_endpoint == 0 {
             return;
         }
@@ -159,7 +158,6 @@ impl Pool {
         if keep.is_zero() {
             return;
         }
-        let now = Instant::now();
         let Ok(mut idle) = self.idle.lock() else {
             return;
         };
@@ -204,11 +202,11 @@ impl Lease {
             .record_failure(cause, super::endpoint::now_ms());
     }
 
-    /// The exchange completed; the connection, when it may serve the next request, goes
-    /// back to the pool with the upstream's `Keep-Alive: timeout`.
-    pub fn release(self, reusable: Option<(Conn, Option<Duration>)>) {
+    /// The exchange completed at `now`; the connection, when it may serve the next
+    /// request, goes back to the pool with the upstream's `Keep-Alive: timeout`.
+    pub fn release(self, reusable: Option<(Conn, Option<Duration>)>, now: Instant) {
         if let Some((conn, hint)) = reusable {
-            self.endpoint.pool.checkin(conn, hint);
+            self.endpoint.pool.checkin(conn, hint, now);
         }
     }
 }

@@ -424,7 +424,7 @@ async fn drain(mut conn: Conn, head_request: bool, endpoint: Arc<Endpoint>) {
     };
     if let Ok(Some((conn, hint))) = tokio::time::timeout(DRAIN_TIME, read).await {
         tracing::debug!(endpoint = %endpoint.addr, "kept the connection of an answer no one waited for");
-        endpoint.pool.checkin(conn, hint);
+        endpoint.pool.checkin(conn, hint, Instant::now());
     }
 }
 
