@@ -81,10 +81,7 @@ pub struct Proxied {
     deadline: Option<Instant>,
 }
 
-/// What a request is answered with, when it is not an error. Not boxed, though `Proxied`
-/// is larger than the others: it is the common case, and a box would cost an allocation
-/// on every proxied request.
-#[allow(clippy::large_enum_variant)]
+/// What a request is answered with, when it is not an error.
 pub enum Answer {
     Proxied(Proxied),
     /// The stored answer to an idempotency key.

@@ -55,15 +55,7 @@ pub struct Conn {
     /// The deadline of the answer being waited for, kept with the connection from one
     /// request to the next so that moving it costs no timer work (see [`LazyDeadline`]).
     timer: Option<LazyDeadline>,
-    /// The buffer the last request was encoded in, for the next: one allocation per
-    /// connection rather than one per request (with 32 requests in flight, glibc's
-    /// per-thread cache misses and each costs ~400 instructions with its free).
-    out: BytesMut,
 }
-
-/// The largest encoding buffer a connection keeps between requests: a head with a small
-/// body coalesced into it may have grown it to [`COALESCE_BYTES`] and more.
-const KEPT_OUT_BYTES: usize = 4096;
 
 /// A failed exchange, and whether any of the request reached the upstream.
 pub enum SendError {
@@ -90,7 +82,6 @@ impl Conn {
             io,
             buf: BytesMut::new(),
             timer: None,
-            out: BytesMut::new(),
         }
     }
 
@@ -121,9 +112,7 @@ impl Conn {
         let (mut parts, body) = request.into_parts();
         let framing = request_framing(&mut parts.headers, &body);
         let mut timer = self.timer.take();
-        let mut head = std::mem::take(&mut self.out);
-        head.clear();
-        head.reserve(512);
+        let mut head = BytesMut::with_capacity(512);
         encode_request_line(&mut head, &parts);
         forwarding.encode_fields(&mut head, &parts.headers, host);
         let mut flight = InFlight {
@@ -132,7 +121,7 @@ impl Conn {
             head_request,
             written: false,
         };
-        let exchange = flight.exchange(&mut head, body, framing, forwarding.raw_answer);
+        let exchange = flight.exchange(head, body, framing, forwarding.raw_answer);
         let result = match deadline {
             Some(deadline) => {
                 let timer = match &mut timer {
@@ -161,9 +150,6 @@ impl Conn {
                 maps::give(parts.headers);
                 if let Some(conn) = response.body_mut().conn.as_mut() {
                     conn.timer = timer;
-                    if head.capacity() <= KEPT_OUT_BYTES {
-                        conn.out = head;
-                    }
                 }
                 return Ok(response);
             }
@@ -346,7 +332,7 @@ impl InFlight<'_> {
     /// Writes the encoded head `out` and the body, and reads the response head.
     async fn exchange(
         &mut self,
-        out: &mut BytesMut,
+        mut out: BytesMut,
         mut body: RequestBody,
         framing: Outgoing,
         raw: bool,
@@ -358,12 +344,12 @@ impl InFlight<'_> {
         // is taken from the body only once written.
         let coalesced = match body.front_data() {
             Some(data) if data.len() <= COALESCE_BYTES => {
-                encode_data(out, data, matches!(framing, Outgoing::Chunked));
+                encode_data(&mut out, data, matches!(framing, Outgoing::Chunked));
                 Some(data.len() as u64)
             }
             _ => None,
         };
-        match poll_fn(|cx| conn.io.poll_write(cx, &[io::IoSlice::new(out)])).await {
+        match poll_fn(|cx| conn.io.poll_write(cx, &[io::IoSlice::new(&out)])).await {
             Ok(written) if written > 0 => {
                 if conn.io.write_all(&out[written..]).await.is_err() {
                     return Err(Failed::Sent(Cause::UpstreamReset));
