@@ -272,6 +272,8 @@ pub struct RawFields {
     content_length: Option<u64>,
     /// Whether there is a `Date` field.
     date: bool,
+    /// Fields baton adds, written after the lines ([`RawFields::add`]).
+    added: SmallVec<[(HeaderName, HeaderValue); 2]>,
 }
 
 impl RawFields {
@@ -299,6 +301,7 @@ impl RawFields {
             left_out_len: 0,
             content_length: None,
             date: false,
+            added: SmallVec::new(),
         };
         for (i, field) in fields.iter().enumerate() {
             let line_start = span(buf, field.name.as_bytes()).0;
@@ -333,7 +336,13 @@ impl RawFields {
         self.date
     }
 
-    /// The lines passed on, as they were read.
+    /// Adds a field to write after the lines passed on: for the fields baton sets on every
+    /// answer, which then need no header map.
+    pub fn add(&mut self, name: HeaderName, value: HeaderValue) {
+        self.added.push((name, value));
+    }
+
+    /// The lines passed on, as they were read, and baton's own after them.
     pub fn encode(&self, out: &mut BytesMut) {
         let mut at = self.lines.0 as usize;
         for &(start, end) in &self.left_out[..usize::from(self.left_out_len)] {
@@ -341,6 +350,9 @@ impl RawFields {
             at = end as usize;
         }
         out.extend_from_slice(&self.head[at..self.lines.1 as usize]);
+        for (name, value) in &self.added {
+            encode_field(out, name.as_str(), value.as_bytes());
+        }
     }
 
     /// The fields passed on, appended to `map` (for an answer that goes out over HTTP/2

@@ -546,7 +546,14 @@ async fn handle_inner(
         }
         (false, _) => {}
     }
-    forward::prepare_response_headers(response.headers_mut(), switching, &exchange.request_id);
+    match response.body_mut().raw_fields_mut() {
+        Some(raw) => forward::prepare_raw_response(raw, &exchange.request_id),
+        None => forward::prepare_response_headers(
+            response.headers_mut(),
+            switching,
+            &exchange.request_id,
+        ),
+    }
     let mut lead = None;
     if let (Some(pending), Some(config)) = (pending, &route.cache) {
         let length = http_body::Body::size_hint(response.body()).exact();

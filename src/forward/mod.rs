@@ -21,7 +21,7 @@ mod request_id;
 pub use host::valid_host;
 pub use request_id::{incoming_request_id, new_request_id, request_id, valid_request_id};
 
-use crate::codec::encode_field;
+use crate::codec::{encode_field, RawFields};
 use crate::respond::X_REQUEST_ID;
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -331,20 +331,25 @@ fn via_hop(version: Version) -> &'static str {
     match version {
         Version::HTTP_2 => "2 baton",
         Version::HTTP_10 => "1.0 baton",
-        _ => "1.1 baton",
+        _ => ANSWER_VIA,
     }
 }
 
-/// Appends this hop to `Via`.
-pub fn append_via(headers: &mut HeaderMap, version: Version) {
-    headers.append(VIA, HeaderValue::from_static(via_hop(version)));
-}
+/// The hop baton adds to `Via` on an upstream's answer.
+const ANSWER_VIA: &str = "1.1 baton";
 
 /// Prepares an upstream response's headers for the client.
 pub fn prepare_response_headers(headers: &mut HeaderMap, upgrade: bool, request_id: &HeaderValue) {
     remove_hop_by_hop(headers, upgrade);
-    append_via(headers, Version::HTTP_11);
+    headers.append(VIA, HeaderValue::from_static(ANSWER_VIA));
     headers.insert(X_REQUEST_ID, request_id.clone());
+}
+
+/// The same for an answer whose fields are passed on as read (no hop-by-hop fields among
+/// them, no 101): baton's are written after them, with no header map to put them in.
+pub fn prepare_raw_response(fields: &mut RawFields, request_id: &HeaderValue) {
+    fields.add(VIA, HeaderValue::from_static(ANSWER_VIA));
+    fields.add(X_REQUEST_ID, request_id.clone());
 }
 
 #[cfg(test)]

@@ -39,6 +39,13 @@ impl Incoming {
         }
     }
 
+    pub fn raw_fields_mut(&mut self) -> Option<&mut RawFields> {
+        match self {
+            Incoming::H1(body) => body.raw_fields_mut(),
+            Incoming::H2(..) => None,
+        }
+    }
+
     /// The upstream's connection after `101 Switching Protocols` (HTTP/1.1 only).
     pub fn take_upgraded(&mut self) -> Option<h1::Conn> {
         match self {

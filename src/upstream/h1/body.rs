@@ -36,6 +36,10 @@ impl Body {
         self.raw.as_deref()
     }
 
+    pub fn raw_fields_mut(&mut self) -> Option<&mut RawFields> {
+        self.raw.as_deref_mut()
+    }
+
     /// The connection, once the body ended cleanly and the exchange allows its reuse, and
     /// how long the upstream said it keeps it open (`Keep-Alive: timeout`).
     pub fn take_reusable(&mut self) -> Option<(Conn, Option<Duration>)> {
