@@ -129,10 +129,13 @@ pub async fn handle(
             exchange.status = parts.status.as_u16();
             let keep = match proxied.lead {
                 Some(lead) => Some(Keep::Cache(lead)),
-                None => exchange
-                    .claim
-                    .as_ref()
-                    .map(|_| Keep::Answer(Capture::new(parts.status, parts.headers.clone()))),
+                None => exchange.claim.as_ref().map(|_| {
+                    // A replay gets its own request's ID: the stored one would only hold
+                    // on to the buffer it shares with other new IDs.
+                    let mut stored = parts.headers.clone();
+                    stored.remove(respond::X_REQUEST_ID);
+                    Keep::Answer(Capture::new(parts.status, stored))
+                }),
             };
             let body = ResponseBody::upstream(
                 body,

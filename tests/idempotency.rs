@@ -94,7 +94,26 @@ with_both_stores!(
     an_unknown_outcome_is_forwarded_when_asked,
     a_key_is_released_when_nothing_was_sent,
     a_key_expires_after_its_ttl,
+    a_replay_carries_its_own_request_id,
 );
+
+async fn a_replay_carries_its_own_request_id(store: Store) {
+    let upstream = Upstream::sink().await;
+    let (baton, _redis) = keyed_baton(store, &[upstream.addr], KEYED).await;
+    let first = post(&baton, "/pay", "id", b"x").await;
+    assert_eq!(first.status(), 200);
+    let first_id = first.header("x-request-id").expect("an ID").to_owned();
+    let replay = post_until(&baton, "/pay", "id", b"x", |r| r.status() != 409).await;
+    assert_eq!(replay.header("baton-idempotent-replay"), Some("true"));
+    let ids = replay.head.header_all("x-request-id");
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_ne!(
+        ids[0], first_id,
+        "the replay's own request, not the stored one's"
+    );
+    assert_eq!(upstream.requests(), 1);
+    baton.stop().await;
+}
 
 async fn a_key_expires_after_its_ttl(store: Store) {
     let upstream = Upstream::sink().await;
