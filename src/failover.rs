@@ -60,7 +60,8 @@ pub(crate) async fn try_endpoints(
     }
     // One clock reading for the budget, the balancer and the first attempt's start.
     let mut now = Instant::now();
-    stats.retry_budget.record_request(ms_at(now));
+    let mut now_ms = ms_at(now);
+    stats.retry_budget.record_request(now_ms);
     let Outgoing {
         mut request,
         forwarding,
@@ -86,7 +87,6 @@ pub(crate) async fn try_endpoints(
     loop {
         // Another endpoint while there is one; then any usable one again but those that
         // timed out.
-        let now_ms = ms_at(now);
         let index = members.pick_at(&tried, key, now_ms).or_else(|| {
             (!tried.is_empty())
                 .then(|| members.pick_at(&timed_out, key, now_ms))
@@ -212,6 +212,7 @@ pub(crate) async fn try_endpoints(
             .inc();
         tokio::time::sleep(wait).await;
         now = Instant::now();
+        now_ms = ms_at(now);
         request = next;
     }
     Err(match last_failure {
