@@ -6,8 +6,10 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 
 use crate::config::{HostPattern, Route};
+use crate::upstream::balance::StableHasher;
 
 impl HostPattern {
     /// `host` is lowercase, without a port.
@@ -65,12 +67,12 @@ pub fn normalize_host(host: &str) -> Cow<'_, str> {
 #[derive(Debug, Default)]
 pub struct RouteTable {
     /// Route indices by prefix, most specific host first, then in file order.
-    by_prefix: HashMap<String, Vec<usize>>,
+    by_prefix: HashMap<String, Vec<usize>, BuildHasherDefault<StableHasher>>,
 }
 
 impl RouteTable {
     pub fn new(routes: &[Route]) -> RouteTable {
-        let mut by_prefix: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut by_prefix: HashMap<String, Vec<usize>, _> = HashMap::default();
         for (index, route) in routes.iter().enumerate() {
             by_prefix
                 .entry(route.path_prefix.clone())

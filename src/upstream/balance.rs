@@ -72,6 +72,19 @@ impl StableHasher {
     }
 
     pub fn finish(self) -> u64 {
+        std::hash::Hasher::finish(&self)
+    }
+}
+
+/// For maps whose keys come from the configuration (the route table): looked up with a
+/// request's path for every request, where SipHash cost more than the rest of the lookup.
+/// Requests cannot add keys, so there is no flooding to resist.
+impl std::hash::Hasher for StableHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.update(bytes);
+    }
+
+    fn finish(&self) -> u64 {
         let h = self.0;
         let h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         let h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
