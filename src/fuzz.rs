@@ -9,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, Version};
 
-use crate::codec::Decoder;
+use crate::codec::{Decoder, RequestFields};
 use crate::forward::{self, Forwarding, Peer};
 
 /// Decodes what `buf` holds of a body framed by `decoder`, and checks that no more body
@@ -99,8 +99,15 @@ pub fn forwarding(data: &[u8]) {
             trusted_proxies,
             tls: trusted_proxies.is_empty(),
         };
-        let forwarding =
-            Forwarding::new(&headers, &peer, host.as_ref(), Version::HTTP_11, &id, true);
+        let forwarding = Forwarding::new(
+            &headers,
+            None,
+            &peer,
+            host.as_ref(),
+            Version::HTTP_11,
+            &id,
+            true,
+        );
         let mut out = BytesMut::new();
         forwarding.encode_fields(&mut out, &headers, &HeaderValue::from_static("upstream"));
         assert!(out.ends_with(b"\r\n\r\n"));
@@ -108,5 +115,53 @@ pub fn forwarding(data: &[u8]) {
         let line_feeds = out.iter().filter(|&&b| b == b'\n').count();
         let line_ends = out.windows(2).filter(|w| w == b"\r\n").count();
         assert_eq!(line_feeds, line_ends, "a bare LF in an encoded field");
+    }
+}
+
+/// A request's fields kept as read go upstream as the same field lines (in any order and
+/// name case) as a header map made of them would, from a trusted peer or not.
+pub(crate) fn same_forwarding(fields: &RequestFields, mut map: HeaderMap) {
+    forward::remove_hop_by_hop(&mut map, false);
+    let host = map.get(http::header::HOST).cloned();
+    let id = forward::request_id(&map);
+    let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+    let ip_header = forward::ip_header(ip);
+    let trusted = ["10.0.0.0/8".parse().expect("a CIDR")];
+    let endpoint = HeaderValue::from_static("upstream");
+    for trusted_proxies in [&trusted[..], &[]] {
+        let peer = Peer {
+            ip,
+            ip_header: &ip_header,
+            trusted_proxies,
+            tls: false,
+        };
+        let encode = |headers: &HeaderMap, kept: Option<Box<RequestFields>>| {
+            let forwarding = Forwarding::new(
+                headers,
+                kept,
+                &peer,
+                host.as_ref(),
+                Version::HTTP_11,
+                &id,
+                true,
+            );
+            let mut out = BytesMut::new();
+            forwarding.encode_fields(&mut out, headers, &endpoint);
+            let mut lines: Vec<(String, String)> = out[..]
+                .split(|&b| b == b'\n')
+                .filter_map(|line| {
+                    let text = String::from_utf8_lossy(line);
+                    let (name, value) = text.split_once(':')?;
+                    Some((name.to_ascii_lowercase(), value.trim().to_owned()))
+                })
+                .collect();
+            lines.sort();
+            lines
+        };
+        assert_eq!(
+            encode(&map, None),
+            encode(&HeaderMap::new(), Some(Box::new(fields.clone()))),
+            "fields as read went upstream otherwise than from a map"
+        );
     }
 }

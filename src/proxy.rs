@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use crate::body::{Capture, Keep, RequestBody, ResponseBody};
 use crate::cache::{self, After, Lead, Lookup, CACHE_STATUS};
 use crate::cause::{Cause, Delivery};
+use crate::codec::{Known, RequestFields};
 use crate::failover::{try_endpoints, Outgoing};
 use crate::forward::{self, Forwarding, Peer};
 use crate::gateway::{Gateway, Snapshot};
@@ -90,14 +91,24 @@ pub enum Answer {
     Page(Response<ResponseBody>),
 }
 
-/// Answers one client request.
+/// Answers one client request, whose fields are in its header map or, as read by the
+/// HTTP/1.1 server, in `fields`.
 pub async fn handle(
     gateway: Arc<Gateway>,
     conn: &ClientConn,
     request: Request<ClientBody>,
+    fields: Option<Box<RequestFields>>,
 ) -> Response<ResponseBody> {
-    let request_id = forward::request_id(request.headers());
-    let accept = request.headers().get(ACCEPT).cloned();
+    let (request_id, accept) = match &fields {
+        Some(fields) => (
+            forward::request_id_from(fields.get(Known::RequestId)),
+            fields.get(Known::Accept),
+        ),
+        None => (
+            forward::request_id(request.headers()),
+            request.headers().get(ACCEPT).cloned(),
+        ),
+    };
     // gRPC runs over HTTP/2 only; an HTTP/1.1 request costs no header lookup for it.
     let grpc = request.version() == Version::HTTP_2
         && respond::is_grpc(request.headers().get(CONTENT_TYPE));
@@ -116,6 +127,7 @@ pub async fn handle(
         &snapshot,
         conn,
         request,
+        fields,
         &mut exchange,
     ))
     .await;
@@ -254,10 +266,8 @@ fn caught_panic(gateway: &Gateway, exchange: &mut Exchange, panic: &str) -> Prox
 }
 
 /// The public status page, as HTML or (when the client accepts it) JSON; never cached.
-fn status_page(snapshot: &Snapshot, request: &Request<ClientBody>) -> Response<ResponseBody> {
-    let json = request
-        .headers()
-        .get(ACCEPT)
+fn status_page(snapshot: &Snapshot, accept: Option<&HeaderValue>) -> Response<ResponseBody> {
+    let json = accept
         .and_then(|a| a.to_str().ok())
         .is_some_and(|a| a.contains("application/json"));
     let mut response = Response::new(ResponseBody::full(status::public(snapshot, json).into()));
@@ -293,7 +303,8 @@ async fn handle_inner(
     gateway: &Arc<Gateway>,
     snapshot: &Arc<Snapshot>,
     conn: &ClientConn,
-    request: Request<ClientBody>,
+    mut request: Request<ClientBody>,
+    fields: Option<Box<RequestFields>>,
     exchange: &mut Exchange,
 ) -> Result<Answer, ProxyError> {
     if request.version() == Version::HTTP_2
@@ -301,12 +312,16 @@ async fn handle_inner(
     {
         return Err(Cause::HeadersTooLarge.into());
     }
-    let host = request_host(&request)?;
+    let host = request_host(&request, fields.as_deref())?;
     exchange.host = host.clone();
     if let Some(page) = &snapshot.config.status_page {
         let read = matches!(*request.method(), Method::GET | Method::HEAD);
         if read && request.uri().path() == page.path {
-            return Ok(Answer::Page(status_page(snapshot, &request)));
+            let accept = match &fields {
+                Some(fields) => fields.get(Known::Accept),
+                None => request.headers().get(ACCEPT).cloned(),
+            };
+            return Ok(Answer::Page(status_page(snapshot, accept.as_ref())));
         }
     }
     let host_name = host
@@ -325,6 +340,21 @@ async fn handle_inner(
     let upstream = &snapshot.upstreams[route.upstream];
     exchange.route = Some(route_state.clone());
     exchange.upstream = Some(upstream.clone());
+    // The stages that read fields by name get them in the header map.
+    let cache = snapshot.caches[route_index].as_ref();
+    let reads_fields = cache.is_some()
+        || route.rate_limit.is_some()
+        || route.idempotency.is_some()
+        || upstream.hash_key().is_some_and(|key| key.reads_fields());
+    let fields = match fields {
+        Some(fields) if reads_fields => {
+            *request.headers_mut() = fields
+                .to_map()
+                .ok_or(ProxyError::closing(Cause::BadRequest))?;
+            None
+        }
+        fields => fields,
+    };
     guard::checkpoint(request.uri().path(), Stage::BeforeUpstream);
     if route_state.maintenance(route.maintenance) {
         let error = ProxyError {
@@ -351,7 +381,7 @@ async fn handle_inner(
     }
     let mut pending = None;
     let mut stale_now = None;
-    if let Some(cache) = &snapshot.caches[route_index] {
+    if let Some(cache) = cache {
         let patience = route
             .timeouts
             .response_header
@@ -377,7 +407,11 @@ async fn handle_inner(
             }
         }
     }
-    if declared_length(&request).is_some_and(|length| length > route.max_body_bytes) {
+    let declared = match &fields {
+        Some(fields) => fields.content_length(),
+        None => declared_length(&request),
+    };
+    if declared.is_some_and(|length| length > route.max_body_bytes) {
         return Err(ProxyError::closing(Cause::RequestTooLarge));
     }
     let decision = match &route.idempotency {
@@ -430,7 +464,8 @@ async fn handle_inner(
         }
     };
 
-    let upgrade = forward::is_upgrade(request.version(), request.headers());
+    // Fields kept as read have no `Upgrade`.
+    let upgrade = fields.is_none() && forward::is_upgrade(request.version(), request.headers());
     let deadline = route.timeouts.total.map(|total| exchange.started + total);
     let (mut parts, incoming) = request.into_parts();
     let body = if http_body::Body::is_end_stream(&incoming) {
@@ -466,6 +501,7 @@ async fn handle_inner(
     }
     let mut forwarding = Forwarding::new(
         &parts.headers,
+        fields,
         &peer,
         host.as_ref(),
         parts.version,

@@ -75,6 +75,46 @@ async fn hop_by_hop_and_forwarding_headers() {
     baton.stop().await;
 }
 
+/// A plain request's fields go upstream as they were read and in their order, less those
+/// baton sets itself or does not trust an unknown client with; a request that names a
+/// field hop-by-hop goes through a header map (`hop_by_hop_and_forwarding_headers`).
+#[tokio::test]
+async fn plain_request_fields_go_on_in_their_order_less_batons_own() {
+    let upstream = Upstream::ok("hi").await;
+    let baton = Baton::in_front_of(&[upstream.addr], "", "").await;
+    let head = b"POST /form HTTP/1.1\r\nUser-Agent: test/1\r\nHost: example.test\r\n\
+        Connection: keep-alive\r\nX-Forwarded-Proto: https\r\nKeep-Alive: timeout=5\r\n\
+        Accept: text/plain\r\nX-Forwarded-Host: evil.test\r\nContent-Length: 2\r\n\
+        Forwarded: for=1.2.3.4\r\nX-Request-Id: req-7\r\nX-Forwarded-For: 1.2.3.4\r\n\
+        X-Last: z\r\n\r\nab";
+    let response = send_raw(baton.addr, head).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.header("x-request-id"), Some("req-7"));
+    let seen = &upstream.seen()[0];
+    let fields: Vec<(&str, &str)> = seen
+        .headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            ("host", "example.test"),
+            ("user-agent", "test/1"),
+            ("accept", "text/plain"),
+            ("content-length", "2"),
+            ("x-last", "z"),
+            ("x-forwarded-for", "127.0.0.1"),
+            ("x-forwarded-proto", "http"),
+            ("x-forwarded-host", "example.test"),
+            ("via", "1.1 baton"),
+            ("x-request-id", "req-7"),
+        ]
+    );
+    assert_eq!(upstream.body_bytes(), 2);
+    baton.stop().await;
+}
+
 /// Heads are read at most 8 KiB at a time: longer ones, within the limit, arrive whole in
 /// both directions.
 #[tokio::test]

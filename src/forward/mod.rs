@@ -19,9 +19,11 @@ mod host;
 mod request_id;
 
 pub use host::valid_host;
-pub use request_id::{incoming_request_id, new_request_id, request_id, valid_request_id};
+pub use request_id::{
+    incoming_request_id, new_request_id, request_id, request_id_from, valid_request_id,
+};
 
-use crate::codec::{encode_field, RawFields};
+use crate::codec::{encode_field, Known, RawFields, RequestFields};
 use crate::respond::X_REQUEST_ID;
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -207,6 +209,8 @@ pub struct Forwarding {
     request_id: HeaderValue,
     /// The client's host, sent as `Host` instead of the endpoint's (`preserve_host`).
     host: Option<HeaderValue>,
+    /// The client's fields as read, when they are not in the request's header map.
+    fields: Option<Box<RequestFields>>,
     /// Nothing on the way reads the answer's fields, and the client speaks HTTP/1.1: an
     /// HTTP/1.1 upstream's answer may keep its fields as read, to be written out as they
     /// are (`codec::RawFields`).
@@ -214,13 +218,14 @@ pub struct Forwarding {
 }
 
 impl Forwarding {
-    /// The fields for a request with `headers` (hop-by-hop fields already removed) from
-    /// `peer`. `host` is the host the client asked for (its `Host` header or URI
-    /// authority), `version` the client's HTTP version; `preserve_host` sends that host
-    /// upstream instead of the endpoint's. A client's own forwarding fields are kept only
-    /// when it is a trusted proxy.
+    /// The fields for a request with `headers` (hop-by-hop fields already removed) or,
+    /// when they were kept as read, `fields`, from `peer`. `host` is the host the client
+    /// asked for (its `Host` header or URI authority), `version` the client's HTTP version;
+    /// `preserve_host` sends that host upstream instead of the endpoint's. A client's own
+    /// forwarding fields are kept only when it is a trusted proxy.
     pub fn new(
         headers: &HeaderMap,
+        fields: Option<Box<RequestFields>>,
         peer: &Peer<'_>,
         host: Option<&HeaderValue>,
         version: Version,
@@ -230,7 +235,11 @@ impl Forwarding {
         let trusted = peer.is_trusted();
         let peer_ip = peer.ip_header.clone();
         // Looked up only for a trusted peer: a lookup that finds nothing costs the most.
-        let chain = trusted.then(|| headers.get(X_FORWARDED_FOR)).flatten();
+        let chain = match (&fields, trusted) {
+            (_, false) => None,
+            (Some(fields), true) => fields.get(Known::ForwardedFor),
+            (None, true) => headers.get(X_FORWARDED_FOR).cloned(),
+        };
         let forwarded_for = match chain {
             Some(chain) => {
                 let mut value = chain.as_bytes().to_vec();
@@ -240,32 +249,54 @@ impl Forwarding {
             }
             None => peer_ip,
         };
-        let kept = |name| trusted && headers.contains_key(name);
+        let kept = |field: Known, name| {
+            trusted
+                && match &fields {
+                    Some(fields) => fields.has(field),
+                    None => headers.contains_key(name),
+                }
+        };
         Forwarding {
             forwarded_for,
-            forwarded_proto: (!kept(X_FORWARDED_PROTO))
+            forwarded_proto: (!kept(Known::ForwardedProto, X_FORWARDED_PROTO))
                 .then(|| HeaderValue::from_static(if peer.tls { "https" } else { "http" })),
-            forwarded_host: host.filter(|_| !kept(X_FORWARDED_HOST)).cloned(),
+            forwarded_host: host
+                .filter(|_| !kept(Known::ForwardedHost, X_FORWARDED_HOST))
+                .cloned(),
             trusted,
             via: via_hop(version),
             request_id: request_id.clone(),
             host: host.filter(|_| preserve_host).cloned(),
+            fields,
             raw_answer: false,
         }
     }
 
-    /// Whether the client's field `name` stays out of the upstream request: baton sets
+    /// Whether the client's field `name` stays out of the upstream request (see
+    /// [`Forwarding::replaces_known`]).
+    fn replaces(&self, name: &HeaderName) -> bool {
+        Known::of(name.as_str()).is_some_and(|field| self.replaces_known(field))
+    }
+
+    /// Whether the client's field `field` stays out of the upstream request: baton sets
     /// it, or the client is not trusted to set it. `Expect` stays out too: the server
     /// answered `100-continue` when the body was first read, and the upstream gets the body
     /// without having to ask for it.
-    fn replaces(&self, name: &HeaderName) -> bool {
-        name == HOST
-            || name == EXPECT
-            || name == X_FORWARDED_FOR
-            || name == X_REQUEST_ID
-            || (name == X_FORWARDED_PROTO && (!self.trusted || self.forwarded_proto.is_some()))
-            || (name == X_FORWARDED_HOST && (!self.trusted || self.forwarded_host.is_some()))
-            || (name == FORWARDED && !self.trusted)
+    fn replaces_known(&self, field: Known) -> bool {
+        match field {
+            Known::Host | Known::Expect | Known::ForwardedFor | Known::RequestId => true,
+            Known::ForwardedProto => !self.trusted || self.forwarded_proto.is_some(),
+            Known::ForwardedHost => !self.trusted || self.forwarded_host.is_some(),
+            Known::Forwarded => !self.trusted,
+            // Hop-by-hop ones are removed before (`remove_hop_by_hop`); on an upgrade,
+            // baton's own `Connection: upgrade` goes on.
+            Known::Accept | Known::Connection | Known::KeepAlive => false,
+        }
+    }
+
+    /// The `Content-Length` of the client's fields as read, when they are.
+    pub fn declared_length(&self) -> Option<u64> {
+        self.fields.as_ref()?.content_length()
     }
 
     /// The request's header fields for the upstream, and the empty line that ends them:
@@ -279,6 +310,12 @@ impl Forwarding {
     ) {
         let host = self.host.as_ref().unwrap_or(endpoint_host);
         encode_field(out, HOST.as_str(), host.as_bytes());
+        if let Some(fields) = &self.fields {
+            // The hop-by-hop fields of plain fields are `Connection` and `Keep-Alive`.
+            fields.encode(out, |field| {
+                matches!(field, Known::Connection | Known::KeepAlive) || self.replaces_known(field)
+            });
+        }
         for (name, value) in headers {
             if !self.replaces(name) {
                 encode_field(out, name.as_str(), value.as_bytes());
@@ -302,6 +339,13 @@ impl Forwarding {
     /// encodes): the client's fields that baton replaces are removed and baton's put in.
     /// Returns the host to send, which HTTP/2 carries as `:authority` (RFC 9113 §8.3.1).
     pub fn apply(&self, headers: &mut HeaderMap, endpoint_host: &HeaderValue) -> HeaderValue {
+        if let Some(map) = self.fields.as_ref().and_then(|fields| fields.to_map()) {
+            let added = std::mem::replace(headers, map);
+            remove_hop_by_hop(headers, false);
+            for (name, value) in &added {
+                headers.append(name, value.clone());
+            }
+        }
         for name in [
             HOST,
             EXPECT,
@@ -475,7 +519,8 @@ mod tests {
             ("via", "1.1 edge"),
             ("x-kept", "yes"),
         ]);
-        let forwarding = Forwarding::new(&map, &untrusted, None, Version::HTTP_11, &id, false);
+        let forwarding =
+            Forwarding::new(&map, None, &untrusted, None, Version::HTTP_11, &id, false);
         assert_eq!(
             encoded(&forwarding, &map),
             [
@@ -497,7 +542,15 @@ mod tests {
             tls: false,
         };
         let host = HeaderValue::from_static("example.com");
-        let forwarding = Forwarding::new(&map, &trusted, Some(&host), Version::HTTP_2, &id, true);
+        let forwarding = Forwarding::new(
+            &map,
+            None,
+            &trusted,
+            Some(&host),
+            Version::HTTP_2,
+            &id,
+            true,
+        );
         assert_eq!(
             encoded(&forwarding, &map),
             [
@@ -515,8 +568,15 @@ mod tests {
 
         // A trusted proxy that sent no forwarding fields of its own gets baton's.
         let plain = headers(&[("host", "example.com")]);
-        let forwarding =
-            Forwarding::new(&plain, &trusted, Some(&host), Version::HTTP_10, &id, false);
+        let forwarding = Forwarding::new(
+            &plain,
+            None,
+            &trusted,
+            Some(&host),
+            Version::HTTP_10,
+            &id,
+            false,
+        );
         assert_eq!(
             encoded(&forwarding, &plain),
             [

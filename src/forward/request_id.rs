@@ -18,8 +18,13 @@ const MAX_REQUEST_ID_LEN: usize = 128;
 /// send it as a literal instead of adding it to the connection's table, where it could
 /// only push out values that do repeat.
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {
-    let mut id = incoming_request_id(headers)
-        .cloned()
+    request_id_from(headers.get(X_REQUEST_ID).cloned())
+}
+
+/// The same, from the client's `X-Request-Id` when it has one.
+pub fn request_id_from(incoming: Option<HeaderValue>) -> HeaderValue {
+    let mut id = incoming
+        .filter(valid_request_id)
         .unwrap_or_else(new_request_id);
     id.set_sensitive(true);
     id

@@ -10,6 +10,7 @@ use http::{Request, Uri, Version};
 use super::ProxyError;
 use crate::body::client_frame;
 use crate::cause::Cause;
+use crate::codec::{Known, RequestFields};
 use crate::forward;
 use crate::server::ClientBody;
 use crate::upstream::balance::StableHasher;
@@ -87,14 +88,20 @@ pub(super) async fn answer_early(
 /// which the HTTP/1.1 server refused already).
 pub(super) fn request_host(
     request: &Request<ClientBody>,
+    fields: Option<&RequestFields>,
 ) -> Result<Option<HeaderValue>, ProxyError> {
-    let field = request.headers().get(HOST);
+    let field = match fields {
+        Some(fields) => fields.get(Known::Host),
+        None => request.headers().get(HOST).cloned(),
+    };
     let authority = request.uri().authority().map(|a| a.as_str());
-    let valid = field.is_none_or(|h| forward::valid_host(h.as_bytes()))
+    let valid = field
+        .as_ref()
+        .is_none_or(|h| forward::valid_host(h.as_bytes()))
         && authority.is_none_or(|a| forward::valid_host(a.as_bytes()));
     let host = match authority {
         Some(authority) => HeaderValue::from_str(authority).ok(),
-        None => field.cloned(),
+        None => field,
     };
     if !valid || host.is_none() && request.version() == Version::HTTP_11 {
         return Err(ProxyError::closing(Cause::BadRequest));

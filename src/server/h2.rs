@@ -170,7 +170,10 @@ pub(super) async fn serve(stream: Stream, read: Bytes, mut setup: Setup) {
             let request = request.map(ClientBody::H2);
             // Boxed, and built in its box: hyper moves this future into a task of its own
             // for each stream, and the request future inline would be copied each time.
-            let handling = Box::write(Box::new_uninit(), proxy::handle(gateway, &conn, request));
+            let handling = Box::write(
+                Box::new_uninit(),
+                proxy::handle(gateway, &conn, request, None),
+            );
             let mut response = Box::into_pin(handling).await;
             guard.answered = true;
             // Not asked for on HTTP/2, but should an answer's fields still be as read,

@@ -8,13 +8,16 @@ use http::{HeaderValue, Method, Uri, Version};
 
 use super::Refusal;
 use crate::cause::Cause;
-use crate::codec::{slice, span, Decoder, FieldSpans, Span, MAX_HEADERS};
+use crate::codec::{slice, span, Decoder, FieldSpans, Known, RequestFields, Span, MAX_HEADERS};
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// A request head, taken off the buffer.
 pub(super) struct Head {
     pub parts: http::request::Parts,
+    /// Its fields as read, when the head is plain enough to forward them so; `parts` then
+    /// has an empty header map.
+    pub fields: Option<Box<RequestFields>>,
     /// How its body is framed; `None` when it has none.
     pub body: Option<Decoder>,
     /// It asks for a protocol upgrade.
@@ -109,6 +112,9 @@ pub(super) fn inspect(buf: &mut BytesMut, scanned: &mut usize, first: bool, max:
     // Where the target and each field lie in the head, so that they can share its bytes.
     // Offsets fit in u32: the head is shorter than 4 GiB (checked above).
     let fields = FieldSpans::of(buf, request.headers);
+    // The end of the last field line: just before the empty line's CRLF (or LF).
+    let fields_end = len - if buf[..len].ends_with(b"\r\n") { 2 } else { 1 };
+    let plain = framing.plain && lines_end_in_crlf(buf, request.headers, fields_end);
     let method = span(buf, request.method.unwrap_or_default().as_bytes());
     let target = span(buf, request.path.unwrap_or_default().as_bytes());
     let version = match request.version {
@@ -116,9 +122,18 @@ pub(super) fn inspect(buf: &mut BytesMut, scanned: &mut usize, first: bool, max:
         _ => Version::HTTP_11,
     };
     let head = buf.split_to(len).freeze();
-    match build(&head, method, target, version, &fields) {
+    match build(&head, method, target, version, (!plain).then_some(&fields)) {
         Some(parts) => Verdict::Complete(Box::new(Head {
             parts,
+            fields: plain.then(|| {
+                Box::new(RequestFields::new(
+                    head.clone(),
+                    fields,
+                    framing.known,
+                    fields_end as u32,
+                    framing.length,
+                ))
+            }),
             body: framing.body,
             upgrade: framing.upgrade,
             keep_alive: framing.keep_alive,
@@ -133,14 +148,14 @@ pub(super) fn inspect(buf: &mut BytesMut, scanned: &mut usize, first: bool, max:
     }
 }
 
-/// The request's method, target and fields as `http` types; `None` when one is not valid
-/// for them (a target that is no URI, say).
+/// The request's method, target and fields (unless they are kept as read) as `http`
+/// types; `None` when one is not valid for them (a target that is no URI, say).
 fn build(
     head: &Bytes,
     method: Span,
     target: Span,
     version: Version,
-    fields: &FieldSpans,
+    fields: Option<&FieldSpans>,
 ) -> Option<http::request::Parts> {
     let (mut parts, ()) = http::Request::new(()).into_parts();
     parts.method = Method::from_bytes(&slice(head, method)).ok()?;
@@ -151,8 +166,22 @@ fn build(
     parts.version = version;
     // Room for a field baton may set on the way upstream (the body's framing, or
     // `Connection: upgrade`); the forwarding fields are written with the head instead.
-    parts.headers = fields.to_map(head, 1)?;
+    if let Some(fields) = fields {
+        parts.headers = fields.to_map(head, 1)?;
+    }
     Some(parts)
+}
+
+/// Whether each of `fields` (parsed from `buf`, the last ending at `end`) ends in CRLF, as
+/// a line passed on as read must: a bare LF, which the parser accepts, is not sent on.
+fn lines_end_in_crlf(buf: &[u8], fields: &[httparse::Header<'_>], end: usize) -> bool {
+    let starts = fields
+        .iter()
+        .skip(1)
+        .map(|field| span(buf, field.name.as_bytes()).0 as usize);
+    starts
+        .chain([end])
+        .all(|line_end| buf.get(line_end.wrapping_sub(2)..line_end) == Some(b"\r\n"))
 }
 
 /// Whether a request target is one a gateway serves (RFC 9112 §3.2): origin-form
@@ -180,6 +209,13 @@ struct Framing {
     upgrade: bool,
     keep_alive: bool,
     expects_continue: bool,
+    /// The `Content-Length` declared.
+    length: Option<u64>,
+    /// Where the known fields are, each plus one ([`RequestFields`]).
+    known: [u8; Known::COUNT],
+    /// The fields can go on as read: no known field twice, and no hop-by-hop field but
+    /// `Keep-Alive` and a `Connection` of `keep-alive` or `close` (left out whole).
+    plain: bool,
 }
 
 /// Applies the framing rules of RFC 9112 §6 and SPEC §13 to a parsed head.
@@ -195,9 +231,13 @@ fn check_framing(request: &httparse::Request<'_, '_>) -> Result<Framing, Box<Ref
     let mut accept: Option<&[u8]> = None;
     let mut request_id: Option<&[u8]> = None;
     let mut valid = true;
-    for header in request.headers.iter() {
+    let mut known = [0u8; Known::COUNT];
+    let mut plain = true;
+    for (at, header) in request.headers.iter().enumerate() {
         let name = header.name;
         if name.eq_ignore_ascii_case("content-length") {
+            // A list, or a second field, goes upstream as one value, from a map.
+            plain &= length.is_none() && !header.value.contains(&b',');
             for part in header.value.split(|&b| b == b',') {
                 let parsed = std::str::from_utf8(part)
                     .ok()
@@ -213,28 +253,47 @@ fn check_framing(request: &httparse::Request<'_, '_>) -> Result<Framing, Box<Ref
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             // Several fields form one list; the last coding is the one that frames.
             transfer_encoding = Some(header.value);
+            plain = false;
         } else if name.eq_ignore_ascii_case("host") {
             hosts += 1;
+            note(&mut known, &mut plain, Known::Host, at);
         } else if name.eq_ignore_ascii_case("connection") {
             for token in header.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                connection_upgrade |= token.eq_ignore_ascii_case(b"upgrade");
-                connection_close |= token.eq_ignore_ascii_case(b"close");
-                connection_keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                let upgrade = token.eq_ignore_ascii_case(b"upgrade");
+                let close = token.eq_ignore_ascii_case(b"close");
+                let keep_alive = token.eq_ignore_ascii_case(b"keep-alive");
+                connection_upgrade |= upgrade;
+                connection_close |= close;
+                connection_keep_alive |= keep_alive;
+                // A token naming another field makes that one hop-by-hop too.
+                plain &= close || keep_alive || token.is_empty();
             }
+            note(&mut known, &mut plain, Known::Connection, at);
         } else if name.eq_ignore_ascii_case("expect") {
             expects_continue = header
                 .value
                 .trim_ascii()
                 .eq_ignore_ascii_case(b"100-continue");
+            note(&mut known, &mut plain, Known::Expect, at);
         } else if name.eq_ignore_ascii_case("upgrade") {
             has_upgrade = true;
             h2c |= std::str::from_utf8(header.value)
                 .is_ok_and(|v| v.split(',').map(str::trim).any(crate::forward::is_h2c));
+            plain = false;
         } else if name.eq_ignore_ascii_case("accept") {
             accept = Some(header.value);
+            note(&mut known, &mut plain, Known::Accept, at);
         } else if name.eq_ignore_ascii_case("x-request-id") {
             request_id = Some(header.value);
+            note(&mut known, &mut plain, Known::RequestId, at);
+        } else if let Some(field) = Known::of(name) {
+            note(&mut known, &mut plain, field, at);
+        } else if crate::forward::is_hop_by_hop(name.as_bytes()) {
+            plain = false;
         }
+        // A name `http` could not hold (64 KiB or longer) goes the way of a map, and is
+        // refused there.
+        plain &= name.len() < usize::from(u16::MAX);
     }
     let chunked = match transfer_encoding {
         None => false,
@@ -271,11 +330,22 @@ fn check_framing(request: &httparse::Request<'_, '_>) -> Result<Framing, Box<Ref
     let keep_alive = !connection_close && (request.version == Some(1) || connection_keep_alive);
     Ok(Framing {
         expects_continue: expects_continue && body.is_some(),
+        length,
+        known,
+        plain,
         body,
         // An h2c upgrade is never one (see `forward::is_upgrade`).
         upgrade: connection_upgrade && has_upgrade && !h2c,
         keep_alive,
     })
+}
+
+/// Notes where the known field `field` is (`at`); a second one makes the head not plain.
+fn note(known: &mut [u8; Known::COUNT], plain: &mut bool, field: Known, at: usize) {
+    let slot = &mut known[field as usize];
+    *plain &= *slot == 0;
+    // Fewer than 255 fields (`MAX_HEADERS`): each place fits in a u8, plus one.
+    *slot = u8::try_from(at + 1).unwrap_or(u8::MAX);
 }
 
 /// Fuzzing entry (see `fuzz/`): `data` arrives on a connection in reads of the size its
@@ -295,7 +365,15 @@ pub(crate) fn fuzz(data: &[u8]) {
             Verdict::Partial if fed < data.len() => continue,
             Verdict::Partial | Verdict::H2 | Verdict::Refused(_) => return,
             Verdict::Complete(head) => {
-                let headers = &head.parts.headers;
+                // Fields kept as read must make a map as well as those put in one.
+                let map = head.fields.as_ref().map(|fields| {
+                    assert!(head.parts.headers.is_empty());
+                    fields.to_map().expect("plain fields that http refuses")
+                });
+                if let (Some(fields), Some(map)) = (&head.fields, &map) {
+                    crate::fuzz::same_forwarding(fields, map.clone());
+                }
+                let headers = map.as_ref().unwrap_or(&head.parts.headers);
                 assert!(headers.get_all(http::header::HOST).iter().count() <= 1);
                 assert!(
                     !(headers.contains_key(http::header::CONTENT_LENGTH)
@@ -398,6 +476,48 @@ mod tests {
             verdict("GET / HTTP/1.1\r\nhost: a\r\n"),
             Verdict::Partial
         ));
+    }
+
+    #[test]
+    fn plain_fields_are_kept_as_read() {
+        let plain = "GET / HTTP/1.1\r\nHost: a\r\nUser-Agent: x\r\nConnection: keep-alive\r\n\
+                     X-Forwarded-For: 1.2.3.4\r\n\r\n";
+        let Verdict::Complete(head) = verdict(plain) else {
+            panic!("expected a complete head");
+        };
+        assert!(head.parts.headers.is_empty());
+        let fields = head.fields.expect("kept as read");
+        assert_eq!(fields.get(Known::Host).unwrap(), "a");
+        assert!(fields.has(Known::ForwardedFor) && !fields.has(Known::Accept));
+        let mut out = BytesMut::new();
+        fields.encode(&mut out, |f| matches!(f, Known::Host | Known::Connection));
+        assert_eq!(&out[..], b"User-Agent: x\r\nX-Forwarded-For: 1.2.3.4\r\n");
+        out.clear();
+        fields.encode(&mut out, |f| f == Known::ForwardedFor);
+        assert_eq!(
+            &out[..],
+            b"Host: a\r\nUser-Agent: x\r\nConnection: keep-alive\r\n"
+        );
+        assert_eq!(fields.to_map().unwrap().len(), 4);
+        // Each of these goes into a map.
+        for head in [
+            "GET / HTTP/1.1\r\nhost: a\r\nconnection: x-secret\r\nx-secret: 1\r\n\r\n",
+            "GET / HTTP/1.1\r\nhost: a\r\nte: trailers\r\n\r\n",
+            "GET / HTTP/1.1\r\nhost: a\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+            "GET / HTTP/1.1\r\nhost: a\r\nupgrade: h2c\r\n\r\n",
+            "POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nhost: a\r\naccept: a\r\naccept: b\r\n\r\n",
+            "GET / HTTP/1.1\r\nhost: a\nx: y\r\n\r\n",
+            "GET / HTTP/1.1\r\nhost: a\r\nx: y\n\n",
+            "POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 1, 1\r\n\r\n",
+            "GET / HTTP/1.1\r\nhost: a\r\nproxy-connection: keep-alive\r\n\r\n",
+        ] {
+            let Verdict::Complete(parsed) = verdict(head) else {
+                panic!("expected a complete head: {head:?}");
+            };
+            assert!(parsed.fields.is_none(), "{head:?}");
+            assert!(!parsed.parts.headers.is_empty(), "{head:?}");
+        }
     }
 
     #[test]

@@ -145,6 +145,7 @@ pub async fn serve(stream: Stream, setup: Setup) {
         first = false;
         let Head {
             parts,
+            fields,
             body,
             upgrade,
             keep_alive,
@@ -179,7 +180,7 @@ pub async fn serve(stream: Stream, setup: Setup) {
         // place: `Box::pin(future)` built it on the stack and copied its 7 KiB.
         let handling = Box::write(
             Box::new_uninit(),
-            proxy::handle(setup.gateway.clone(), &setup.conn, request),
+            proxy::handle(setup.gateway.clone(), &setup.conn, request, fields),
         );
         let response = Box::into_pin(handling).await;
 

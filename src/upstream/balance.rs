@@ -293,6 +293,11 @@ impl Ring {
 }
 
 impl HashKey {
+    /// Whether the key is read from the request's fields (else from its path or client).
+    pub fn reads_fields(&self) -> bool {
+        matches!(self, HashKey::Header(_) | HashKey::Cookie(_))
+    }
+
     /// The request's key for the ring, or `None` when it has none (no such header or
     /// cookie).
     pub fn of(&self, headers: &HeaderMap, path: &str, client: IpAddr) -> Option<u64> {

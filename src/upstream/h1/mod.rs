@@ -110,7 +110,7 @@ impl Conn {
     ) -> Result<Response<Body>, SendError> {
         let head_request = request.method() == Method::HEAD;
         let (mut parts, body) = request.into_parts();
-        let framing = request_framing(&mut parts.headers, &body);
+        let framing = request_framing(&mut parts.headers, forwarding.declared_length(), &body);
         let mut timer = self.timer.take();
         let mut head = BytesMut::with_capacity(512);
         encode_request_line(&mut head, &parts);
@@ -436,16 +436,19 @@ enum Outgoing {
 }
 
 /// Decides the request body's framing and sets its header: the client's `Content-Length`
-/// when it sent one (the gate checked it), else the exact size when known, else chunked.
-fn request_framing(headers: &mut HeaderMap, body: &RequestBody) -> Outgoing {
+/// when it sent one (the gate checked it; `declared` when its fields go on as read), else
+/// the exact size when known, else chunked.
+fn request_framing(headers: &mut HeaderMap, declared: Option<u64>, body: &RequestBody) -> Outgoing {
     if http_body::Body::is_end_stream(body) {
         return Outgoing::Length(0);
     }
-    if let Some(length) = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
-    {
+    let declared = declared.or_else(|| {
+        headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok())
+    });
+    if let Some(length) = declared {
         return Outgoing::Length(length);
     }
     if let Some(length) = http_body::Body::size_hint(body).exact() {
