@@ -1,7 +1,8 @@
 //! One try of a request against one endpoint: connect (or reuse a connection), send, and
 //! wait for the response head, over HTTP/1.1 or HTTP/2 as the upstream speaks. Failures
-//! come back classified, with their delivery, and with the request itself when none of it
-//! was sent, so that it can go elsewhere.
+//! come back classified, with their delivery, and with whether the request is still whole
+//! (none of it was sent), so that it can go elsewhere. The request is borrowed: its head
+//! stays with the caller for another try.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,10 +32,9 @@ pub struct Success {
 pub struct Failure {
     pub cause: Cause,
     pub delivery: Delivery,
-    /// The request, when none of it reached the endpoint.
-    pub request: Option<Request<RequestBody>>,
-    /// The head of a request that was sent, to send again with a kept copy of its body.
-    pub sent_head: Option<Box<http::request::Parts>>,
+    /// None of the request reached the endpoint: it is whole, body and all. Otherwise
+    /// its head is, and it can go again with a kept copy of its body.
+    pub intact: bool,
     pub connect: Option<Duration>,
     /// What the cause alone does not say, for the operator: why a TLS handshake failed
     /// (an expired certificate, a name mismatch).
@@ -42,33 +42,27 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn connect(
-        err: ConnectError,
-        request: Request<RequestBody>,
-        connect: Option<Duration>,
-    ) -> Failure {
+    fn connect(err: ConnectError, connect: Option<Duration>) -> Failure {
         let detail = matches!(err, ConnectError::Tls(_)).then(|| Arc::from(err.to_string()));
         Failure {
             cause: err.cause(),
             delivery: Delivery::None,
-            request: Some(request),
-            sent_head: None,
+            intact: true,
             connect,
             detail,
         }
     }
 
     fn send(error: SendError, connect: Option<Duration>) -> Failure {
-        let (cause, delivery, request, sent_head) = match error {
-            SendError::NotSent(request, cause) => (cause, Delivery::None, Some(*request), None),
-            SendError::Sent(cause, head) => (cause, Delivery::Sent, None, Some(head)),
-            SendError::Unprocessed(cause, head) => (cause, Delivery::None, None, Some(head)),
+        let (cause, delivery, intact) = match error {
+            SendError::NotSent(cause) => (cause, Delivery::None, true),
+            SendError::Sent(cause) => (cause, Delivery::Sent, false),
+            SendError::Unprocessed(cause) => (cause, Delivery::None, false),
         };
         Failure {
             cause,
             delivery,
-            request,
-            sent_head,
+            intact,
             connect,
             detail: None,
         }
@@ -107,10 +101,10 @@ async fn connect(endpoint: &Endpoint, limit: Option<Duration>) -> Result<Stream,
 /// `head_deadline` bounds the wait for the response head.
 ///
 /// HTTP/1.1 is inline here rather than a function of its own: each level of `async fn`
-/// moves the request (a few hundred bytes) once more, on every request.
+/// moves its state and what it returns once more, on every request.
 pub async fn attempt(
     endpoint: &Arc<Endpoint>,
-    mut request: Request<RequestBody>,
+    request: &mut Request<RequestBody>,
     forwarding: &Forwarding,
     connect_timeout: Option<Duration>,
     head_deadline: Option<Instant>,
@@ -143,7 +137,7 @@ pub async fn attempt(
                     Ok(stream) => Conn::new(stream),
                     Err(err) => {
                         log_connect_failure(endpoint, &err);
-                        return Err(Failure::connect(err, request, connect_time));
+                        return Err(Failure::connect(err, connect_time));
                     }
                 }
             }
@@ -166,9 +160,8 @@ pub async fn attempt(
                     connect: connect_time,
                 });
             }
-            Err(SendError::NotSent(returned, cause)) if reused => {
+            Err(SendError::NotSent(cause)) if reused => {
                 tracing::debug!(endpoint = %endpoint.addr, %cause, "pooled connection was dead; retrying on a fresh one");
-                request = *returned;
             }
             Err(error) => return Err(Failure::send(error, connect_time)),
         }
@@ -177,7 +170,7 @@ pub async fn attempt(
 
 async fn attempt_h2(
     endpoint: &Arc<Endpoint>,
-    request: Request<RequestBody>,
+    request: &mut Request<RequestBody>,
     forwarding: &Forwarding,
     connect_timeout: Option<Duration>,
     head_deadline: Option<Instant>,
@@ -208,9 +201,9 @@ async fn attempt_h2(
             lease,
             connect: connect_time,
         }),
-        Err(H2Failure::Connect(err, request)) => {
+        Err(H2Failure::Connect(err)) => {
             log_connect_failure(endpoint, &err);
-            Err(Failure::connect(err, *request, connect_time))
+            Err(Failure::connect(err, connect_time))
         }
         Err(H2Failure::Send(error)) => Err(Failure::send(error, connect_time)),
     }

@@ -28,7 +28,8 @@ use crate::upstream::endpoint::ms_at;
 use crate::upstream::Upstream;
 
 /// A request on its way upstream: its head and body, the fields baton adds to the head,
-/// and its key for a hashing balancer.
+/// and its key for a hashing balancer. It stays where its stage keeps it; the tries
+/// borrow it.
 pub(crate) struct Outgoing {
     pub request: Request<RequestBody>,
     pub forwarding: Forwarding,
@@ -49,7 +50,7 @@ pub(crate) async fn try_endpoints(
     stats: &RouteState,
     route: &Route,
     watch: Option<&ClientConn>,
-    outgoing: Outgoing,
+    outgoing: &mut Outgoing,
     exchange: &mut Exchange,
 ) -> Result<Success, ProxyError> {
     // One stage with the admission rather than a call around both: each level of
@@ -62,11 +63,9 @@ pub(crate) async fn try_endpoints(
     let mut now = Instant::now();
     let mut now_ms = ms_at(now);
     stats.retry_budget.record_request(now_ms);
-    let Outgoing {
-        mut request,
-        forwarding,
-        key,
-    } = outgoing;
+    let key = outgoing.key;
+    let forwarding = &outgoing.forwarding;
+    let request = &mut outgoing.request;
     let members = upstream.members();
     let metrics = &gateway.observer.metrics;
     let policy = &route.retry;
@@ -110,7 +109,7 @@ pub(crate) async fn try_endpoints(
         let result = attempt(
             endpoint,
             request,
-            &forwarding,
+            forwarding,
             route.timeouts.connect,
             head_deadline,
             sent_at,
@@ -186,11 +185,13 @@ pub(crate) async fn try_endpoints(
         if !retryable || exchange.attempts >= policy.attempts {
             break;
         }
-        let next = match (failure.request, failure.sent_head, &resend) {
-            (Some(unsent), _, _) => unsent,
-            (None, Some(head), Some(body)) => Request::from_parts(*head, body.body()),
-            _ => break,
-        };
+        if !failure.intact {
+            // The body went with the failed try; a kept copy of it goes with the next.
+            let Some(body) = &resend else {
+                break;
+            };
+            *request.body_mut() = body.body();
+        }
         if !stats.retry_budget.try_spend(policy) {
             tracing::debug!(route = %route.name, "retry budget spent; answering with the error");
             break;
@@ -213,7 +214,6 @@ pub(crate) async fn try_endpoints(
         tokio::time::sleep(wait).await;
         now = Instant::now();
         now_ms = ms_at(now);
-        request = next;
     }
     Err(match last_failure {
         Some(cause) => ProxyError {

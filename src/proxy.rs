@@ -522,7 +522,7 @@ async fn handle_inner(
     let key = upstream
         .hash_key()
         .and_then(|key| key.of(&parts.headers, parts.uri.path(), conn.peer.ip()));
-    let outgoing = Outgoing {
+    let mut outgoing = Outgoing {
         request: Request::from_parts(parts, body),
         forwarding,
         key,
@@ -551,7 +551,7 @@ async fn handle_inner(
         route_state,
         route,
         watch,
-        outgoing,
+        &mut outgoing,
         exchange,
     )
     .await;

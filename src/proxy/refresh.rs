@@ -22,7 +22,7 @@ pub(super) async fn refresh_in_background(
     gateway: Arc<Gateway>,
     snapshot: Arc<Snapshot>,
     route_index: usize,
-    outgoing: Outgoing,
+    mut outgoing: Outgoing,
     pending: Box<Pending>,
     mut exchange: Exchange,
 ) {
@@ -35,7 +35,7 @@ pub(super) async fn refresh_in_background(
         &snapshot.routes[route_index],
         route,
         None,
-        outgoing,
+        &mut outgoing,
         &mut exchange,
     )
     .await;

@@ -160,7 +160,7 @@ impl Connections {
         connect: F,
         connect_timeout: Option<Duration>,
         tls: bool,
-        request: Request<RequestBody>,
+        request: &mut Request<RequestBody>,
         forwarding: &Forwarding,
         endpoint_host: &HeaderValue,
         deadline: Option<Instant>,
@@ -177,32 +177,32 @@ impl Connections {
         };
         let (mut sender, slot) = match found {
             Ok(found) => found,
-            Err(err) => return Err(H2Failure::Connect(err, Box::new(request))),
+            Err(err) => return Err(H2Failure::Connect(err)),
         };
-        let (mut parts, body) = request.into_parts();
-        let kept = parts.clone();
+        // hyper takes the request whole: a copy of the head goes, and the client's stays
+        // for another try.
         // HTTP/2 has no connection-specific fields (RFC 9113 §8.2.2): hyper drops what is
         // left of them (`Connection`, `Upgrade` of a WebSocket handshake, which goes on as
         // a plain request).
-        let authority = forwarding.apply(&mut parts.headers, endpoint_host);
-        parts.uri = match upstream_uri(&parts.uri, &authority, tls) {
-            Some(uri) => uri,
-            None => {
-                return Err(H2Failure::Send(SendError::NotSent(
-                    Box::new(Request::from_parts(kept, body)),
-                    Cause::BadRequest,
-                )))
-            }
+        let mut headers = request.headers().clone();
+        let authority = forwarding.apply(&mut headers, endpoint_host);
+        let Some(uri) = upstream_uri(request.uri(), &authority, tls) else {
+            return Err(H2Failure::Send(SendError::NotSent(Cause::BadRequest)));
         };
-        parts.version = Version::HTTP_2;
-        let sending = sender.try_send_request(Request::from_parts(parts, body));
+        let mut outgoing =
+            Request::new(std::mem::replace(request.body_mut(), RequestBody::empty()));
+        *outgoing.method_mut() = request.method().clone();
+        *outgoing.uri_mut() = uri;
+        *outgoing.version_mut() = Version::HTTP_2;
+        *outgoing.headers_mut() = headers;
+        *outgoing.extensions_mut() = request.extensions().clone();
+        let sending = sender.try_send_request(outgoing);
         let result = match deadline {
             Some(deadline) => match tokio::time::timeout_at(deadline, sending).await {
                 Ok(result) => result,
                 Err(_) => {
                     return Err(H2Failure::Send(SendError::Sent(
                         Cause::UpstreamResponseTimeout,
-                        Box::new(kept),
                     )))
                 }
             },
@@ -213,15 +213,12 @@ impl Connections {
             Err(mut err) => {
                 if let Some(unsent) = err.take_message() {
                     // The connection closed before the request went out.
-                    let (_, body) = unsent.into_parts();
-                    return Err(H2Failure::Send(SendError::NotSent(
-                        Box::new(Request::from_parts(kept, body)),
-                        Cause::UpstreamReset,
-                    )));
+                    *request.body_mut() = unsent.into_body();
+                    return Err(H2Failure::Send(SendError::NotSent(Cause::UpstreamReset)));
                 }
                 let error = err.into_error();
                 tracing::debug!(error = %error, "HTTP/2 request to the upstream failed");
-                Err(H2Failure::Send(classify(&error, kept)))
+                Err(H2Failure::Send(classify(&error)))
             }
         }
     }
@@ -229,29 +226,28 @@ impl Connections {
 
 /// A failed HTTP/2 exchange.
 pub enum H2Failure {
-    /// No connection could be made; the request comes back.
-    Connect(ConnectError, Box<Request<RequestBody>>),
+    /// No connection could be made; the request is untouched.
+    Connect(ConnectError),
     Send(SendError),
 }
 
 /// What became of a request whose stream failed (RFC 9113 §8.7).
-fn classify(error: &hyper::Error, head: http::request::Parts) -> SendError {
-    let head = Box::new(head);
+fn classify(error: &hyper::Error) -> SendError {
     let Some(h2) = find_source::<h2::Error>(error) else {
-        return SendError::Sent(Cause::UpstreamReset, head);
+        return SendError::Sent(Cause::UpstreamReset);
     };
     if h2.is_remote() && h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
-        return SendError::Unprocessed(Cause::UpstreamProtocolError, head);
+        return SendError::Unprocessed(Cause::UpstreamProtocolError);
     }
     if h2.is_go_away() && h2.is_remote() && h2.reason() == Some(h2::Reason::NO_ERROR) {
         // Only streams above the GOAWAY's last stream ID end with a graceful GOAWAY's
         // error; the streams it kept end with their answers, or a broken pipe.
-        return SendError::Unprocessed(Cause::UpstreamReset, head);
+        return SendError::Unprocessed(Cause::UpstreamReset);
     }
     if h2.is_io() {
-        return SendError::Sent(Cause::UpstreamReset, head);
+        return SendError::Sent(Cause::UpstreamReset);
     }
-    SendError::Sent(Cause::UpstreamProtocolError, head)
+    SendError::Sent(Cause::UpstreamProtocolError)
 }
 
 fn find_source<'a, T: std::error::Error + 'static>(

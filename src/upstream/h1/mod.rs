@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use tokio::time::Instant;
 
@@ -57,22 +57,24 @@ pub struct Conn {
     timer: Option<LazyDeadline>,
 }
 
-/// A failed exchange, and whether any of the request reached the upstream.
+/// A failed exchange, and whether any of the request reached the upstream. The request's
+/// head is left as it was in every case, so that it can go again.
 pub enum SendError {
-    /// Nothing was written: the request comes back, to go elsewhere.
-    NotSent(Box<Request<RequestBody>>, Cause),
-    /// Some or all of it was written. The head comes back, so that the request can be
-    /// sent again when its body was kept.
-    Sent(Cause, Box<http::request::Parts>),
+    /// Nothing was written: the request is whole, to go elsewhere.
+    NotSent(Cause),
+    /// Some or all of it was written, its body spent: it can be sent again with a kept
+    /// copy of its body.
+    Sent(Cause),
     /// It was written, and the upstream says it did not process it (an HTTP/2 stream it
     /// refused, or one past its GOAWAY; a TLS handshake it refused after the fact): as
-    /// safe to send elsewhere as an unsent one, when its body was kept.
-    Unprocessed(Cause, Box<http::request::Parts>),
+    /// safe to send elsewhere as an unsent one, with a kept copy of its body.
+    Unprocessed(Cause),
 }
 
 /// How [`Conn::exchange`] failed.
 enum Failed {
-    NotSent(RequestBody),
+    /// Nothing was written; the body is untouched.
+    NotSent,
     Sent(Cause),
 }
 
@@ -100,28 +102,31 @@ impl Conn {
     /// the connection back when the exchange allows its reuse; should the exchange be
     /// dropped after the request was written, the connection goes back to `endpoint`'s pool
     /// if its answer is short (see `InFlight`).
+    ///
+    /// The request is borrowed, not moved: it stays where its caller keeps it, for
+    /// another try should this one fail, and each level of `async fn` below would
+    /// otherwise copy its few hundred bytes once more.
     pub async fn send(
         mut self,
-        request: Request<RequestBody>,
+        request: &mut Request<RequestBody>,
         forwarding: &Forwarding,
         host: &HeaderValue,
         deadline: Option<Instant>,
         endpoint: &Arc<Endpoint>,
     ) -> Result<Response<Body>, SendError> {
         let head_request = request.method() == Method::HEAD;
-        let (mut parts, body) = request.into_parts();
-        let framing = request_framing(&mut parts.headers, forwarding.declared_length(), &body);
+        let framing = request_framing(request, forwarding.declared_length());
         let mut timer = self.timer.take();
         let mut head = BytesMut::with_capacity(512);
-        encode_request_line(&mut head, &parts);
-        forwarding.encode_fields(&mut head, &parts.headers, host);
+        encode_request_line(&mut head, request);
+        forwarding.encode_fields(&mut head, request.headers(), host);
         let mut flight = InFlight {
             conn: Some(self),
             endpoint,
             head_request,
             written: false,
         };
-        let exchange = flight.exchange(head, body, framing, forwarding.raw_answer);
+        let exchange = flight.exchange(head, request.body_mut(), framing, forwarding.raw_answer);
         let result = match deadline {
             Some(deadline) => {
                 let timer = match &mut timer {
@@ -147,7 +152,7 @@ impl Conn {
         flight.written = false;
         let failed = match result {
             Ok(mut response) => {
-                maps::give(parts.headers);
+                maps::give(std::mem::take(request.headers_mut()));
                 if let Some(conn) = response.body_mut().conn.as_mut() {
                     conn.timer = timer;
                 }
@@ -156,16 +161,13 @@ impl Conn {
             Err(failed) => failed,
         };
         Err(match failed {
-            Failed::NotSent(body) => SendError::NotSent(
-                Box::new(Request::from_parts(parts, body)),
-                Cause::UpstreamReset,
-            ),
+            Failed::NotSent => SendError::NotSent(Cause::UpstreamReset),
             // The upstream's TLS layer refused the connection after the fact (see
             // `classify::upstream_read_error`): nothing behind it saw the request.
             Failed::Sent(Cause::UpstreamTlsFailed) => {
-                SendError::Unprocessed(Cause::UpstreamTlsFailed, Box::new(parts))
+                SendError::Unprocessed(Cause::UpstreamTlsFailed)
             }
-            Failed::Sent(cause) => SendError::Sent(cause, Box::new(parts)),
+            Failed::Sent(cause) => SendError::Sent(cause),
         })
     }
 
@@ -329,16 +331,17 @@ struct InFlight<'a> {
 }
 
 impl InFlight<'_> {
-    /// Writes the encoded head `out` and the body, and reads the response head.
+    /// Writes the encoded head `out` and the body, and reads the response head. The body
+    /// is left untouched when nothing was written, and spent otherwise.
     async fn exchange(
         &mut self,
         mut out: BytesMut,
-        mut body: RequestBody,
+        body: &mut RequestBody,
         framing: Outgoing,
         raw: bool,
     ) -> Result<Response<Body>, Failed> {
         let Some(conn) = self.conn.as_mut() else {
-            return Err(Failed::NotSent(body));
+            return Err(Failed::NotSent);
         };
         // Body data already at hand, when small, goes out with the head in one write; it
         // is taken from the body only once written.
@@ -356,7 +359,7 @@ impl InFlight<'_> {
                 }
             }
             // Nothing went out: the request, untouched, may go elsewhere.
-            _ => return Err(Failed::NotSent(body)),
+            _ => return Err(Failed::NotSent),
         }
         if coalesced.is_some() {
             // The frame just written, through the body's own accounting.
@@ -365,11 +368,12 @@ impl InFlight<'_> {
         let mut whole = true;
         if !http_body::Body::is_end_stream(&body) || matches!(framing, Outgoing::Chunked) {
             whole = conn
-                .send_body(&mut body, framing, coalesced.unwrap_or(0))
+                .send_body(body, framing, coalesced.unwrap_or(0))
                 .await
                 .map_err(Failed::Sent)?;
         }
-        drop(body);
+        // Done with: whatever of it the upstream did not take goes now.
+        *body = RequestBody::empty();
         // An upstream that answered before taking the whole body left the connection in
         // the middle of a request: nothing to keep it for.
         self.written = whole;
@@ -438,12 +442,13 @@ enum Outgoing {
 /// Decides the request body's framing and sets its header: the client's `Content-Length`
 /// when it sent one (the gate checked it; `declared` when its fields go on as read), else
 /// the exact size when known, else chunked.
-fn request_framing(headers: &mut HeaderMap, declared: Option<u64>, body: &RequestBody) -> Outgoing {
-    if http_body::Body::is_end_stream(body) {
+fn request_framing(request: &mut Request<RequestBody>, declared: Option<u64>) -> Outgoing {
+    if http_body::Body::is_end_stream(request.body()) {
         return Outgoing::Length(0);
     }
     let declared = declared.or_else(|| {
-        headers
+        request
+            .headers()
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse().ok())
@@ -451,7 +456,9 @@ fn request_framing(headers: &mut HeaderMap, declared: Option<u64>, body: &Reques
     if let Some(length) = declared {
         return Outgoing::Length(length);
     }
-    if let Some(length) = http_body::Body::size_hint(body).exact() {
+    let size = http_body::Body::size_hint(request.body()).exact();
+    let headers = request.headers_mut();
+    if let Some(length) = size {
         headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
         return Outgoing::Length(length);
     }
@@ -461,10 +468,10 @@ fn request_framing(headers: &mut HeaderMap, declared: Option<u64>, body: &Reques
 }
 
 /// The request line, as HTTP/1.1 with the target in origin form.
-fn encode_request_line(out: &mut BytesMut, parts: &http::request::Parts) {
-    out.extend_from_slice(parts.method.as_str().as_bytes());
+fn encode_request_line(out: &mut BytesMut, request: &Request<RequestBody>) {
+    out.extend_from_slice(request.method().as_str().as_bytes());
     out.extend_from_slice(b" ");
-    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
 }
