@@ -24,6 +24,7 @@ use crate::cause::Cause;
 use crate::codec::RawFields;
 use crate::idempotency::{StoredResponse, MAX_STORED_BODY};
 use crate::observe::Exchange;
+use crate::spare::Kept;
 use crate::upstream::client::Incoming;
 use crate::upstream::pool::Lease;
 
@@ -111,7 +112,7 @@ enum Kind {
     },
     /// The body another request is fetching into the cache.
     Filling(FillReader),
-    Upstream(Box<UpstreamBody>),
+    Upstream(Kept<UpstreamBody>),
 }
 
 impl ResponseBody {
@@ -172,22 +173,20 @@ impl ResponseBody {
         exchange: Exchange,
         keep: Option<Keep>,
     ) -> ResponseBody {
-        // Written into its box, not built on the stack and copied there.
-        let mut body = Box::write(
-            Box::new_uninit(),
-            UpstreamBody {
-                inner,
-                idle,
-                deadline,
-                timer: None,
-                waiting: false,
-                lease: Some(lease),
-                exchange: Some(exchange),
-                keep,
-                bytes: 0,
-                detached: None,
-            },
-        );
+        // Written into its box (one this thread kept), not built on the stack and copied
+        // there.
+        let mut body = Kept::new(UpstreamBody {
+            inner,
+            idle,
+            deadline,
+            timer: None,
+            waiting: false,
+            lease: Some(lease),
+            exchange: Some(exchange),
+            keep,
+            bytes: 0,
+            detached: None,
+        });
         if body.inner.is_end_stream() {
             body.finish(None);
         }

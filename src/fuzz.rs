@@ -11,6 +11,7 @@ use http::{HeaderMap, Version};
 
 use crate::codec::{Decoder, RequestFields};
 use crate::forward::{self, Forwarding, Peer};
+use crate::spare::Kept;
 
 /// Decodes what `buf` holds of a body framed by `decoder`, and checks that no more body
 /// comes out than bytes went in. Its length; `None` when the body is malformed, or
@@ -135,7 +136,7 @@ pub(crate) fn same_forwarding(fields: &RequestFields, mut map: HeaderMap) {
             trusted_proxies,
             tls: false,
         };
-        let encode = |headers: &HeaderMap, kept: Option<Box<RequestFields>>| {
+        let encode = |headers: &HeaderMap, kept: Option<Kept<RequestFields>>| {
             let forwarding = Forwarding::new(
                 headers,
                 kept,
@@ -160,7 +161,7 @@ pub(crate) fn same_forwarding(fields: &RequestFields, mut map: HeaderMap) {
         };
         assert_eq!(
             encode(&map, None),
-            encode(&HeaderMap::new(), Some(Box::new(fields.clone()))),
+            encode(&HeaderMap::new(), Some(Kept::new(fields.clone()))),
             "fields as read went upstream otherwise than from a map"
         );
     }

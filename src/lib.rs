@@ -78,6 +78,7 @@ pub mod route;
 pub mod server;
 pub mod slots;
 pub mod sock;
+pub mod spare;
 pub mod status;
 pub mod store;
 pub mod timer;

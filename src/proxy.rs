@@ -29,6 +29,7 @@ use crate::observe::Exchange;
 use crate::respond::{self, ErrorReply, DEFAULT_RETRY_AFTER};
 use crate::route;
 use crate::server::ClientBody;
+use crate::spare::Kept;
 use crate::status;
 use crate::upstream::client::Incoming;
 use crate::upstream::pool::Lease;
@@ -97,7 +98,7 @@ pub async fn handle(
     gateway: Arc<Gateway>,
     conn: &ClientConn,
     request: Request<ClientBody>,
-    fields: Option<Box<RequestFields>>,
+    fields: Option<Kept<RequestFields>>,
 ) -> Response<ResponseBody> {
     let (request_id, accept) = match &fields {
         Some(fields) => (
@@ -304,7 +305,7 @@ async fn handle_inner(
     snapshot: &Arc<Snapshot>,
     conn: &ClientConn,
     mut request: Request<ClientBody>,
-    fields: Option<Box<RequestFields>>,
+    fields: Option<Kept<RequestFields>>,
     exchange: &mut Exchange,
 ) -> Result<Answer, ProxyError> {
     if request.version() == Version::HTTP_2

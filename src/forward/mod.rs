@@ -25,6 +25,7 @@ pub use request_id::{
 
 use crate::codec::{encode_field, Known, RawFields, RequestFields};
 use crate::respond::X_REQUEST_ID;
+use crate::spare::Kept;
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -210,7 +211,7 @@ pub struct Forwarding {
     /// The client's host, sent as `Host` instead of the endpoint's (`preserve_host`).
     host: Option<HeaderValue>,
     /// The client's fields as read, when they are not in the request's header map.
-    fields: Option<Box<RequestFields>>,
+    fields: Option<Kept<RequestFields>>,
     /// Nothing on the way reads the answer's fields, and the client speaks HTTP/1.1: an
     /// HTTP/1.1 upstream's answer may keep its fields as read, to be written out as they
     /// are (`codec::RawFields`).
@@ -225,7 +226,7 @@ impl Forwarding {
     /// forwarding fields are kept only when it is a trusted proxy.
     pub fn new(
         headers: &HeaderMap,
-        fields: Option<Box<RequestFields>>,
+        fields: Option<Kept<RequestFields>>,
         peer: &Peer<'_>,
         host: Option<&HeaderValue>,
         version: Version,

@@ -9,6 +9,7 @@ use http::{HeaderValue, Method, Uri, Version};
 use super::Refusal;
 use crate::cause::Cause;
 use crate::codec::{slice, span, Decoder, FieldSpans, Known, RequestFields, Span, MAX_HEADERS};
+use crate::spare::Kept;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -17,7 +18,7 @@ pub(super) struct Head {
     pub parts: http::request::Parts,
     /// Its fields as read, when the head is plain enough to forward them so; `parts` then
     /// has an empty header map.
-    pub fields: Option<Box<RequestFields>>,
+    pub fields: Option<Kept<RequestFields>>,
     /// How its body is framed; `None` when it has none.
     pub body: Option<Decoder>,
     /// It asks for a protocol upgrade.
@@ -32,7 +33,7 @@ pub(super) struct Head {
 pub(super) enum Verdict {
     /// Not all of the head yet.
     Partial,
-    Complete(Box<Head>),
+    Complete(Kept<Head>),
     /// The HTTP/2 connection preface (h2c with prior knowledge).
     H2,
     Refused(Refusal),
@@ -123,10 +124,10 @@ pub(super) fn inspect(buf: &mut BytesMut, scanned: &mut usize, first: bool, max:
     };
     let head = buf.split_to(len).freeze();
     match build(&head, method, target, version, (!plain).then_some(&fields)) {
-        Some(parts) => Verdict::Complete(Box::new(Head {
+        Some(parts) => Verdict::Complete(Kept::new(Head {
             parts,
             fields: plain.then(|| {
-                Box::new(RequestFields::new(
+                Kept::new(RequestFields::new(
                     head.clone(),
                     fields,
                     framing.known,
@@ -486,7 +487,7 @@ mod tests {
             panic!("expected a complete head");
         };
         assert!(head.parts.headers.is_empty());
-        let fields = head.fields.expect("kept as read");
+        let fields = Kept::into_inner(head).fields.expect("kept as read");
         assert_eq!(fields.get(Known::Host).unwrap(), "a");
         assert!(fields.has(Known::ForwardedFor) && !fields.has(Known::Accept));
         let mut out = BytesMut::new();

@@ -25,7 +25,6 @@
 mod body;
 mod h2;
 mod head;
-mod spare;
 
 use std::cell::RefCell;
 use std::future::{poll_fn, Future};
@@ -51,6 +50,7 @@ use crate::forward::header_tokens;
 use crate::gateway::{stop_requested, Gateway};
 use crate::listener::ClientConn;
 use crate::proxy;
+use crate::spare::Kept;
 use crate::timer::LazyDeadline;
 use crate::transport::Stream;
 use crate::upstream::h1;
@@ -151,7 +151,7 @@ pub async fn serve(stream: Stream, setup: Setup) {
             upgrade,
             keep_alive,
             expects_continue,
-        } = *head;
+        } = Kept::into_inner(head);
         let facts = Facts {
             head_request: parts.method == Method::HEAD,
             version: parts.version,
@@ -181,11 +181,11 @@ pub async fn serve(stream: Stream, setup: Setup) {
         // into it, which lets the compiler build the future in place: `Box::pin(future)`
         // built it on the stack and copied its 5 KiB.
         let mut handling = Box::into_pin(Box::write(
-            spare::take(),
+            crate::spare::take(),
             proxy::handle(setup.gateway.clone(), &setup.conn, request, fields),
         ));
         let response = handling.as_mut().await;
-        spare::give(handling);
+        crate::spare::give(handling);
 
         // The body is no longer read: take back what was read past it, and finish a
         // `100 Continue` half written (one not yet begun is not wanted any more).
@@ -237,7 +237,7 @@ struct Facts {
 }
 
 enum HeadRead {
-    Request(Box<Head>),
+    Request(Kept<Head>),
     H2,
     Refused(Refusal),
     /// The client closed, the connection sat idle too long, or baton is stopping: nothing

@@ -10,6 +10,7 @@ use http_body::{Frame, SizeHint};
 
 use super::Conn;
 use crate::codec::{Decoder, RawFields};
+use crate::spare::Kept;
 
 /// A response body read from its connection as the client takes it.
 pub struct Body {
@@ -26,7 +27,7 @@ pub struct Body {
     /// The head's fields for the client as read, when the exchange asked for them so.
     /// Boxed: inline, it would take the boxed response body past the size glibc's
     /// per-thread cache serves (1,032 bytes).
-    pub(super) raw: Option<Box<RawFields>>,
+    pub(super) raw: Option<Kept<RawFields>>,
 }
 
 impl Body {

@@ -10,6 +10,7 @@ use http::{HeaderMap, StatusCode, Version};
 use crate::cause::Cause;
 use crate::codec::{maps, Decoder, FieldSpans, RawFields, MAX_HEADERS, MAX_HEAD_BYTES};
 use crate::forward::is_hop_by_hop;
+use crate::spare::Kept;
 
 /// What arrived while the request body was still going out.
 pub(super) enum Early {
@@ -45,7 +46,7 @@ pub(super) struct ParsedHead {
     /// (with room for the fields baton adds) when they are in `raw`.
     pub(super) headers: HeaderMap,
     /// The fields for the client as read, when asked for and the head allows it.
-    pub(super) raw: Option<Box<RawFields>>,
+    pub(super) raw: Option<Kept<RawFields>>,
     pub(super) connection: ConnectionFields,
     /// How the body is framed: `Done` for an interim answer.
     pub(super) framing: Decoder,
@@ -275,7 +276,7 @@ pub(super) fn parse_head(
         (Some(mut raw), _) => {
             let date = kinds.contains(&Known::Date);
             raw.set_head(head, length.content_length, date);
-            (maps::take(4), Some(Box::new(raw)))
+            (maps::take(4), Some(Kept::new(raw)))
         }
         // Room for the fields baton adds on the way to the client.
         (None, Some(spans)) => (spans.to_map(&head, 4).ok_or(invalid)?, None),
