@@ -179,7 +179,7 @@ pub async fn serve(stream: Stream, mut setup: Setup) {
         // idle connection's task stays small (see bench/README.md), in a box this thread
         // keeps from one request to the next. The box is had first and the future written
         // into it, which lets the compiler build the future in place: `Box::pin(future)`
-        // built it on the stack and copied its 5 KiB.
+        // built it on the stack and copied its 4 KiB.
         let mut handling = Box::into_pin(Box::write(
             crate::spare::take(),
             proxy::handle(setup.gateway.clone(), &setup.conn, request, fields),
