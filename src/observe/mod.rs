@@ -271,7 +271,12 @@ impl Exchange {
         if !log.enabled() {
             return;
         }
-        let request_id = String::from_utf8_lossy(self.request_id.as_bytes());
+        // `from_utf8` first: for the ASCII ids nearly all requests have it is several
+        // times cheaper than `from_utf8_lossy`'s walk through chunks.
+        let request_id = match std::str::from_utf8(self.request_id.as_bytes()) {
+            Ok(id) => std::borrow::Cow::Borrowed(id),
+            Err(_) => String::from_utf8_lossy(self.request_id.as_bytes()),
+        };
         let host = self
             .host
             .as_ref()
