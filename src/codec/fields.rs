@@ -107,11 +107,11 @@ impl Known {
         Known::KeepAlive,
     ];
 
-    /// The field a name (any case) is, if it is one of these.
+    /// The field a name (a token, in any case) is, if it is one of these.
     pub fn of(name: &str) -> Option<Known> {
         Known::ALL
             .into_iter()
-            .find(|known| name.eq_ignore_ascii_case(known.as_str()))
+            .find(|known| super::name_is(name.as_bytes(), known.as_str().as_bytes()))
     }
 
     pub fn as_str(self) -> &'static str {

@@ -8,7 +8,9 @@ use http::{HeaderValue, Method, Uri, Version};
 
 use super::Refusal;
 use crate::cause::Cause;
-use crate::codec::{slice, span, Decoder, FieldSpans, Known, RequestFields, Span, MAX_HEADERS};
+use crate::codec::{
+    name_is, slice, span, Decoder, FieldSpans, Known, RequestFields, Span, MAX_HEADERS,
+};
 use crate::spare::Kept;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -236,7 +238,8 @@ fn check_framing(request: &httparse::Request<'_, '_>) -> Result<Framing, Box<Ref
     let mut plain = true;
     for (at, header) in request.headers.iter().enumerate() {
         let name = header.name;
-        if name.eq_ignore_ascii_case("content-length") {
+        let is = |lower: &[u8]| name_is(name.as_bytes(), lower);
+        if is(b"content-length") {
             // A list, or a second field, goes upstream as one value, from a map.
             plain &= length.is_none() && !header.value.contains(&b',');
             for part in header.value.split(|&b| b == b',') {
@@ -251,14 +254,14 @@ fn check_framing(request: &httparse::Request<'_, '_>) -> Result<Framing, Box<Ref
                     _ => valid = false,
                 }
             }
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+        } else if is(b"transfer-encoding") {
             // Several fields form one list; the last coding is the one that frames.
             transfer_encoding = Some(header.value);
             plain = false;
-        } else if name.eq_ignore_ascii_case("host") {
+        } else if is(b"host") {
             hosts += 1;
             note(&mut known, &mut plain, Known::Host, at);
-        } else if name.eq_ignore_ascii_case("connection") {
+        } else if is(b"connection") {
             for token in header.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                 let upgrade = token.eq_ignore_ascii_case(b"upgrade");
                 let close = token.eq_ignore_ascii_case(b"close");
@@ -270,21 +273,21 @@ fn check_framing(request: &httparse::Request<'_, '_>) -> Result<Framing, Box<Ref
                 plain &= close || keep_alive || token.is_empty();
             }
             note(&mut known, &mut plain, Known::Connection, at);
-        } else if name.eq_ignore_ascii_case("expect") {
+        } else if is(b"expect") {
             expects_continue = header
                 .value
                 .trim_ascii()
                 .eq_ignore_ascii_case(b"100-continue");
             note(&mut known, &mut plain, Known::Expect, at);
-        } else if name.eq_ignore_ascii_case("upgrade") {
+        } else if is(b"upgrade") {
             has_upgrade = true;
             h2c |= std::str::from_utf8(header.value)
                 .is_ok_and(|v| v.split(',').map(str::trim).any(crate::forward::is_h2c));
             plain = false;
-        } else if name.eq_ignore_ascii_case("accept") {
+        } else if is(b"accept") {
             accept = Some(header.value);
             note(&mut known, &mut plain, Known::Accept, at);
-        } else if name.eq_ignore_ascii_case("x-request-id") {
+        } else if is(b"x-request-id") {
             request_id = Some(header.value);
             note(&mut known, &mut plain, Known::RequestId, at);
         } else if let Some(field) = Known::of(name) {

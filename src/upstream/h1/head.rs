@@ -8,7 +8,7 @@ use bytes::BytesMut;
 use http::{HeaderMap, StatusCode, Version};
 
 use crate::cause::Cause;
-use crate::codec::{maps, Decoder, FieldSpans, RawFields, MAX_HEADERS, MAX_HEAD_BYTES};
+use crate::codec::{maps, name_is, Decoder, FieldSpans, RawFields, MAX_HEADERS, MAX_HEAD_BYTES};
 use crate::forward::is_hop_by_hop;
 use crate::spare::Kept;
 
@@ -69,7 +69,7 @@ enum Known {
 }
 
 fn known(name: &str) -> Known {
-    let is = |known: &str| name.eq_ignore_ascii_case(known);
+    let is = |known: &str| name_is(name.as_bytes(), known.as_bytes());
     match name.len() {
         2 if is("te") => Known::Te,
         4 if is("date") => Known::Date,
