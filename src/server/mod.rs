@@ -45,7 +45,7 @@ use tokio::time::Instant;
 
 use crate::body::ResponseBody;
 use crate::cause::Cause;
-use crate::codec::{encode_chunk_size, encode_field_lines, encode_trailers, maps, RawFields};
+use crate::codec::{bufs, encode_chunk_size, encode_field_lines, encode_trailers, maps, RawFields};
 use crate::forward::header_tokens;
 use crate::gateway::{stop_requested, Gateway};
 use crate::listener::ClientConn;
@@ -340,7 +340,7 @@ async fn write_response(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok()),
     };
-    let mut out = BytesMut::with_capacity(1000);
+    let mut out = bufs::take(1000);
     out.extend_from_slice(prefix);
     encode_status(&mut out, status);
     if let Some(raw) = raw {
@@ -381,6 +381,7 @@ async fn write_response(
     maps::give(parts.headers);
     let mut output = Output {
         out,
+        sent: 0,
         data: Bytes::new(),
         tail: b"",
         framing,
@@ -389,6 +390,7 @@ async fn write_response(
     };
     let mut body = pin!(body);
     poll_fn(|cx| output.poll_send(io, cx, body.as_mut())).await?;
+    bufs::give(output.out);
     Ok(if switching {
         Written::Upgraded
     } else if close {
@@ -401,7 +403,10 @@ async fn write_response(
 /// An answer on its way out: encoded bytes, then data written from where it is, then a
 /// short tail (the CRLF after chunk data).
 struct Output {
+    /// Encoded bytes, of which the first `sent` are written; emptied once all are, so that
+    /// it keeps its whole room for what comes next and goes back whole to [`bufs`].
     out: BytesMut,
+    sent: usize,
     data: Bytes,
     tail: &'static [u8],
     framing: Framing,
@@ -413,7 +418,7 @@ struct Output {
 
 impl Output {
     fn has_output(&self) -> bool {
-        !self.out.is_empty() || !self.data.is_empty() || !self.tail.is_empty()
+        self.sent < self.out.len() || !self.data.is_empty() || !self.tail.is_empty()
     }
 
     /// Polls the body and writes what it gives until both are done.
@@ -424,7 +429,7 @@ impl Output {
         mut body: Pin<&mut ResponseBody>,
     ) -> Poll<io::Result<()>> {
         loop {
-            if !self.ended && self.data.is_empty() && self.out.len() < FLUSH_AT {
+            if !self.ended && self.data.is_empty() && self.out.len() - self.sent < FLUSH_AT {
                 match body.as_mut().poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
                         self.encode(frame);
@@ -457,7 +462,7 @@ impl Output {
                 });
             }
             let bufs = [
-                io::IoSlice::new(&self.out),
+                io::IoSlice::new(&self.out[self.sent..]),
                 io::IoSlice::new(&self.data),
                 io::IoSlice::new(self.tail),
             ];
@@ -470,8 +475,12 @@ impl Output {
     }
 
     fn consume(&mut self, mut n: usize) {
-        let from_out = n.min(self.out.len());
-        self.out.advance(from_out);
+        let from_out = n.min(self.out.len() - self.sent);
+        self.sent += from_out;
+        if self.sent == self.out.len() {
+            self.out.clear();
+            self.sent = 0;
+        }
         n -= from_out;
         let from_data = n.min(self.data.len());
         self.data.advance(from_data);

@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use crate::body::RequestBody;
 use crate::cause::Cause;
 use crate::classify;
-use crate::codec::{encode_data, encode_trailers, maps, Decoder, MAX_HEAD_BYTES};
+use crate::codec::{bufs, encode_data, encode_trailers, maps, Decoder, MAX_HEAD_BYTES};
 use crate::forward::Forwarding;
 use crate::timer::LazyDeadline;
 use crate::transport::Stream;
@@ -117,7 +117,7 @@ impl Conn {
         let head_request = request.method() == Method::HEAD;
         let framing = request_framing(request, forwarding.declared_length());
         let mut timer = self.timer.take();
-        let mut head = BytesMut::with_capacity(512);
+        let mut head = bufs::take(512);
         encode_request_line(&mut head, request);
         forwarding.encode_fields(&mut head, request.headers(), host);
         let mut flight = InFlight {
@@ -361,6 +361,7 @@ impl InFlight<'_> {
             // Nothing went out: the request, untouched, may go elsewhere.
             _ => return Err(Failed::NotSent),
         }
+        bufs::give(out);
         if coalesced.is_some() {
             // The frame just written, through the body's own accounting.
             let _ = body.frame().await;
