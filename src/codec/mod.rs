@@ -239,6 +239,8 @@ pub mod maps {
 
     use http::HeaderMap;
 
+    use super::kept;
+
     /// Maps kept per thread: as many as requests in flight at once on a busy core take
     /// turns with (two maps each), at 1.3–5.3 KiB each (12 to 48 fields). With 64, 256
     /// client connections at once dropped and made maps again: about 650 instructions a
@@ -253,11 +255,7 @@ pub mod maps {
 
     /// An empty map with room for `fields`: a kept one if there is one.
     pub fn take(fields: usize) -> HeaderMap {
-        let kept = KEPT_MAPS
-            .try_with(|kept| kept.try_borrow_mut().ok()?.pop())
-            .ok()
-            .flatten();
-        match kept {
+        match kept::pop(&KEPT_MAPS) {
             Some(mut map) => {
                 map.reserve(fields);
                 map
@@ -275,13 +273,7 @@ pub mod maps {
             return;
         }
         map.clear();
-        let _ = KEPT_MAPS.try_with(|kept| {
-            if let Ok(mut kept) = kept.try_borrow_mut() {
-                if kept.len() < KEPT {
-                    kept.push(map);
-                }
-            }
-        });
+        kept::push(&KEPT_MAPS, map, KEPT);
     }
 }
 
@@ -296,6 +288,8 @@ pub mod bufs {
 
     use bytes::BytesMut;
 
+    use super::kept;
+
     /// As many as requests in flight at once on a busy core take turns with (two each).
     const KEPT: usize = 256;
     /// Buffers larger than this are freed, not kept: at most 4 MiB a thread after a burst
@@ -308,11 +302,7 @@ pub mod bufs {
 
     /// An empty buffer with room for `capacity` bytes: a kept one if there is one.
     pub fn take(capacity: usize) -> BytesMut {
-        let kept = KEPT_BUFS
-            .try_with(|kept| kept.try_borrow_mut().ok()?.pop())
-            .ok()
-            .flatten();
-        match kept {
+        match kept::pop(&KEPT_BUFS) {
             Some(mut buf) => {
                 buf.reserve(capacity);
                 buf
@@ -334,10 +324,33 @@ pub mod bufs {
             return;
         }
         buf.clear();
-        let _ = KEPT_BUFS.try_with(|kept| {
+        kept::push(&KEPT_BUFS, buf, KEPT);
+    }
+}
+
+/// What [`maps`] and [`bufs`] share: a per-thread list of values kept for reuse. Neither
+/// fails: during the thread's teardown, or should the list be borrowed already, nothing is
+/// taken and a value given is dropped.
+mod kept {
+    use std::cell::RefCell;
+    use std::thread::LocalKey;
+
+    pub(super) fn pop<T: 'static>(list: &'static LocalKey<RefCell<Vec<T>>>) -> Option<T> {
+        list.try_with(|kept| kept.try_borrow_mut().ok()?.pop())
+            .ok()
+            .flatten()
+    }
+
+    /// Keeps `value` unless `limit` are kept already.
+    pub(super) fn push<T: 'static>(
+        list: &'static LocalKey<RefCell<Vec<T>>>,
+        value: T,
+        limit: usize,
+    ) {
+        let _ = list.try_with(|kept| {
             if let Ok(mut kept) = kept.try_borrow_mut() {
-                if kept.len() < KEPT {
-                    kept.push(buf);
+                if kept.len() < limit {
+                    kept.push(value);
                 }
             }
         });
