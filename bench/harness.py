@@ -25,18 +25,24 @@ def log(message):
     print(message, file=sys.stderr, flush=True)
 
 
-def ensure_tools():
-    missing = [package for tool, package in TOOLS.items() if shutil.which(tool) is None]
-    if not missing:
-        return
+def install(packages, needed_by, recommends=True):
+    """Installs Debian packages when run as root; anyone else is told what to install."""
     if os.geteuid() != 0:
-        sys.exit(f"bench/compare needs: apt-get install {' '.join(missing)}")
-    log(f"installing {' '.join(missing)}")
+        sys.exit(f"{needed_by} needs: apt-get install {' '.join(packages)}")
+    log(f"installing {' '.join(packages)}")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     # Wait for another install to finish instead of failing on the package manager's lock.
     lock = ["-o", "DPkg::Lock::Timeout=120"]
+    options = [] if recommends else ["--no-install-recommends"]
     subprocess.run(["apt-get", *lock, "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", *lock, "install", "-y", "-qq", *missing], check=True, env=env)
+    subprocess.run(["apt-get", *lock, "install", "-y", "-qq", *options, *packages], check=True,
+                   env=env)
+
+
+def ensure_tools():
+    missing = [package for tool, package in TOOLS.items() if shutil.which(tool) is None]
+    if missing:
+        install(missing, "bench/compare")
 
 
 def build_baton():
